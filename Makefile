@@ -1,0 +1,34 @@
+# spinefl: `make demo` runs the main job, `make test` runs the whole test suite.
+# Both create .venv and install everything on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The torch to install when none is importable. On this project's CPU machines
+# torch==2.13.0 resolves to a local CPU build; override on other machines.
+TORCH  ?= torch==2.13.0
+DATA   ?= data/phantoms
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.installed
+
+# --system-site-packages lets an existing (e.g. CUDA) torch of the host show
+# through; torch is installed only when none can be imported.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/spinefl phantoms --out $(DATA)
+	$(BIN)/spinefl train --config configs/segmentation.toml --manifest $(DATA)/manifest.csv --out runs/demo --force
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) runs data

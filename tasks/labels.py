@@ -1,0 +1,51 @@
+"""The project's one label convention for spine masks.
+
+Vertebrae follow VerSe: 1-7 C1-C7, 8-19 T1-T12, 20-25 L1-L6, 26 sacrum,
+27 coccyx, 28 T13. Intervertebral discs are 100 + the VerSe value of the
+vertebra above (T12/L1 = 119, L4/L5 = 123, L5/S1 = 124; names assume no L6). The spinal canal
+(thecal sac) is 200. Every data source maps its own values onto these.
+"""
+
+from __future__ import annotations
+
+VERTEBRA_NAMES: dict[int, str] = {
+    **{i: f"C{i}" for i in range(1, 8)},
+    **{i + 7: f"T{i}" for i in range(1, 13)},
+    **{i + 19: f"L{i}" for i in range(1, 7)},
+    26: "S",
+    27: "Co",
+    28: "T13",
+}
+DISC_OFFSET = 100
+CANAL = 200
+
+STRUCTURES = ("vertebra", "disc", "canal")
+
+
+def disc_label(upper_vertebra: int) -> int:
+    """Label value of the disc below ``upper_vertebra`` (a VerSe value)."""
+    return DISC_OFFSET + upper_vertebra
+
+
+def structure_of(value: int) -> str | None:
+    """Structure name ('vertebra', 'disc', 'canal') of a label value; None for background."""
+    if value in VERTEBRA_NAMES:
+        return "vertebra"
+    if DISC_OFFSET < value < DISC_OFFSET + 100 and (value - DISC_OFFSET) in VERTEBRA_NAMES:
+        return "disc"
+    if value == CANAL:
+        return "canal"
+    return None
+
+
+def label_name(value: int) -> str:
+    """Readable name of a label value: 'L4', 'L4/L5', 'canal'."""
+    if value in VERTEBRA_NAMES:
+        return VERTEBRA_NAMES[value]
+    if structure_of(value) == "disc":
+        upper = value - DISC_OFFSET
+        lower = "S1" if upper == 24 else VERTEBRA_NAMES.get(upper + 1, "?")
+        return f"{VERTEBRA_NAMES[upper]}/{lower}"
+    if value == CANAL:
+        return "canal"
+    raise ValueError(f"{value} is not a label of the spinefl convention")

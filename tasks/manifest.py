@@ -1,0 +1,232 @@
+"""The manifest: one row per image, a fixed schema, validated on load.
+
+Every data source (phantoms, public dataset adapters, a hospital's ingested
+DICOM) writes a manifest; everything downstream reads manifests only. Paths
+are relative to the manifest's folder. The full schema is documented in
+``docs/manifest.md``; ``COLUMNS`` and ``COLUMN_FAMILIES`` below are its source.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+MODALITIES = ("CT", "MR", "XR")
+SPLITS = ("train", "val", "test")
+VIEWS = ("AP", "LAT")
+DISC_LEVELS = ("t12_l1", "l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")
+VERTEBRAE = ("t12", "l1", "l2", "l3", "l4", "l5")
+
+
+class ManifestError(ValueError):
+    """A manifest breaks the schema; the message names the file, row and column."""
+
+
+def _text(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in options else f"'{value}' is not one of {', '.join(options)}"
+
+    return check
+
+
+def _optional_choice(options: tuple[str, ...]) -> Callable[[str], str | None]:
+    inner = _choice(options)
+    return lambda value: None if value == "" else inner(value)
+
+
+def parse_spacing(value: str) -> tuple[float, ...]:
+    """'0.8x0.8x3' -> (0.8, 0.8, 3.0); raises ValueError unless 2 or 3 positive numbers."""
+    parts = value.split("x")
+    numbers = tuple(float(p) for p in parts)
+    if len(numbers) not in (2, 3) or not all(n > 0 for n in numbers):
+        raise ValueError(value)
+    return numbers
+
+
+def format_spacing(spacing: tuple[float, ...] | list[float]) -> str:
+    """(0.8, 0.8, 3.0) -> '0.8x0.8x3'."""
+    return "x".join(f"{s:g}" for s in spacing)
+
+
+def _spacing(value: str) -> str | None:
+    try:
+        parse_spacing(value)
+    except ValueError:
+        return f"'{value}' is not a spacing like 0.8x0.8x3 (mm, 2 or 3 positive numbers)"
+    return None
+
+
+def _number_in(low: float, high: float) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        if value == "":
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            return f"'{value}' is not a number"
+        return None if low <= number <= high else f"{value} is outside [{low:g}, {high:g}]"
+
+    return check
+
+
+_BOOL = _optional_choice(("true", "false"))
+
+
+@dataclass(frozen=True)
+class Column:
+    """A manifest column: its meaning and the check every value must pass."""
+
+    help: str
+    check: Callable[[str], str | None] | None = None
+    required: bool = False
+    is_path: bool = False
+
+
+COLUMNS: dict[str, Column] = {
+    "patient_id": Column("pseudonym of the patient, never a real identifier", _text, True),
+    "study_id": Column("study (imaging session) identifier, pseudonymised", _text, True),
+    "series_id": Column("series identifier, pseudonymised", _text, True),
+    "modality": Column("CT, MR or XR", _choice(MODALITIES), True),
+    "sequence": Column("MR sequence (T1, T2, ...); empty for CT and XR", None, True),
+    "image": Column("image file (NIfTI or MHA), relative to the manifest", _text, True, True),
+    "spacing": Column("voxel spacing in mm, e.g. 0.8x0.8x3 (2 numbers for XR)", _spacing, True),
+    "site": Column("natural hospital, centre or scanner the image comes from", _text, True),
+    "source": Column("dataset name (phantoms, verse, spider, a hospital's name)", _text, True),
+    "split": Column("train, val or test; fixed per patient", _choice(SPLITS), True),
+    "mask": Column("label mask in the spinefl convention, relative path", is_path=True),
+    "centroids": Column("VerSe-style centroid JSON, relative path", is_path=True),
+    "view": Column("radiograph view: AP or LAT; empty for 3D images", _optional_choice(VIEWS)),
+    "cobb_angle": Column("largest Cobb angle in degrees", _number_in(0, 120)),
+    "osteoporosis": Column("true or false", _BOOL),
+}
+
+# Families of per-level label columns: name pattern -> column description.
+COLUMN_FAMILIES: dict[str, Column] = {
+    rf"pfirrmann_({'|'.join(DISC_LEVELS)})": Column(
+        "Pfirrmann-like degeneration grade 1-5 of the disc at that level", _number_in(1, 5)
+    ),
+    rf"herniation_({'|'.join(DISC_LEVELS)})": Column(
+        "true when the disc at that level herniates posteriorly", _BOOL
+    ),
+    rf"fracture_({'|'.join(VERTEBRAE)})": Column(
+        "Genant grade 0-3 of a vertebral compression fracture", _number_in(0, 3)
+    ),
+}
+
+
+def column_spec(name: str) -> Column | None:
+    """The schema entry of a column name, or None for a column the schema does not know."""
+    if name in COLUMNS:
+        return COLUMNS[name]
+    for pattern, column in COLUMN_FAMILIES.items():
+        if re.fullmatch(pattern, name):
+            return column
+    return None
+
+
+@dataclass
+class Manifest:
+    """A validated manifest table and the folder its paths are relative to."""
+
+    table: pd.DataFrame
+    root: Path
+
+    @classmethod
+    def load(cls, path: Path | str) -> Manifest:
+        """Read and validate a CSV or Parquet manifest; raise ManifestError naming every problem."""
+        path = Path(path)
+        if not path.is_file():
+            raise ManifestError(f"{path}: manifest not found")
+        try:
+            if path.suffix == ".parquet":
+                table = pd.read_parquet(path).astype(str).replace({"nan": "", "None": ""})
+            else:
+                table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (ValueError, OSError, ImportError) as e:
+            raise ManifestError(f"{path}: cannot read manifest ({e})") from None
+        manifest = cls(table, path.parent)
+        problems = manifest.problems()
+        if problems:
+            shown = "\n".join(f"{path}: {p}" for p in problems[:20])
+            more = f"\n{path}: ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise ManifestError(shown + more)
+        return manifest
+
+    def problems(self) -> list[str]:
+        """Every schema violation, each naming its row (1-based) and column."""
+        found: list[str] = []
+        table = self.table
+        missing = [n for n, c in COLUMNS.items() if c.required and n not in table.columns]
+        found += [f"missing column '{n}' ({COLUMNS[n].help})" for n in missing]
+        specs = {name: column_spec(name) for name in table.columns}
+        found += [f"unknown column '{n}'" for n, spec in specs.items() if spec is None]
+        if missing or len(table) == 0:
+            return found + (["manifest has no rows"] if len(table) == 0 else [])
+        for i, values in enumerate(table.to_dict("records"), start=1):
+            for name, spec in specs.items():
+                if spec is None:
+                    continue
+                value = values[name]
+                where = f"row {i} (patient '{values['patient_id']}'), column '{name}'"
+                if spec.check is not None and (problem := spec.check(value)):
+                    found.append(f"{where}: {problem}")
+                elif spec.is_path and value and not (self.root / value).exists():
+                    found.append(f"{where}: file not found: {self.root / value}")
+            if values["modality"] == "MR" and not values["sequence"]:
+                found.append(f"row {i} (patient '{values['patient_id']}'), column 'sequence': "
+                             "MR images need a sequence (T1, T2, ...)")
+        splits = table.groupby("patient_id")["split"].unique()
+        for patient, in_splits in splits.items():
+            if len(in_splits) > 1:
+                rows = [
+                    f"{s} (row {table.index[(table.patient_id == patient) & (table.split == s)][0] + 1})"
+                    for s in in_splits
+                ]
+                found.append(f"patient '{patient}' is in more than one split: {', '.join(rows)}")
+        duplicated = table[table.duplicated("image", keep="first")]
+        found += [f"row {i + 1}, column 'image': listed twice ({v})" for i, v in duplicated.image.items()]
+        return found
+
+    def save(self, path: Path | str) -> Path:
+        """Write the table as CSV (or Parquet by suffix); paths stay relative to its folder."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".parquet":
+            self.table.to_parquet(path, index=False)
+        else:
+            self.table.to_csv(path, index=False)
+        return path
+
+    def path(self, row: pd.Series, column: str = "image") -> Path:
+        """Absolute path of a row's file column."""
+        return self.root / row[column]
+
+    def select(self, **equals: str | tuple[str, ...]) -> Manifest:
+        """Rows whose columns equal (or are among) the given values: ``select(split="train")``."""
+        keep = pd.Series(True, index=self.table.index)
+        for column, wanted in equals.items():
+            options = (wanted,) if isinstance(wanted, str) else tuple(wanted)
+            keep &= self.table[column].isin(options)
+        return Manifest(self.table[keep].reset_index(drop=True), self.root)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def rows(self) -> list[pd.Series]:
+        """The rows, in order."""
+        return [row for _, row in self.table.iterrows()]
+
+
+def from_records(records: list[dict[str, str]], root: Path) -> Manifest:
+    """Build a manifest from row dicts (missing optional columns become empty)."""
+    table = pd.DataFrame.from_records(records).fillna("").astype(str)
+    core = [c for c in COLUMNS if c in table.columns]
+    return Manifest(table[core + sorted(set(table.columns) - set(core))], root)
