@@ -25,10 +25,10 @@ demo: setup
 	$(BIN)/spinefl train --config configs/segmentation.toml --manifest $(DATA)/manifest.csv --out runs/demo --force
 
 test: setup
-	$(BIN)/pytest
+	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check .
+	$(BIN)/python -m ruff check .
 
 clean:
 	rm -rf $(VENV) runs data

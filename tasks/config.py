@@ -9,14 +9,17 @@ schema as the reference table in ``docs/configuration.md``.
 from __future__ import annotations
 
 import difflib
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
 
-class ConfigError(ValueError):
+from tasks.errors import UserError
+
+
+class ConfigError(UserError):
     """A config file or value the user gave is wrong (shown as one line, no traceback)."""
 
 
@@ -116,7 +119,8 @@ def validate(raw: Mapping[str, Any], schema: Schema, where: str) -> dict[str, di
                 except ValueError as e:
                     raise ConfigError(f"{where}: {section}.{key.name} {e}") from None
             elif key.required:
-                raise ConfigError(f"{where}: missing required key {section}.{key.name} ({key.help})")
+                raise ConfigError(
+                    f"{where}: missing required key {section}.{key.name} ({key.help})")
             else:
                 values[key.name] = key.default
         out[section] = values

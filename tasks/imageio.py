@@ -15,21 +15,26 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from tasks.errors import UserError
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# DICOM Modality (0008,0060) values and the manifest modality they are.
+DICOM_MODALITIES = {"CT": "CT", "MR": "MR", "CR": "XR", "DX": "XR"}
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image cannot be read or is not what it claims to be (names the file)."""
 
 
 @dataclass
 class Volume:
-    """An image array and its voxel-to-world (RAS, mm) affine."""
+    """An image array, its voxel-to-world (RAS, mm) affine, and its modality where the file says."""
 
     array: np.ndarray
     affine: np.ndarray
+    modality: str | None = None
 
     @property
     def spacing(self) -> tuple[float, ...]:
@@ -79,7 +84,8 @@ def _load_itk(path: Path) -> Volume:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
-        raise ImageError(f"{path}: not a readable MetaImage file ({str(e).splitlines()[0]})") from None
+        reason = str(e).splitlines()[0]
+        raise ImageError(f"{path}: not a readable MetaImage file ({reason})") from None
     ndim = image.GetDimension()
     array = sitk.GetArrayFromImage(image).transpose(*reversed(range(ndim)))
     direction = np.array(image.GetDirection()).reshape(ndim, ndim)
@@ -87,6 +93,16 @@ def _load_itk(path: Path) -> Volume:
     lps[:ndim, :ndim] = direction * np.array(image.GetSpacing())
     lps[:ndim, 3] = image.GetOrigin()
     return Volume(array, LPS_TO_RAS @ lps)
+
+
+def reorient(volume: Volume, code: str) -> Volume:
+    """The same image with its axes permuted/flipped to an orientation code ('RAS', 'LPS', ...)."""
+    current = nib.orientations.io_orientation(volume.affine)
+    target = nib.orientations.axcodes2ornt(tuple(code))
+    transform = nib.orientations.ornt_transform(current, target)
+    array = nib.orientations.apply_orientation(volume.array, transform)
+    affine = volume.affine @ nib.orientations.inv_ornt_aff(transform, volume.array.shape)
+    return Volume(np.ascontiguousarray(array), affine, volume.modality)
 
 
 def save_nifti(volume: Volume, path: Path | str, dtype: type | None = None) -> Path:
@@ -102,11 +118,10 @@ def save_nifti(volume: Volume, path: Path | str, dtype: type | None = None) -> P
     return path
 
 
-def read_dicom_series(folder: Path) -> dict[str, Volume]:
-    """Every multi-slice image series under ``folder``, by SeriesInstanceUID.
+def dicom_series_files(folder: Path) -> dict[str, list[Path]]:
+    """Files of every DICOM image series under ``folder`` (recursively), by SeriesInstanceUID.
 
-    Slices are sorted by position along the slice normal; stored values are
-    converted with RescaleSlope/RescaleIntercept (HU for CT).
+    Files that are not DICOM, or DICOM without image position, are passed over.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -115,18 +130,27 @@ def read_dicom_series(folder: Path) -> dict[str, Volume]:
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             header = pydicom.dcmread(file, stop_before_pixels=True)
-        except (InvalidDicomError, OSError):
+        except (InvalidDicomError, OSError, ValueError):
             continue
         if "ImagePositionPatient" in header and "SeriesInstanceUID" in header:
             groups[str(header.SeriesInstanceUID)].append(file)
-    return {uid: _stack_slices(files) for uid, files in groups.items()}
+    return dict(groups)
 
 
-def _stack_slices(files: list[Path]) -> Volume:
+def read_dicom_series(folder: Path) -> dict[str, Volume]:
+    """Every image series under ``folder`` as a volume, by SeriesInstanceUID."""
+    return {uid: stack_dicom(files) for uid, files in dicom_series_files(folder).items()}
+
+
+def stack_dicom(files: list[Path]) -> Volume:
+    """One series' slices as a volume: sorted along the slice normal, rescaled, with its affine."""
     import pydicom
 
-    slices = [pydicom.dcmread(f) for f in files]
     where = files[0].parent
+    try:
+        slices = [pydicom.dcmread(f) for f in files]
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{where}: unreadable DICOM file ({e})") from None
     if len(slices) < 2:
         raise ImageError(f"{where}: series has a single slice; a volume needs at least two")
     orientation = np.array(slices[0].ImageOrientationPatient, dtype=float)
@@ -140,7 +164,10 @@ def _stack_slices(files: list[Path]) -> Volume:
     if np.any(gaps <= 1e-3) or np.ptp(gaps) > 0.01 * max(gaps.mean(), 1e-3) + 1e-3:
         raise ImageError(f"{where}: slice positions are duplicated or unevenly spaced")
     pixel_spacing = [float(v) for v in slices[0].PixelSpacing]
-    array = np.stack([_rescaled(s) for s in slices], axis=-1).transpose(1, 0, 2)
+    try:
+        array = np.stack([_rescaled(s) for s in slices], axis=-1).transpose(1, 0, 2)
+    except (RuntimeError, NotImplementedError, ValueError, AttributeError) as e:
+        raise ImageError(f"{where}: cannot decode pixel data ({e})") from None
     first = np.array(slices[0].ImagePositionPatient, dtype=float)
     step = (np.array(slices[-1].ImagePositionPatient, dtype=float) - first) / (len(slices) - 1)
     lps = np.eye(4)
@@ -148,7 +175,8 @@ def _stack_slices(files: list[Path]) -> Volume:
     lps[:3, 1] = col * pixel_spacing[0]
     lps[:3, 2] = step
     lps[:3, 3] = first
-    return Volume(array, LPS_TO_RAS @ lps)
+    modality = DICOM_MODALITIES.get(str(getattr(slices[0], "Modality", "")))
+    return Volume(array, LPS_TO_RAS @ lps, modality)
 
 
 def _rescaled(dataset) -> np.ndarray:

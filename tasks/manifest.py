@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tasks.errors import UserError
+
 MODALITIES = ("CT", "MR", "XR")
 SPLITS = ("train", "val", "test")
 VIEWS = ("AP", "LAT")
@@ -22,7 +24,7 @@ DISC_LEVELS = ("t12_l1", "l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")
 VERTEBRAE = ("t12", "l1", "l2", "l3", "l4", "l5")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A manifest breaks the schema; the message names the file, row and column."""
 
 
@@ -186,13 +188,13 @@ class Manifest:
         splits = table.groupby("patient_id")["split"].unique()
         for patient, in_splits in splits.items():
             if len(in_splits) > 1:
-                rows = [
-                    f"{s} (row {table.index[(table.patient_id == patient) & (table.split == s)][0] + 1})"
-                    for s in in_splits
-                ]
+                first_row = {s: table.index[(table.patient_id == patient) & (table.split == s)][0]
+                             for s in in_splits}
+                rows = [f"{s} (row {first_row[s] + 1})" for s in in_splits]
                 found.append(f"patient '{patient}' is in more than one split: {', '.join(rows)}")
         duplicated = table[table.duplicated("image", keep="first")]
-        found += [f"row {i + 1}, column 'image': listed twice ({v})" for i, v in duplicated.image.items()]
+        found += [f"row {i + 1}, column 'image': listed twice ({v})"
+                  for i, v in duplicated.image.items()]
         return found
 
     def save(self, path: Path | str) -> Path:

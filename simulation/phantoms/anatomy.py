@@ -16,11 +16,12 @@ bulges them into the canal. Fractures lower a body's height (Genant grades).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.labels import CANAL, disc_label
+from tasks.labels import disc_label
 
 SACRUM = 26
 
@@ -127,7 +128,7 @@ def sample_anatomy(rng: np.random.Generator, cohort: CohortSettings) -> Anatomy:
     vertebrae.append(Vertebra(SACRUM, s * 30.0, sacrum_top.a * 1.05, sacrum_top.b * 1.0))
 
     discs = []
-    for upper, lower in zip(vertebrae[:-1], vertebrae[1:], strict=True):
+    for upper, lower in itertools.pairwise(vertebrae):
         level = upper.label - 19
         # Lower levels degenerate more often; 'degeneration' shifts the whole cohort.
         severity = cohort.degeneration * (0.4 + 0.15 * level) + rng.normal(0.0, 0.6)

@@ -136,8 +136,9 @@ def cohort_config(raw: dict[str, Any], where: str) -> CohortConfig:
     if not isinstance(scanners_raw, list) or not scanners_raw:
         raise ConfigError(f"{where}: 'scanner' must be one or more [[scanner]] tables")
     cohort = validate(raw, SCHEMA, where)["cohort"]
-    validated = [validate({"scanner": entry}, SCANNER_SCHEMA, f"{where} [[scanner]] #{i}")["scanner"]
-                 for i, entry in enumerate(scanners_raw, start=1)]
+    validated = [
+        validate({"scanner": entry}, SCANNER_SCHEMA, f"{where} [[scanner]] #{i}")["scanner"]
+        for i, entry in enumerate(scanners_raw, start=1)]
     scanners = [_scanner(values) for values in validated]
     names = [s.name for s in scanners]
     if len(set(names)) != len(names):

@@ -26,7 +26,8 @@ from simulation.phantoms.anatomy import Anatomy, sample_anatomy
 from simulation.phantoms.config import CohortConfig, Scanner
 from simulation.phantoms.imaging import acquire, ct_hu, mr_signal, project
 from simulation.phantoms.raster import Grid, grid_around, rasterize
-from tasks.imageio import Volume, save_nifti
+from tasks.errors import UserError
+from tasks.imageio import Volume, reorient, save_nifti
 from tasks.manifest import DISC_LEVELS, VERTEBRAE, Manifest, format_spacing, from_records
 
 CONFIG_FILE = "phantoms.json"
@@ -34,7 +35,7 @@ _DISC_LEVEL = dict(zip(range(19, 25), DISC_LEVELS, strict=True))
 _VERTEBRA = dict(zip(range(19, 25), VERTEBRAE, strict=True))
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(UserError):
     """The output folder holds something else; the user must pass --force."""
 
 
@@ -70,16 +71,6 @@ def splits_of_patients(sites: list[Scanner], fractions: tuple[float, ...], seed:
         for rank, i in enumerate(members):
             splits[i] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
     return splits
-
-
-def reorient(volume: Volume, code: str) -> Volume:
-    """The same image stored with axes in another orientation (e.g. 'LPS')."""
-    current = nib.orientations.io_orientation(volume.affine)
-    target = nib.orientations.axcodes2ornt(tuple(code))
-    transform = nib.orientations.ornt_transform(current, target)
-    array = nib.orientations.apply_orientation(volume.array, transform)
-    affine = volume.affine @ nib.orientations.inv_ornt_aff(transform, volume.array.shape)
-    return Volume(np.ascontiguousarray(array), affine)
 
 
 def centroids(anatomy: Anatomy, affine: np.ndarray) -> list[dict[str, Any]]:

@@ -59,7 +59,7 @@ class Grid:
 
 def grid_around(anatomy: Anatomy, spacing: tuple[float, float, float], fov: float,
                 offset: tuple[float, float] = (0.0, 0.0)) -> Grid:
-    """A grid covering the whole spine: ``fov`` mm in-plane, from above the top vertebra to the sacrum."""
+    """A grid covering the spine: ``fov`` mm in-plane, from above the top vertebra to the sacrum."""
     top, sacrum = anatomy.vertebrae[0], anatomy.vertebrae[-1]
     z_high = anatomy.poses[0].center[2] + top.height / 2 + 10.0
     z_low = anatomy.poses[-1].center[2] - sacrum.height / 2 - 20.0
@@ -79,7 +79,8 @@ def rasterize(anatomy: Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         inside = _canal(anatomy, vertebra, _local(points, pose))
         labels[index][inside] = CANAL
         tissue[index][inside] = CSF
-    for disc, upper, lower in zip(anatomy.discs, anatomy.poses[:-1], anatomy.poses[1:], strict=True):
+    neighbours = zip(anatomy.discs, anatomy.poses[:-1], anatomy.poses[1:], strict=True)
+    for disc, upper, lower in neighbours:
         _paint_disc(anatomy, disc, upper, lower, grid, labels, tissue)
     for vertebra, pose in zip(anatomy.vertebrae, anatomy.poses, strict=True):
         index, points = grid.block(pose.center, 60.0 * anatomy.scale + vertebra.height)

@@ -1,0 +1,141 @@
+"""The `spinefl` command.
+
+Stages, each writing what it makes to a folder a person can inspect:
+phantoms (or a hospital's prepared data) -> train -> predict.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasks.errors import UserError
+
+console = Console()
+app = typer.Typer(
+    help="spinefl: federated learning for spine imaging across hospitals.\n\n"
+    "Start here: `spinefl phantoms --out data/phantoms` makes a labelled synthetic cohort, "
+    "`spinefl train --config configs/segmentation.toml` trains on it, "
+    "`spinefl predict --model runs/segmentation/model.pt --input <image> --out <dir>` "
+    "segments new images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+manifest_app = typer.Typer(help="Check manifests (the data contract).", no_args_is_help=True)
+config_app = typer.Typer(help="Config reference.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
+app.add_typer(config_app, name="config")
+
+
+@app.command()
+def phantoms(
+    out: Path = typer.Option(..., help="Folder to write the cohort to."),
+    config: Path | None = typer.Option(None, help="Cohort config (TOML); the embedded default "
+                                       "cohort when left out."),
+    patients: int | None = typer.Option(None, min=1, help="Override cohort.patients."),
+    seed: int | None = typer.Option(None, help="Override cohort.seed."),
+    force: bool = typer.Option(False, help="Overwrite a folder holding a different cohort."),
+) -> None:
+    """Generate labelled synthetic spine phantoms (CT, MR, X-ray) and their manifest."""
+    from simulation.phantoms.config import cohort_config
+    from simulation.phantoms.generator import generate
+    from tasks.config import load_toml
+
+    raw = load_toml(config) if config else {}
+    cohort = dict(raw.get("cohort", {}))
+    if patients is not None:
+        cohort["patients"] = patients
+    if seed is not None:
+        cohort["seed"] = seed
+    cohort_cfg = cohort_config({**raw, "cohort": cohort}, str(config or "default cohort"))
+    manifest = generate(cohort_cfg, out, force=force)
+    summary = manifest.table.groupby(["site", "modality"]).agg(
+        patients=("patient_id", "nunique"), images=("image", "count")).reset_index()
+    _print_table("Phantom cohort", summary)
+    console.print(f"Manifest: {out / 'manifest.csv'}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., help="Run config (TOML), e.g. configs/segmentation.toml."),
+    manifest: Path | None = typer.Option(None, help="Override data.manifest."),
+    out: Path | None = typer.Option(None, help="Override output.dir."),
+    force: bool = typer.Option(False, help="Overwrite an output folder holding another run."),
+) -> None:
+    """Pooled (centralised) training on a manifest: checkpoints and per-epoch metrics."""
+    from tasks.training import load_run_config
+    from tasks.training import train as run_training
+
+    overrides: dict[str, dict[str, str]] = {}
+    if manifest is not None:
+        overrides["data"] = {"manifest": str(manifest)}
+    if out is not None:
+        overrides["output"] = {"dir": str(out)}
+    result = run_training(load_run_config(config, overrides), force=force, console=console)
+    best = {k: round(v, 4) for k, v in result.best.items() if k.startswith("val_dice")}
+    console.print(f"Best validation (epoch {int(result.best.get('epoch', 0))}): {best}")
+    console.print(f"Model: {result.folder / 'model.pt'}  Metrics: {result.folder / 'metrics.csv'}")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Option(..., help="Checkpoint written by train (model.pt)."),
+    input: Path = typer.Option(..., help="NIfTI/MHA file, or a folder of them or of DICOM."),
+    out: Path = typer.Option(..., help="Folder for the predicted masks."),
+    modality: str | None = typer.Option(None, help="CT, MR or XR; read from DICOM, else "
+                                        "needed when the model takes several."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    force: bool = typer.Option(False, help="Overwrite existing predictions."),
+) -> None:
+    """Run a trained model on new images; outputs keep each input's exact geometry."""
+    from tasks.prediction import predict as run_prediction
+
+    if modality is not None and modality not in ("CT", "MR", "XR"):
+        raise UserError(f"--modality must be CT, MR or XR, got '{modality}'")
+    report = run_prediction(model, input, out, modality, device, force)
+    _print_table("Predictions", report)
+    failed = int((report.status == "failed").sum())
+    if failed:
+        console.print(f"[yellow]{failed} input(s) failed; see {out / 'predictions.csv'}[/]")
+
+
+@manifest_app.command("check")
+def manifest_check(path: Path = typer.Argument(..., help="Manifest (CSV or Parquet).")) -> None:
+    """Validate a manifest and summarise it."""
+    from tasks.manifest import Manifest
+
+    table = Manifest.load(path).table
+    summary = table.groupby(["site", "split", "modality"]).agg(
+        patients=("patient_id", "nunique"), images=("image", "count")).reset_index()
+    _print_table(f"{path}: valid", summary)
+
+
+@config_app.command("docs")
+def config_docs() -> None:
+    """Print the reference of every config key (the source of docs/configuration.md)."""
+    from simulation.config_docs import configuration_markdown
+
+    sys.stdout.write(configuration_markdown())
+
+
+def _print_table(title: str, frame) -> None:
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column))
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: user mistakes become one line on stderr and exit status 2."""
+    try:
+        app()
+    except UserError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)

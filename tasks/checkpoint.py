@@ -1,0 +1,57 @@
+"""Checkpoints that carry everything needed to use a model again.
+
+A checkpoint holds the task name and its full settings (network, transforms,
+label map), the model's state dict, and whatever the run adds (epoch,
+metrics, optimizer state). It holds only tensors and plain Python values and
+is loaded with ``weights_only=True``, so opening one never runs code from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tasks.config import ConfigError, validate
+from tasks.contract import Task
+from tasks.errors import UserError
+from tasks.registry import task_class
+
+FORMAT = "spinefl-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: Path, task: Task, model: nn.Module, **extra: Any) -> Path:
+    """Write task, settings, weights and ``extra`` to ``path`` (atomically, via a temp file)."""
+    payload = {"format": FORMAT, "version": VERSION, "task": task.name,
+               "settings": task.settings, "output": task.describe_output(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, temporary)
+    temporary.replace(path)
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[Task, nn.Module, dict[str, Any]]:
+    """The task (rebuilt from its stored settings), the model with its weights, and the payload."""
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for foreign or corrupt files
+        raise UserError(f"{path}: not a readable spinefl checkpoint ({e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a spinefl checkpoint")
+    cls = task_class(payload["task"])
+    try:
+        settings = validate({"task": payload["settings"]}, {"task": cls.keys}, str(path))["task"]
+    except ConfigError as e:
+        raise UserError(f"{path}: stored task settings are invalid ({e})") from None
+    task = cls(settings)
+    model = task.build_model()
+    model.load_state_dict(payload["state_dict"])
+    return task, model, payload

@@ -1,0 +1,72 @@
+"""The contract every spine task follows, so that training, federation and
+benchmarks stay generic: nothing outside ``tasks/<name>/`` names a task.
+
+A task is built from its validated settings (its ``[task]`` config keys), and
+knows how to build its network, its training data from a manifest, one pass
+of local training, evaluation to a flat dict of metrics, and prediction on one
+image. Everything it needs to rebuild itself is in ``settings``, which a
+checkpoint stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import pandas as pd
+import torch
+from torch import nn
+
+from tasks.config import Key
+from tasks.imageio import Volume
+from tasks.manifest import Manifest
+
+
+@dataclass
+class Evaluation:
+    """Metrics averaged over the evaluated images, plus one row of metrics per image."""
+
+    metrics: dict[str, float]
+    per_image: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+class Task(Protocol):
+    """A spine task: model, data, loss, metrics and prediction behind one interface."""
+
+    name: ClassVar[str]
+    keys: ClassVar[tuple[Key, ...]]
+    score: ClassVar[str]  # the evaluation metric that ranks models (higher is better)
+    settings: dict[str, Any]
+
+    def __init__(self, settings: Mapping[str, Any]) -> None: ...
+
+    def select(self, manifest: Manifest) -> Manifest:
+        """The manifest rows this task can use (e.g. its modalities, rows with labels)."""
+        ...
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised network; it returns logits."""
+        ...
+
+    def train_data(self, manifest: Manifest, batch_size: int, seed: int) -> Iterable[Any]:
+        """A re-iterable loader of training batches (one pass = one local epoch)."""
+        ...
+
+    def train_epoch(self, model: nn.Module, batches: Iterable[Any],
+                    optimizer: torch.optim.Optimizer, device: torch.device,
+                    max_steps: int | None = None) -> dict[str, float]:
+        """One pass of local training (at most ``max_steps`` steps); returns e.g. the mean loss."""
+        ...
+
+    def evaluate(self, model: nn.Module, manifest: Manifest, device: torch.device) -> Evaluation:
+        """Metrics on every row of ``manifest``, as predict would produce them."""
+        ...
+
+    def predict(self, model: nn.Module, volume: Volume, device: torch.device) -> Volume:
+        """The task's output for one image, with the input's geometry."""
+        ...
+
+    def describe_output(self) -> dict[str, Any]:
+        """What predicted values mean (e.g. the label map), written beside predictions."""
+        ...

@@ -1,0 +1,36 @@
+"""Settings of the segmentation task (the ``[task]`` section of a run config)."""
+
+from __future__ import annotations
+
+from tasks.config import Key
+
+
+def _window(value: list[float]) -> str | None:
+    return None if value[0] < value[1] else "must be [low, high] with low < high"
+
+
+def _channels(value: list[int]) -> str | None:
+    return None if len(value) >= 2 else "needs at least two levels, e.g. [16, 32, 64]"
+
+
+KEYS = (
+    Key("network", "str", "unet2d", "unet2d segments slice by slice (axial slices of 3D "
+        "images, whole radiographs); unet3d segments patches of 3D images with "
+        "sliding-window inference.", choices=("unet2d", "unet3d")),
+    Key("labels", "str", "structures", "`structures`: one class per structure (vertebra, "
+        "disc, canal); `levels`: one class per vertebra and disc level (T12-L5, S, "
+        "T12/L1-L5/S1) plus the canal.", choices=("structures", "levels")),
+    Key("modalities", "list[str]", ["CT", "MR"], "Manifest modalities this model trains on "
+        "and accepts.", choices=("CT", "MR", "XR")),
+    Key("channels", "list[int]", [16, 32, 64, 128], "Feature channels per U-Net level.",
+        minimum=1, check=_channels),
+    Key("res_units", "int", 1, "Residual units per U-Net level.", minimum=0),
+    Key("spacing", "list[float]", [2.0, 2.0, 2.0], "Voxel spacing (mm) images are resampled "
+        "to (radiographs use the first two).", length=3, minimum=0.05),
+    Key("ct_window", "list[float]", [-250.0, 1250.0], "CT window in HU mapped to [0, 1].",
+        length=2, check=_window),
+    Key("patch_size", "list[int]", [96, 96, 64], "Training patch (2D uses the first two).",
+        length=3, minimum=16),
+    Key("augment", "bool", True, "Random intensity scale/shift, noise and flips in training."),
+    Key("hd95", "bool", False, "Also report the 95th-percentile Hausdorff distance (mm; slower)."),
+)

@@ -1,0 +1,27 @@
+"""The segmentation network: a MONAI U-Net with instance normalisation.
+
+Instance norm (MONAI's default) keeps no running statistics, so federated
+averaging of the state dict is exact and Opacus needs no replacement.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monai.networks.nets import UNet
+from torch import nn
+
+
+def build_network(settings: dict[str, Any], out_channels: int) -> nn.Module:
+    """U-Net mapping (B, 1, *S) images to (B, out_channels, *S) logits; S is 2D or 3D and each
+    spatial size must be divisible by 2 ** (len(channels) - 1)."""
+    channels = tuple(settings["channels"])
+    return UNet(
+        spatial_dims=2 if settings["network"] == "unet2d" else 3,
+        in_channels=1,
+        out_channels=out_channels,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        num_res_units=settings["res_units"],
+        norm="instance",
+    )

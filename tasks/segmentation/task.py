@@ -1,0 +1,115 @@
+"""The segmentation task: vertebrae, discs and spinal canal on CT, MR and radiographs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from tasks.config import Key
+from tasks.contract import Evaluation
+from tasks.device import autocast
+from tasks.errors import UserError
+from tasks.imageio import Volume, load_image
+from tasks.manifest import Manifest
+from tasks.segmentation.classes import class_table
+from tasks.segmentation.config import KEYS
+from tasks.segmentation.dataset import prepare_rows, train_loader
+from tasks.segmentation.inference import score_image
+from tasks.segmentation.loss import build_loss
+from tasks.segmentation.metric import segmentation_metrics
+from tasks.segmentation.model import build_network
+from tasks.segmentation.transforms import prepare, restore
+
+
+class SegmentationTask:
+    """Segment vertebrae, discs and the canal (structure or level classes) with a MONAI U-Net."""
+
+    name: ClassVar[str] = "segmentation"
+    keys: ClassVar[tuple[Key, ...]] = KEYS
+    score: ClassVar[str] = "dice_mean"
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = dict(settings)
+        self.table = class_table(self.settings["labels"])
+        self.spatial_dims = 2 if self.settings["network"] == "unet2d" else 3
+        self.divisor = 2 ** (len(self.settings["channels"]) - 1)
+        self.loss = build_loss()
+
+    def select(self, manifest: Manifest) -> Manifest:
+        """Rows of the task's modalities that have a mask (radiographs only for 2D networks)."""
+        modalities = [m for m in self.settings["modalities"]
+                      if self.spatial_dims == 2 or m != "XR"]
+        chosen = manifest.select(modality=tuple(modalities))
+        has_mask = chosen.table["mask"] != "" if "mask" in chosen.table else False
+        return Manifest(chosen.table[has_mask].reset_index(drop=True), chosen.root)
+
+    def build_model(self) -> nn.Module:
+        return build_network(self.settings, self.table.count)
+
+    def train_data(self, manifest: Manifest, batch_size: int, seed: int) -> Iterable[Any]:
+        prepared = prepare_rows(self.select(manifest), self.settings, self.table)
+        return train_loader(prepared, self.settings, batch_size, seed)
+
+    def train_epoch(self, model: nn.Module, batches: Iterable[Any],
+                    optimizer: torch.optim.Optimizer, device: torch.device,
+                    max_steps: int | None = None) -> dict[str, float]:
+        model.train()
+        losses = []
+        for step, batch in enumerate(batches):
+            if max_steps is not None and step >= max_steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                logits = model(batch["image"].to(device))
+                loss = self.loss(logits.float(), batch["label"].to(device))
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "train_steps": float(len(losses))}
+
+    def _classes(self, model: nn.Module, volume: Volume, modality: str,
+                 device: torch.device) -> np.ndarray:
+        prepared = prepare(volume, modality, self.settings)
+        scores = score_image(model, prepared.image, self.spatial_dims, self.divisor,
+                             self.settings["patch_size"][: self.spatial_dims], device)
+        return restore(scores, prepared)
+
+    def predict(self, model: nn.Module, volume: Volume, device: torch.device) -> Volume:
+        modality = volume.modality
+        if modality not in self.settings["modalities"]:
+            raise UserError(f"modality {modality!r} is not one this model was trained on "
+                             f"({', '.join(self.settings['modalities'])})")
+        classes = self._classes(model, volume, modality, device)
+        return Volume(self.table.to_values(classes), volume.affine, modality)
+
+    def evaluate(self, model: nn.Module, manifest: Manifest, device: torch.device) -> Evaluation:
+        rows = []
+        for row in self.select(manifest).rows():
+            start = time.perf_counter()
+            image = load_image(manifest.path(row))
+            truth = self.table.to_classes(load_image(manifest.path(row, "mask")).array)
+            predicted = self._classes(model, image, row["modality"], device)
+            metrics = segmentation_metrics(predicted, truth, self.table, image.spacing,
+                                           self.settings["hd95"])
+            rows.append({"patient_id": row["patient_id"], "image": row["image"],
+                         "modality": row["modality"], "site": row["site"], **metrics,
+                         "seconds": time.perf_counter() - start})
+        per_image = pd.DataFrame(rows)
+        numeric = per_image.drop(columns=["patient_id", "image", "modality", "site", "seconds"],
+                                 errors="ignore")
+        metrics = {k: float(v) for k, v in numeric.mean(skipna=True).items()} if rows else {}
+        for modality, group in per_image.groupby("modality") if rows else []:
+            metrics[f"dice_mean_{modality}"] = float(group["dice_mean"].mean())
+        return Evaluation(metrics, per_image)
+
+    def describe_output(self) -> dict[str, Any]:
+        return {"task": self.name, "labels": self.settings["labels"],
+                "classes": {int(v): n for v, n in zip(self.table.values, self.table.names,
+                                                      strict=True)}}

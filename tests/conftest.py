@@ -1,0 +1,59 @@
+"""Shared fixtures: small phantom cohorts made on the spot (no download, no GPU)."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulation.phantoms.config import cohort_config
+from simulation.phantoms.generator import generate
+
+CT_MR_SCANNERS = [
+    {"name": "ct-a", "modality": "CT", "spacing": [1.5, 1.5, 2.0], "fov": 120.0, "noise": 15.0},
+    {"name": "mr-b", "modality": "MR", "sequences": ["T2"], "spacing": [1.5, 1.5, 3.0],
+     "fov": 120.0, "scale": 800.0, "noise": 0.03, "bias": 0.2},
+    {"name": "ct-c", "modality": "CT", "spacing": [1.2, 1.2, 2.5], "fov": 120.0, "noise": 30.0,
+     "offset": -20.0, "orientation": "LPS"},
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory):
+    """Nine patients on two CT scanners and one MR scanner (a train, val and test patient each)."""
+    config = cohort_config({"cohort": {"patients": 9, "seed": 3}, "scanner": CT_MR_SCANNERS},
+                           "tiny cohort")
+    return generate(config, tmp_path_factory.mktemp("tiny"))
+
+
+LEARNING_SCANNERS = [
+    {**CT_MR_SCANNERS[0]},
+    {**CT_MR_SCANNERS[1], "sequences": ["T1", "T2"]},
+    {**CT_MR_SCANNERS[2]},
+]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A segmentation model trained for at most two CPU minutes on 15 phantom patients
+    (CT at two sites, MR T1/T2 at one); returns (manifest, run result)."""
+    from tasks.training import load_run_config, train
+
+    root = tmp_path_factory.mktemp("learning")
+    config = cohort_config({"cohort": {"patients": 15, "seed": 21},
+                            "scanner": LEARNING_SCANNERS}, "learning cohort")
+    manifest = generate(config, root / "phantoms")
+    run_config = root / "run.toml"
+    run_config.write_text(f"""
+[data]
+manifest = "{root / 'phantoms' / 'manifest.csv'}"
+[task]
+name = "segmentation"
+[train]
+epochs = 60
+batch_size = 16
+lr = 0.002
+max_minutes = 1.75
+eval_every = 3
+[output]
+dir = "{root / 'run'}"
+""")
+    return manifest, train(load_run_config(run_config))

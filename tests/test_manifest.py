@@ -1,0 +1,91 @@
+"""The manifest: the one data contract, validated on load with row and column named."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tasks.manifest import Manifest, ManifestError
+
+
+def write(tiny_cohort, tmp_path, edit) -> str:
+    table = tiny_cohort.table.copy()
+    table = edit(table)
+    path = tmp_path / "manifest.csv"
+    # Keep relative paths valid by pointing at the cohort's files.
+    table["image"] = [str(tiny_cohort.root / p) if p and not p.startswith("/") else p
+                      for p in table["image"]]
+    table["mask"] = [str(tiny_cohort.root / p) for p in table["mask"]]
+    table["centroids"] = [str(tiny_cohort.root / p) if p else "" for p in table["centroids"]]
+    table.to_csv(path, index=False)
+    return str(path)
+
+
+def test_a_generated_manifest_is_valid_and_round_trips(tiny_cohort, tmp_path):
+    again = Manifest.load(tiny_cohort.root / "manifest.csv")
+    assert again.table.equals(tiny_cohort.table)
+    assert len(again.select(split="train")) + len(again.select(split=("val", "test"))) == len(
+        again)
+
+
+def test_missing_column_is_named(tiny_cohort, tmp_path):
+    path = write(tiny_cohort, tmp_path, lambda t: t.drop(columns=["split"]))
+    with pytest.raises(ManifestError, match=r"manifest.csv: missing column 'split'"):
+        Manifest.load(path)
+
+
+def test_bad_path_names_row_and_column(tiny_cohort, tmp_path):
+    def edit(table: pd.DataFrame) -> pd.DataFrame:
+        table.loc[2, "image"] = "nowhere/ct.nii.gz"
+        return table
+
+    path = write(tiny_cohort, tmp_path, edit)
+    with pytest.raises(ManifestError, match=r"row 3 \(patient '.*'\), column 'image': file not "
+                                            r"found: .*nowhere/ct.nii.gz"):
+        Manifest.load(path)
+
+
+def test_patient_in_two_splits_is_named(tiny_cohort, tmp_path):
+    def edit(table: pd.DataFrame) -> pd.DataFrame:
+        twin = table.iloc[[0]].copy()
+        twin["split"] = "test" if table.loc[0, "split"] != "test" else "train"
+        twin["image"] = table.loc[1, "image"]
+        return pd.concat([table.drop(index=1), twin], ignore_index=True)
+
+    path = write(tiny_cohort, tmp_path, edit)
+    patient = tiny_cohort.table.loc[0, "patient_id"]
+    with pytest.raises(ManifestError, match=f"patient '{patient}' is in more than one split"):
+        Manifest.load(path)
+
+
+def test_unknown_modality_is_named(tiny_cohort, tmp_path):
+    def edit(table: pd.DataFrame) -> pd.DataFrame:
+        table.loc[0, "modality"] = "PET"
+        return table
+
+    path = write(tiny_cohort, tmp_path, edit)
+    with pytest.raises(ManifestError, match=r"row 1 .*column 'modality': 'PET' is not one of "
+                                            r"CT, MR, XR"):
+        Manifest.load(path)
+
+
+def test_every_problem_is_reported_at_once(tiny_cohort, tmp_path):
+    def edit(table: pd.DataFrame) -> pd.DataFrame:
+        table.loc[0, "spacing"] = "1x-1x2"
+        table.loc[1, "pfirrmann_l4_l5"] = "7"
+        table["comment"] = "x"
+        return table
+
+    path = write(tiny_cohort, tmp_path, edit)
+    with pytest.raises(ManifestError) as error:
+        Manifest.load(path)
+    lines = str(error.value).splitlines()
+    assert any("unknown column 'comment'" in line for line in lines)
+    assert any("row 1" in line and "'spacing'" in line for line in lines)
+    assert any("row 2" in line and "'pfirrmann_l4_l5'" in line and "outside [1, 5]" in line
+               for line in lines)
+
+
+def test_missing_manifest_is_one_clear_error(tmp_path):
+    with pytest.raises(ManifestError, match="manifest not found"):
+        Manifest.load(tmp_path / "absent.csv")

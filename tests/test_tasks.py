@@ -1,0 +1,97 @@
+"""Every registered task meets the contract; segmentation's pieces keep their promises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.checkpoint import load_checkpoint, save_checkpoint
+from tasks.config import validate
+from tasks.imageio import Volume, load_image, reorient
+from tasks.registry import TASKS
+from tasks.segmentation.classes import class_table
+from tasks.segmentation.transforms import prepare, restore
+
+
+def default_task(name: str):
+    cls = TASKS[name]
+    return cls(validate({}, {"task": cls.keys}, "defaults")["task"])
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_task_trains_on_its_own_data_and_round_trips_a_checkpoint(name, tiny_cohort, tmp_path):
+    task = default_task(name)
+    torch.manual_seed(0)
+    model = task.build_model()
+    batches = task.train_data(tiny_cohort.select(split="train"), batch_size=4, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = task.train_epoch(model, batches, optimizer, torch.device("cpu"), max_steps=3)
+    for _ in range(4):
+        last = task.train_epoch(model, batches, optimizer, torch.device("cpu"), max_steps=10)
+    assert last["train_loss"] < first["train_loss"]
+
+    save_checkpoint(tmp_path / "model.pt", task, model, epoch=1)
+    loaded_task, loaded, payload = load_checkpoint(tmp_path / "model.pt")
+    assert loaded_task.settings == task.settings and payload["epoch"] == 1
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+
+    evaluation = loaded_task.evaluate(loaded, tiny_cohort.select(split="val"),
+                                      torch.device("cpu"))
+    assert task.score in evaluation.metrics
+    assert len(evaluation.per_image) == len(loaded_task.select(tiny_cohort.select(split="val")))
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_prediction_has_the_input_geometry(name, tiny_cohort):
+    task = default_task(name)
+    model = task.build_model()
+    for row in task.select(tiny_cohort).rows()[:3]:
+        volume = load_image(tiny_cohort.path(row))
+        volume.modality = row["modality"]
+        result = task.predict(model, volume, torch.device("cpu"))
+        assert result.array.shape == volume.array.shape
+        np.testing.assert_array_equal(result.affine, volume.affine)
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPS", "PIR"])
+def test_prepare_then_restore_returns_the_mask(tiny_cohort, orientation):
+    """Class maps sent to network space and back land on the input grid where they were."""
+    table = class_table("structures")
+    settings = {"spacing": [2.0, 2.0, 2.0], "ct_window": [-250.0, 1250.0]}
+    row = tiny_cohort.select(modality="CT").rows()[0]
+    image = reorient(load_image(tiny_cohort.path(row)), orientation)
+    mask = reorient(load_image(tiny_cohort.path(row, "mask")), orientation)
+    prepared = prepare(image, "CT", settings, mask, table.to_classes)
+    assert prepared.image.shape[1:] == prepared.classes.shape
+    scores = torch.nn.functional.one_hot(prepared.classes, table.count).movedim(-1, 0).float()
+    back = restore(scores, prepared)
+    truth = table.to_classes(mask.array)
+    assert back.shape == truth.shape
+    for index in range(1, table.count):
+        overlap = 2 * ((back == index) & (truth == index)).sum()
+        assert overlap / ((back == index).sum() + (truth == index).sum()) > 0.85
+
+
+def test_restore_is_exact_when_no_resampling_is_needed():
+    table = class_table("structures")
+    rng = np.random.default_rng(0)
+    mask = Volume(rng.integers(0, 4, (8, 6, 5)).astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
+    lps = reorient(mask, "LPS")
+    settings = {"spacing": [2.0, 2.0, 2.0], "ct_window": [-250.0, 1250.0]}
+    prepared = prepare(lps, "CT", settings, lps, lambda a: a.astype(np.int64))
+    scores = torch.nn.functional.one_hot(prepared.classes, table.count).movedim(-1, 0).float()
+    np.testing.assert_array_equal(restore(scores, prepared), lps.array)
+
+
+def test_class_tables_map_the_label_convention():
+    structures = class_table("structures")
+    np.testing.assert_array_equal(structures.to_classes(np.array([0, 20, 26, 123, 200, 18])),
+                                  [0, 1, 1, 2, 3, 1])
+    levels = class_table("levels")
+    values = np.array([0, 19, 24, 26, 119, 124, 200])
+    np.testing.assert_array_equal(levels.to_values(levels.to_classes(values)), values)
+    classes = np.arange(structures.count)
+    np.testing.assert_array_equal(structures.from_values(structures.to_values(classes)), classes)
+    assert levels.names[levels.to_classes(np.array([123]))[0]] == "L4/L5"
