@@ -115,6 +115,14 @@ def manifest_check(path: Path = typer.Argument(..., help="Manifest (CSV or Parqu
     _print_table(f"{path}: valid", summary)
 
 
+@manifest_app.command("docs")
+def manifest_docs() -> None:
+    """Print the manifest schema table (kept in docs/manifest.md)."""
+    from tasks.manifest import manifest_markdown
+
+    sys.stdout.write(manifest_markdown())
+
+
 @config_app.command("docs")
 def config_docs() -> None:
     """Print the reference of every config key (the source of docs/configuration.md)."""

@@ -124,6 +124,18 @@ COLUMN_FAMILIES: dict[str, Column] = {
 }
 
 
+def manifest_markdown() -> str:
+    """The manifest schema as a Markdown table (the source of docs/manifest.md)."""
+    lines = ["| column | required | meaning |", "| --- | --- | --- |"]
+    for name, column in COLUMNS.items():
+        lines.append(f"| `{name}` | {'yes' if column.required else ''} | {column.help} |")
+    for pattern, column in COLUMN_FAMILIES.items():
+        family = pattern.split("(")[0]
+        levels = pattern.split("(")[1].rstrip(")").replace("|", ", ")
+        lines.append(f"| `{family}<level>` ({levels}) | | {column.help} |")
+    return "\n".join(lines) + "\n"
+
+
 def column_spec(name: str) -> Column | None:
     """The schema entry of a column name, or None for a column the schema does not know."""
     if name in COLUMNS:

@@ -12,17 +12,10 @@ import pytest
 from scipy import ndimage
 
 from simulation.phantoms.anatomy import (
-    AIR,
-    ANNULUS,
-    CORTICAL,
-    CSF,
-    FAT,
-    MUSCLE,
-    NUCLEUS,
     SACRUM,
-    TRABECULAR,
     Anatomy,
     CohortSettings,
+    Tissue,
     sample_anatomy,
 )
 from simulation.phantoms.config import cohort_config
@@ -133,7 +126,7 @@ def test_cobb_angle_measured_from_the_mask_matches_the_request(cobb):
     anatomy = sample_anatomy(np.random.default_rng(5), settings)
     assert anatomy.cobb == pytest.approx(cobb)
     labels, tissue = rasterize(anatomy, grid_around(anatomy, (1.0, 1.0, 1.0), 140.0))
-    body_tissue = (tissue == CORTICAL) | (tissue == TRABECULAR)
+    body_tissue = (tissue == Tissue.CORTICAL) | (tissue == Tissue.TRABECULAR)
     tilts = []
     for vertebra in anatomy.vertebrae:
         if vertebra.label == SACRUM:
@@ -155,14 +148,14 @@ def test_ct_values_fall_in_physical_hu_ranges(osteoporosis):
     assert anatomy.osteoporosis is osteoporosis
     rng = np.random.default_rng(0)
     ct = acquire(ct_hu(tissue, anatomy, rng), ScannerEffects(noise=20.0, blur=0.5), rng)
-    ranges = {AIR: (-1010, -950), FAT: (-130, -70), MUSCLE: (20, 70), CSF: (-5, 30),
-              ANNULUS: (60, 130), NUCLEUS: (50, 120),
-              TRABECULAR: (50, 150) if osteoporosis else (150, 320)}
+    ranges = {Tissue.AIR: (-1010, -950), Tissue.FAT: (-130, -70), Tissue.MUSCLE: (20, 70),
+              Tissue.CSF: (-5, 30), Tissue.ANNULUS: (60, 130), Tissue.NUCLEUS: (50, 120),
+              Tissue.TRABECULAR: (50, 150) if osteoporosis else (150, 320)}
     for code, (low, high) in ranges.items():
         where = ndimage.binary_erosion(tissue == code)  # away from partial-volume edges
         assert where.sum() > 50, code
         assert low <= np.median(ct[where]) <= high, (code, np.median(ct[where]))
-    cortex = np.median(ct[tissue == CORTICAL])
+    cortex = np.median(ct[tissue == Tissue.CORTICAL])
     assert cortex > 350 and (cortex < 800 if osteoporosis else cortex > 500)
 
 
@@ -172,7 +165,7 @@ def test_t2_nucleus_darkens_with_degeneration_grade():
         anatomy, labels, tissue = _phantom(seed, degeneration=1.0)
         t2 = mr_signal(tissue, labels, anatomy, "T2", np.random.default_rng(0))
         for disc in anatomy.discs:
-            nucleus = (labels == disc.label) & (tissue == NUCLEUS)
+            nucleus = (labels == disc.label) & (tissue == Tissue.NUCLEUS)
             if nucleus.any():
                 grades.append(disc.grade)
                 signals.append(float(t2[nucleus].mean()))

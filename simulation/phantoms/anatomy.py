@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
 
@@ -25,10 +26,21 @@ from tasks.labels import disc_label
 
 SACRUM = 26
 
-# Tissue codes of the tissue map (imaging renders intensities from them).
-AIR, FAT, MUSCLE, CORTICAL, TRABECULAR, POSTERIOR, ANNULUS, NUCLEUS, CSF = range(9)
-TISSUES = ("air", "fat", "muscle", "cortical", "trabecular", "posterior", "annulus",
-           "nucleus", "csf")
+
+
+class Tissue(IntEnum):
+    """Codes of the tissue map; imaging renders intensities from them."""
+
+    AIR = 0
+    FAT = 1
+    MUSCLE = 2
+    CORTICAL = 3
+    TRABECULAR = 4
+    POSTERIOR = 5
+    ANNULUS = 6
+    NUCLEUS = 7
+    CSF = 8
+
 
 # Disc height factor by Pfirrmann-like grade (1 healthy ... 5 collapsed).
 DISC_HEIGHT_BY_GRADE = {1: 1.0, 2: 0.95, 3: 0.8, 4: 0.6, 5: 0.4}

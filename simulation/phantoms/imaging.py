@@ -16,27 +16,20 @@ import numpy as np
 from scipy import ndimage
 
 from simulation.phantoms.anatomy import (
-    AIR,
-    ANNULUS,
-    CORTICAL,
-    CSF,
-    FAT,
-    MUSCLE,
-    NUCLEUS,
-    POSTERIOR,
-    TRABECULAR,
     Anatomy,
+    Tissue,
 )
 from tasks.labels import CANAL, structure_of
 
-CT_HU = {AIR: -1000.0, FAT: -100.0, MUSCLE: 45.0, CORTICAL: 1050.0, TRABECULAR: 230.0,
-         POSTERIOR: 650.0, ANNULUS: 95.0, NUCLEUS: 80.0, CSF: 10.0}
-CT_HU_OSTEOPOROTIC = {CORTICAL: 750.0, TRABECULAR: 90.0, POSTERIOR: 450.0}
+T = Tissue
+CT_HU = {T.AIR: -1000.0, T.FAT: -100.0, T.MUSCLE: 45.0, T.CORTICAL: 1050.0, T.TRABECULAR: 230.0,
+         T.POSTERIOR: 650.0, T.ANNULUS: 95.0, T.NUCLEUS: 80.0, T.CSF: 10.0}
+CT_HU_OSTEOPOROTIC = {T.CORTICAL: 750.0, T.TRABECULAR: 90.0, T.POSTERIOR: 450.0}
 MR_SIGNAL = {
-    "T1": {AIR: 0.0, FAT: 1.0, MUSCLE: 0.35, CORTICAL: 0.05, TRABECULAR: 0.7, POSTERIOR: 0.3,
-           ANNULUS: 0.3, NUCLEUS: 0.4, CSF: 0.15},
-    "T2": {AIR: 0.0, FAT: 0.8, MUSCLE: 0.25, CORTICAL: 0.05, TRABECULAR: 0.45, POSTERIOR: 0.25,
-           ANNULUS: 0.2, NUCLEUS: 0.9, CSF: 1.0},
+    "T1": {T.AIR: 0.0, T.FAT: 1.0, T.MUSCLE: 0.35, T.CORTICAL: 0.05, T.TRABECULAR: 0.7,
+           T.POSTERIOR: 0.3, T.ANNULUS: 0.3, T.NUCLEUS: 0.4, T.CSF: 0.15},
+    "T2": {T.AIR: 0.0, T.FAT: 0.8, T.MUSCLE: 0.25, T.CORTICAL: 0.05, T.TRABECULAR: 0.45,
+           T.POSTERIOR: 0.25, T.ANNULUS: 0.2, T.NUCLEUS: 0.9, T.CSF: 1.0},
 }
 # T2 nucleus signal relative to a healthy disc, by degeneration grade.
 NUCLEUS_T2_BY_GRADE = {1: 1.0, 2: 0.8, 3: 0.5, 4: 0.3, 5: 0.2}
@@ -78,7 +71,7 @@ def ct_hu(tissue: np.ndarray, anatomy: Anatomy, rng: np.random.Generator) -> np.
     if anatomy.osteoporosis:
         table.update(CT_HU_OSTEOPOROTIC)
     hu = _lookup(tissue, table)
-    bone = tissue == TRABECULAR
+    bone = tissue == Tissue.TRABECULAR
     hu[bone] += 35.0 * _texture(tissue.shape, rng, 1.0)[bone]
     return hu
 
@@ -88,15 +81,14 @@ def mr_signal(tissue: np.ndarray, labels: np.ndarray, anatomy: Anatomy, sequence
     """Ideal MR signal (0-1) for a sequence; the T2 nucleus darkens with its disc's grade."""
     table = dict(MR_SIGNAL[sequence])
     if anatomy.osteoporosis:
-        table[TRABECULAR] = min(1.0, table[TRABECULAR] * 1.25)  # fattier marrow
+        table[Tissue.TRABECULAR] = min(1.0, table[Tissue.TRABECULAR] * 1.25)  # fattier marrow
     signal = _lookup(tissue, table)
     if sequence == "T2":
         for disc in anatomy.discs:
-            nucleus = (labels == disc.label) & (tissue == NUCLEUS)
-            level = table[ANNULUS] + (table[NUCLEUS] - table[ANNULUS]) * NUCLEUS_T2_BY_GRADE[
-                disc.grade]
-            signal[nucleus] = level
-    marrow = tissue == TRABECULAR
+            nucleus = (labels == disc.label) & (tissue == Tissue.NUCLEUS)
+            healthy, annulus = table[Tissue.NUCLEUS], table[Tissue.ANNULUS]
+            signal[nucleus] = annulus + (healthy - annulus) * NUCLEUS_T2_BY_GRADE[disc.grade]
+    marrow = tissue == Tissue.TRABECULAR
     signal[marrow] *= 1.0 + 0.08 * _texture(tissue.shape, rng, 1.0)[marrow]
     return signal
 

@@ -11,19 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulation.phantoms.anatomy import (
-    AIR,
-    ANNULUS,
-    CORTICAL,
-    CSF,
-    FAT,
-    MUSCLE,
-    NUCLEUS,
-    POSTERIOR,
     SACRUM,
-    TRABECULAR,
     Anatomy,
     Disc,
     Pose,
+    Tissue,
     Vertebra,
 )
 from tasks.labels import CANAL
@@ -72,13 +64,13 @@ def grid_around(anatomy: Anatomy, spacing: tuple[float, float, float], fov: floa
 def rasterize(anatomy: Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """Label map (int16, spinefl convention) and tissue map (uint8 tissue codes) on ``grid``."""
     labels = np.zeros(grid.shape, dtype=np.int16)
-    tissue = np.full(grid.shape, AIR, dtype=np.uint8)
+    tissue = np.full(grid.shape, Tissue.AIR, dtype=np.uint8)
     _paint_body(anatomy, grid, tissue)
     for vertebra, pose in zip(anatomy.vertebrae, anatomy.poses, strict=True):
         index, points = grid.block(pose.center, 40.0 * anatomy.scale + vertebra.height)
         inside = _canal(anatomy, vertebra, _local(points, pose))
         labels[index][inside] = CANAL
-        tissue[index][inside] = CSF
+        tissue[index][inside] = Tissue.CSF
     neighbours = zip(anatomy.discs, anatomy.poses[:-1], anatomy.poses[1:], strict=True)
     for disc, upper, lower in neighbours:
         _paint_disc(anatomy, disc, upper, lower, grid, labels, tissue)
@@ -86,9 +78,9 @@ def rasterize(anatomy: Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         index, points = grid.block(pose.center, 60.0 * anatomy.scale + vertebra.height)
         posterior, body, cortical = _vertebra(anatomy, vertebra, _local(points, pose))
         labels[index][posterior | body] = vertebra.label
-        tissue[index][posterior] = POSTERIOR
-        tissue[index][body] = TRABECULAR
-        tissue[index][body & cortical] = CORTICAL
+        tissue[index][posterior] = Tissue.POSTERIOR
+        tissue[index][body] = Tissue.TRABECULAR
+        tissue[index][body & cortical] = Tissue.CORTICAL
     return labels, tissue
 
 
@@ -103,8 +95,8 @@ def _paint_body(anatomy: Anatomy, grid: Grid, tissue: np.ndarray) -> None:
     x = grid.origin[0] + grid.spacing[0] * np.arange(grid.shape[0])
     y = grid.origin[1] + grid.spacing[1] * np.arange(grid.shape[1])
     radius = np.sqrt((x[:, None] / rx) ** 2 + ((y[None, :] - cy) / ry) ** 2)
-    plane = np.where(radius <= 1.0, MUSCLE, AIR)
-    plane = np.where((radius <= 1.0) & (radius > 1.0 - fat / min(rx, ry)), FAT, plane)
+    plane = np.where(radius <= 1.0, Tissue.MUSCLE, Tissue.AIR)
+    plane = np.where((radius <= 1.0) & (radius > 1.0 - fat / min(rx, ry)), Tissue.FAT, plane)
     tissue[...] = plane[:, :, None].astype(np.uint8)
 
 
@@ -185,11 +177,11 @@ def _paint_disc(anatomy: Anatomy, disc: Disc, upper: Pose, lower: Pose, grid: Gr
     nucleus = inside & (np.sqrt((ux / a) ** 2 + ((uy + 0.1 * b) / b) ** 2) <= 0.55) & (
         margin >= 0.2 * disc.height)
     labels[index][inside] = disc.label
-    tissue[index][inside] = ANNULUS
-    tissue[index][nucleus] = NUCLEUS
+    tissue[index][inside] = Tissue.ANNULUS
+    tissue[index][nucleus] = Tissue.NUCLEUS
     if disc.herniation > 0:
         s = anatomy.scale
         bulge = ((ux / (7.0 * s)) ** 2 + ((uy + b) / (disc.herniation + 1.0)) ** 2
                  + (uz / max(0.45 * disc.height, 2.0)) ** 2 <= 1.0) & ~inside
         labels[index][bulge] = disc.label
-        tissue[index][bulge] = NUCLEUS
+        tissue[index][bulge] = Tissue.NUCLEUS
