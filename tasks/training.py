@@ -48,8 +48,8 @@ RUN_KEYS: Schema = {
         Key("seed", "int", 0, "Seed of initialisation, sampling and augmentation."),
         Key("device", "str", "auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda`, "
             "`cuda:N`."),
-        Key("max_minutes", "float", 0.0, "Stop after the epoch that passes this much training "
-            "time (0 = no limit).", minimum=0.0),
+        Key("max_minutes", "float", 0.0, "Time budget: stop before an epoch that would end "
+            "past it at the pace so far (0 = no limit).", minimum=0.0),
         Key("eval_every", "int", 1, "Evaluate on the validation split every N epochs (and "
             "after the last).", minimum=1),
     ),
@@ -149,7 +149,10 @@ def train(config: dict[str, dict[str, Any]], force: bool = False,
             row: dict[str, float] = {"epoch": epoch}
             row.update(task.train_epoch(model, batches, optimizer, device))
             elapsed = time.perf_counter() - started
-            over_time = run["max_minutes"] > 0 and elapsed > 60 * run["max_minutes"]
+            # Stop when one more epoch (at the mean pace so far, validation included)
+            # would end past the budget.
+            over_time = run["max_minutes"] > 0 and elapsed * (epoch + 1) / epoch > 60 * run[
+                "max_minutes"]
             last = epoch == run["epochs"] or over_time
             if len(val_rows) and (epoch % run["eval_every"] == 0 or last):
                 evaluation = task.evaluate(model, val_rows, device)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_two_minutes_of_cpu_training_segment_held_out_ct_and_mr(trained_run):
     manifest, result = trained_run
-    assert result.history["seconds"].iloc[-1] < 125  # the stage-2 budget, with one epoch's slack
+    assert result.history["seconds"].iloc[-1] <= 120
     task, model, _ = load_checkpoint(result.folder / "model.pt")
     evaluation = task.evaluate(model, manifest.select(split="test"), torch.device("cpu"))
     per_image = evaluation.per_image

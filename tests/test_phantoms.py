@@ -125,6 +125,7 @@ def test_cobb_angle_measured_from_the_mask_matches_the_request(cobb):
                               fracture_probability=0.0)
     anatomy = sample_anatomy(np.random.default_rng(5), settings)
     assert anatomy.cobb == pytest.approx(cobb)
+    assert np.ptp(anatomy.endplate_tilts()) == pytest.approx(cobb, abs=1e-6)
     labels, tissue = rasterize(anatomy, grid_around(anatomy, (1.0, 1.0, 1.0), 140.0))
     body_tissue = (tissue == Tissue.CORTICAL) | (tissue == Tissue.TRABECULAR)
     tilts = []

@@ -111,11 +111,6 @@ class Anatomy:
     body: tuple[float, float, float]
     poses: tuple[Pose, ...] = field(default=(), compare=False)
 
-    def pose(self, label: int) -> Pose:
-        """Pose of the vertebra with that VerSe label."""
-        index = [v.label for v in self.vertebrae].index(label)
-        return self.poses[index]
-
     def endplate_tilts(self) -> np.ndarray:
         """Coronal tilt (degrees) of each vertebra's endplates as seen on an AP view."""
         return np.array([np.degrees(np.arctan2(p.frame[0, 2], p.frame[2, 2])) for p in self.poses])

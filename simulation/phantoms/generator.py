@@ -132,13 +132,14 @@ def render_patient(index: int, scanner: Scanner, config: CohortConfig,
     shared = patient_labels(anatomy)
     rows = []
 
-    def row(modality: str, sequence: str, view: str, files: tuple[str, str, str], sp) -> None:
+    def row(modality: str, sequence: str, view: str, files: tuple[str, str, str],
+            spacing: tuple[float, ...]) -> None:
         image, mask, ctd = files
         rows.append({**shared, "modality": modality, "sequence": sequence, "view": view,
                      "series_id": f"{folder.name}-{scanner.name}-{sequence or view or modality}",
                      "image": f"{folder.name}/{image}", "mask": f"{folder.name}/{mask}",
                      "centroids": f"{folder.name}/{ctd}" if ctd else "",
-                     "spacing": format_spacing(sp)})
+                     "spacing": format_spacing(spacing)})
 
     if scanner.modality == "CT":
         ct = acquire(ct_hu(tissue, anatomy, rng), scanner.effects, rng)
@@ -161,7 +162,8 @@ def render_patient(index: int, scanner: Scanner, config: CohortConfig,
             save_nifti(_projection_volume(image, grid, axis), folder / f"{stem}.nii.gz", np.float32)
             save_nifti(_projection_volume(label_map, grid, axis), folder / f"{stem}_mask.nii.gz",
                        np.int16)
-            row("XR", "", view, (f"{stem}.nii.gz", f"{stem}_mask.nii.gz", ""), grid.spacing[:2])
+            detector = tuple(grid.spacing[i] for i in range(3) if i != axis)
+            row("XR", "", view, (f"{stem}.nii.gz", f"{stem}_mask.nii.gz", ""), detector)
     return rows
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
@@ -65,10 +64,3 @@ def train_loader(prepared: list[Prepared], settings: dict[str, Any], batch_size:
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
                       drop_last=len(dataset) > batch_size)
 
-
-def class_frequencies(prepared: list[Prepared], count: int) -> np.ndarray:
-    """Fraction of voxels per class over the prepared images."""
-    totals = np.zeros(count)
-    for p in prepared:
-        totals += np.bincount(p.classes.ravel().numpy(), minlength=count)[:count]
-    return totals / totals.sum()
