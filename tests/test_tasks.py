@@ -11,6 +11,7 @@ from tasks.config import validate
 from tasks.imageio import Volume, load_image, reorient
 from tasks.registry import TASKS
 from tasks.segmentation.classes import class_table
+from tasks.segmentation.metric import segmentation_metrics
 from tasks.segmentation.transforms import prepare, restore
 
 
@@ -95,3 +96,20 @@ def test_class_tables_map_the_label_convention():
     classes = np.arange(structures.count)
     np.testing.assert_array_equal(structures.from_values(structures.to_values(classes)), classes)
     assert levels.names[levels.to_classes(np.array([123]))[0]] == "L4/L5"
+
+
+def test_dice_and_hd95_match_hand_computed_values():
+    table = class_table("structures")
+    truth = np.zeros((20, 20, 20), dtype=np.int64)
+    truth[5:15, 5:15, 5:15] = 1  # a 10^3 vertebra cube
+    truth[5:15, 5:15, 16:18] = 2  # a 10x10x2 disc slab
+    predicted = np.zeros_like(truth)
+    predicted[7:17, 5:15, 5:15] = 1  # the cube shifted by 2 voxels along x
+    metrics = segmentation_metrics(predicted, truth, table, spacing=(1.5, 1.0, 1.0), hd95=True)
+    assert metrics["dice_vertebra"] == pytest.approx(2 * 800 / 2000)
+    assert metrics["dice_disc"] == pytest.approx(0.0)
+    assert np.isnan(metrics["dice_canal"])  # absent from the truth: no Dice, not a zero
+    assert metrics["dice_mean"] == pytest.approx((0.8 + 0.0) / 2)
+    shifted_only = segmentation_metrics(predicted, np.where(truth == 2, 0, truth), table,
+                                        spacing=(1.5, 1.0, 1.0), hd95=True)
+    assert shifted_only["hd95_mean"] == pytest.approx(2 * 1.5)
