@@ -1,0 +1,59 @@
+"""Strategies by name, built from the ``[federation]`` settings.
+
+All but FedBN are Flower's own. FedBN is FedAvg whose messages ask the
+hospitals to keep their normalisation layers local (clients do the keeping;
+the global model still carries the average, for use outside the federation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Strategy,
+)
+
+KEEP_LOCAL_NORM = "keep-local-norm"
+
+
+class FedBN(FedAvg):
+    """FedAvg where every hospital keeps its own normalisation parameters (Li et al., 2021)."""
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        marked = ConfigRecord({**config, KEEP_LOCAL_NORM: True})
+        return super().configure_train(server_round, arrays, marked, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        marked = ConfigRecord({**config, KEEP_LOCAL_NORM: True})
+        return super().configure_evaluate(server_round, arrays, marked, grid)
+
+
+def build_strategy(federation: dict[str, Any]) -> Strategy:
+    """The strategy named by ``federation['strategy']`` with its sampling and settings."""
+    sampling = {
+        "fraction_train": federation["fraction_train"],
+        "fraction_evaluate": federation["fraction_evaluate"],
+        "min_train_nodes": federation["min_hospitals"],
+        "min_evaluate_nodes": federation["min_hospitals"],
+        "min_available_nodes": federation["min_hospitals"],
+    }
+    name = federation["strategy"]
+    if name == "fedprox":
+        return FedProx(proximal_mu=federation["proximal_mu"], **sampling)
+    if name in ("fedadam", "fedyogi"):
+        cls = FedAdam if name == "fedadam" else FedYogi
+        return cls(eta=federation["server_lr"], eta_l=federation["server_lr"], **sampling)
+    if name == "fedtrimmedavg":
+        return FedTrimmedAvg(beta=federation["trim_beta"], **sampling)
+    return {"fedavg": FedAvg, "fedmedian": FedMedian, "fedbn": FedBN}[name](**sampling)

@@ -1,0 +1,137 @@
+"""Every strategy's aggregation against a hand computation on small arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.supercore.task_identity import TaskIdentity
+
+from server.config import FEDERATION_KEYS
+from server.recorder import HospitalRecorder
+from server.strategies import KEEP_LOCAL_NORM, build_strategy
+from tasks.config import validate
+
+UPDATES = [np.array([1.0, 2.0, 10.0]), np.array([3.0, 4.0, -2.0]), np.array([2.0, 9.0, 4.0]),
+           np.array([0.0, 1.0, 5.0]), np.array([8.0, 3.0, 1.0])]
+SAMPLES = [1, 3, 2, 2, 2]
+
+
+def federation(**settings):
+    return validate({"federation": settings}, {"federation": FEDERATION_KEYS}, "test")[
+        "federation"]
+
+
+def reply(node: int, update: np.ndarray, samples: int, loss: float = 0.5) -> Message:
+    metadata = Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0,
+                        reply_to_message_id="request", group_id="1", created_at=0.0, ttl=60.0,
+                        message_type="train")
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(update)}),
+                          "metrics": MetricRecord({"num-examples": samples, "loss": loss})})
+    return Message(content, metadata=metadata)
+
+
+def failed(node: int) -> Message:
+    metadata = Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0,
+                        reply_to_message_id="request", group_id="1", created_at=0.0, ttl=60.0,
+                        message_type="train")
+    return Message(Error(code=0, reason="ClientApp raised: disk full"), metadata=metadata)
+
+
+@pytest.fixture(autouse=True)
+def inside_a_run():
+    """Messages are made inside a run: give this process the run identity a ServerApp has."""
+    previous = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
+
+
+class TwoNodeGrid:
+    """The part of a Grid that sampling reads: which nodes are connected."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def aggregate(strategy, count: int, initial: np.ndarray | None = None) -> np.ndarray:
+    if initial is not None:
+        strategy.configure_train(1, ArrayRecord({"w": Array(initial)}), ConfigRecord(),
+                                 TwoNodeGrid(list(range(1, count + 1))))
+    replies = [reply(i + 1, UPDATES[i], SAMPLES[i]) for i in range(count)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return arrays["w"].numpy()
+
+
+def test_fedavg_and_fedprox_weight_by_samples():
+    expected = sum(u * n for u, n in zip(UPDATES[:3], SAMPLES[:3], strict=True)) / 6
+    for name in ("fedavg", "fedprox", "fedbn"):
+        np.testing.assert_allclose(aggregate(build_strategy(federation(strategy=name)), 3),
+                                   expected)
+
+
+def test_fedmedian_takes_the_elementwise_median():
+    np.testing.assert_allclose(aggregate(build_strategy(federation(strategy="fedmedian")), 3),
+                               [2.0, 4.0, 4.0])
+
+
+def test_fedtrimmedavg_drops_the_extremes_then_averages():
+    strategy = build_strategy(federation(strategy="fedtrimmedavg", trim_beta=0.2))
+    # Five replies, 20% trimmed at each end: per coordinate, drop the min and the max.
+    expected = [np.mean(sorted(column)[1:-1]) for column in np.stack(UPDATES).T]
+    np.testing.assert_allclose(aggregate(strategy, 5), expected)
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
+def test_adaptive_server_optimisers_follow_their_update_rule(name):
+    strategy = build_strategy(federation(strategy=name, server_lr=0.1))
+    start = np.array([1.0, 1.0, 1.0])
+    average = sum(u * n for u, n in zip(UPDATES[:2], SAMPLES[:2], strict=True)) / 4
+    delta = average - start
+    beta_1, beta_2, tau, eta, server_round = 0.9, 0.99, 1e-3, 0.1, 1
+    m = (1 - beta_1) * delta
+    v = (1 - beta_2) * delta**2  # Adam's and Yogi's second moments agree from v = 0
+    # FedAdam corrects the moments' bias; Flower's FedYogi does not.
+    eta_norm = eta * np.sqrt(1 - beta_2 ** (server_round + 1)) / (1 - beta_1 ** (server_round + 1))
+    if name == "fedyogi":
+        eta_norm = eta
+    expected = start + eta_norm * m / (np.sqrt(v) + tau)
+    np.testing.assert_allclose(aggregate(strategy, 2, initial=start), expected, rtol=1e-6)
+
+
+def test_fedprox_and_fedbn_tell_the_hospitals_what_to_do():
+    grid = TwoNodeGrid([1, 2])
+    arrays = ArrayRecord({"w": Array(np.zeros(2))})
+    config = ConfigRecord({"lr": 0.1})
+    prox = build_strategy(federation(strategy="fedprox", proximal_mu=0.3))
+    message = next(iter(prox.configure_train(1, arrays, ConfigRecord(config), grid)))
+    assert message.content["config"]["proximal-mu"] == pytest.approx(0.3)
+    fedbn = build_strategy(federation(strategy="fedbn"))
+    for configure in (fedbn.configure_train, fedbn.configure_evaluate):
+        message = next(iter(configure(1, arrays, config, grid)))
+        assert message.content["config"][KEEP_LOCAL_NORM] is True
+    assert KEEP_LOCAL_NORM not in config, "the caller's config is not modified"
+
+
+def test_recorder_keeps_each_hospitals_reply_and_names_failures():
+    recorder = HospitalRecorder(build_strategy(federation()), {1: "north", 2: "south"},
+                                round_offset=4)
+    arrays, _ = recorder.aggregate_train(1, [reply(1, UPDATES[0], 1, loss=0.7),
+                                             reply(2, UPDATES[1], 3, loss=0.2), failed(3)])
+    np.testing.assert_allclose(arrays["w"].numpy(), (UPDATES[0] + 3 * UPDATES[1]) / 4)
+    rows = {row["hospital"]: row for row in recorder.rows(1)}
+    assert rows["north"]["round"] == 5 and rows["north"]["train_loss"] == pytest.approx(0.7)
+    assert rows["south"]["train_num-examples"] == 3
+    assert "disk full" in rows["node-3"]["train_error"]
