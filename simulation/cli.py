@@ -83,6 +83,29 @@ def train(
 
 
 @app.command()
+def simulate(
+    config: Path | None = typer.Option(None, help="Experiment (TOML); configs/federated.toml, "
+                                       "the default phantom benchmark, when left out."),
+    out: Path | None = typer.Option(None, help="Override output.dir."),
+    force: bool = typer.Option(False, help="Overwrite an output folder holding another run."),
+) -> None:
+    """Federated training over virtual hospitals, with local-only and pooled baselines."""
+    from simulation.report import comparison
+    from simulation.simulate import load_simulation
+    from simulation.simulate import simulate as run_simulation
+    from tasks.registry import task_class
+
+    experiment = load_simulation(config)
+    if out is not None:
+        experiment["output"]["dir"] = str(out)
+    results = run_simulation(experiment, force=force, console=console)
+    score = task_class(experiment["task"]["name"]).score
+    table = comparison(results, score).round(3).reset_index()
+    _print_table(f"Test {score} per hospital", table)
+    console.print(f"Report: {Path(experiment['output']['dir']) / 'report' / 'summary.md'}")
+
+
+@app.command()
 def predict(
     model: Path = typer.Option(..., help="Checkpoint written by train (model.pt)."),
     input: Path = typer.Option(..., help="NIfTI/MHA file, or a folder of them or of DICOM."),

@@ -139,4 +139,7 @@ def summary(hospitals: Sequence[Manifest], names: Sequence[str] | None = None) -
             cobb = pd.to_numeric(table.groupby("patient_id").cobb_angle.first(), errors="coerce")
             row["scoliosis_share"] = round(float((cobb >= 10).mean()), 2)
         rows.append(row)
-    return pd.DataFrame(rows).fillna(0)
+    table = pd.DataFrame(rows)
+    counts = [c for c in table.columns if c.endswith("_images")]
+    table[counts] = table[counts].fillna(0).astype(int)
+    return table

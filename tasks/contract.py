@@ -10,7 +10,7 @@ checkpoint stores.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -55,8 +55,15 @@ class Task(Protocol):
 
     def train_epoch(self, model: nn.Module, batches: Iterable[Any],
                     optimizer: torch.optim.Optimizer, device: torch.device,
-                    max_steps: int | None = None) -> dict[str, float]:
-        """One pass of local training (at most ``max_steps`` steps); returns e.g. the mean loss."""
+                    max_steps: int | None = None,
+                    penalty: Callable[[nn.Module], torch.Tensor] | None = None
+                    ) -> dict[str, float]:
+        """One pass of local training (at most ``max_steps`` steps), adding ``penalty(model)``
+        to each step's loss when given (e.g. FedProx); returns e.g. the mean loss."""
+        ...
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The keys ``evaluate`` always returns (NaN where a metric is undefined)."""
         ...
 
     def evaluate(self, model: nn.Module, manifest: Manifest, device: torch.device) -> Evaluation:

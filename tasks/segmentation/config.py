@@ -25,6 +25,8 @@ KEYS = (
     Key("channels", "list[int]", [16, 32, 64, 128], "Feature channels per U-Net level.",
         minimum=1, check=_channels),
     Key("res_units", "int", 1, "Residual units per U-Net level.", minimum=0),
+    Key("norm_affine", "bool", False, "Instance norm with a learned scale and shift (FedBN "
+        "then has per-hospital parameters to keep local)."),
     Key("spacing", "list[float]", [2.0, 2.0, 2.0], "Voxel spacing (mm) images are resampled "
         "to (radiographs use the first two).", length=3, minimum=0.05),
     Key("ct_window", "list[float]", [-250.0, 1250.0], "CT window in HU mapped to [0, 1].",

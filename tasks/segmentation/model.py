@@ -23,5 +23,5 @@ def build_network(settings: dict[str, Any], out_channels: int) -> nn.Module:
         channels=channels,
         strides=(2,) * (len(channels) - 1),
         num_res_units=settings["res_units"],
-        norm="instance",
+        norm=("instance", {"affine": settings["norm_affine"]}),
     )

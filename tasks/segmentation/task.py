@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,6 +16,7 @@ from tasks.contract import Evaluation
 from tasks.device import autocast
 from tasks.errors import UserError
 from tasks.imageio import Volume, load_image
+from tasks.labels import STRUCTURES
 from tasks.manifest import Manifest
 from tasks.segmentation.classes import class_table
 from tasks.segmentation.config import KEYS
@@ -58,7 +59,9 @@ class SegmentationTask:
 
     def train_epoch(self, model: nn.Module, batches: Iterable[Any],
                     optimizer: torch.optim.Optimizer, device: torch.device,
-                    max_steps: int | None = None) -> dict[str, float]:
+                    max_steps: int | None = None,
+                    penalty: Callable[[nn.Module], torch.Tensor] | None = None
+                    ) -> dict[str, float]:
         model.train()
         losses = []
         for step, batch in enumerate(batches):
@@ -68,6 +71,8 @@ class SegmentationTask:
             with autocast(device):
                 logits = model(batch["image"].to(device))
                 loss = self.loss(logits.float(), batch["label"].to(device))
+            if penalty is not None:
+                loss = loss + penalty(model)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
@@ -102,12 +107,21 @@ class SegmentationTask:
                          "modality": row["modality"], "site": row["site"], **metrics,
                          "seconds": time.perf_counter() - start})
         per_image = pd.DataFrame(rows)
-        numeric = per_image.drop(columns=["patient_id", "image", "modality", "site", "seconds"],
-                                 errors="ignore")
-        metrics = {k: float(v) for k, v in numeric.mean(skipna=True).items()} if rows else {}
-        for modality, group in per_image.groupby("modality") if rows else []:
-            metrics[f"dice_mean_{modality}"] = float(group["dice_mean"].mean())
+        metrics = dict.fromkeys(self.metric_names(), float("nan"))
+        if rows:
+            for name in metrics:
+                if name in per_image:
+                    metrics[name] = float(per_image[name].mean(skipna=True))
+            for modality, group in per_image.groupby("modality"):
+                metrics[f"dice_mean_{modality}"] = float(group["dice_mean"].mean())
         return Evaluation(metrics, per_image)
+
+    def metric_names(self) -> tuple[str, ...]:
+        per_class = [f"dice_{n.replace('/', '-')}" for n in self.table.names[1:]]
+        structures = [f"dice_{s}" for s in STRUCTURES]
+        modalities = [f"dice_mean_{m}" for m in self.settings["modalities"]]
+        extra = ["hd95_mean"] if self.settings["hd95"] else []
+        return tuple(dict.fromkeys([*per_class, *structures, "dice_mean", *modalities, *extra]))
 
     def describe_output(self) -> dict[str, Any]:
         return {"task": self.name, "labels": self.settings["labels"],

@@ -1,0 +1,144 @@
+"""The ServerApp: the coordinator's side of a federated run.
+
+The run config names the experiment file (``experiment``) and, in
+simulation, the virtual hospitals' folder (``partitions``). The ServerApp
+asks every node which hospital it is, then runs the strategy's rounds. After
+each round a callback writes, in the experiment's output folder:
+
+- ``federated_metrics.csv``: one row per hospital per round (training loss,
+  steps, samples, time; validation Dice per structure; errors);
+- ``checkpoint_round.pt``: the global weights and the round reached, to resume.
+
+At the end ``model.pt`` holds the final global model, usable by
+``spinefl predict`` as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from server.config import load_experiment
+from server.recorder import HospitalRecorder
+from server.strategies import build_strategy
+from tasks.checkpoint import load_checkpoint, save_checkpoint
+from tasks.contract import Task
+from tasks.errors import UserError
+from tasks.registry import task_class
+from tasks.training import seed_everything
+
+app = ServerApp()
+
+ROUND_CHECKPOINT = "checkpoint_round.pt"
+METRICS = "federated_metrics.csv"
+
+
+def wait_for_hospitals(grid: Grid, count: int, timeout: float) -> list[int]:
+    """Node ids once at least ``count`` nodes are connected; UserError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= count:
+            return nodes
+        if time.monotonic() > deadline:
+            raise UserError(f"only {len(nodes)} of the {count} hospitals the run needs "
+                            f"connected within {timeout:g} s")
+        time.sleep(0.5)
+
+
+def hospital_names(grid: Grid, nodes: list[int], partitions: str, timeout: float
+                   ) -> dict[int, str]:
+    """Ask each node which hospital it is (nodes that do not answer keep their id)."""
+    content = RecordDict({"config": ConfigRecord({"partitions": partitions})})
+    messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY)
+                for node in nodes]
+    names = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            log(WARNING, "node %s did not say its name: %s", reply.metadata.src_node_id,
+                reply.error.reason)
+            continue
+        names[reply.metadata.src_node_id] = str(reply.content["hospital"]["name"])
+    return names
+
+
+def starting_point(task: Task, experiment: dict[str, Any], out: Path) -> tuple[dict, int]:
+    """Weights to start from and the rounds already done: a resumable round checkpoint of
+    this run, else the configured initial checkpoint, else a fresh model."""
+    resume = out / ROUND_CHECKPOINT
+    if resume.is_file():
+        stored, model, payload = load_checkpoint(resume)
+        if stored.settings != task.settings:
+            raise UserError(f"{resume}: task settings differ from the experiment's")
+        log(INFO, "Resuming after round %s from %s", payload["round"], resume)
+        return model.state_dict(), int(payload["round"])
+    if experiment["federation"]["init_checkpoint"]:
+        path = Path(experiment["federation"]["init_checkpoint"])
+        stored, model, _ = load_checkpoint(path)
+        if stored.name != task.name or stored.settings != task.settings:
+            raise UserError(f"{path}: its task settings differ from the experiment's [task]")
+        return model.state_dict(), 0
+    seed_everything(experiment["train"]["seed"])
+    return task.build_model().state_dict(), 0
+
+
+def request_config(task: Task, experiment: dict[str, Any], partitions: str) -> ConfigRecord:
+    """What every hospital needs to train and evaluate: task, local training, partitions."""
+    federation = experiment["federation"]
+    return ConfigRecord({
+        "task": json.dumps({"name": task.name, "settings": task.settings}),
+        "train": json.dumps(experiment["train"]),
+        "local-epochs": federation["local_epochs"],
+        "local-steps": federation["local_steps"],
+        "partitions": partitions,
+    })
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the experiment named in the run config."""
+    experiment = load_experiment(Path(str(context.run_config["experiment"])))
+    partitions = str(context.run_config.get("partitions", ""))
+    out = Path(experiment["output"]["dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in experiment["task"].items() if k != "name"}
+    task = task_class(experiment["task"]["name"])(settings)
+    federation = experiment["federation"]
+
+    nodes = wait_for_hospitals(grid, federation["min_hospitals"], federation["round_timeout"])
+    names = hospital_names(grid, nodes, partitions, federation["round_timeout"])
+    log(INFO, "Hospitals: %s", ", ".join(sorted(names.values())))
+    weights, done = starting_point(task, experiment, out)
+    remaining = federation["rounds"] - done
+    recorder = HospitalRecorder(build_strategy(federation), names, round_offset=done)
+    model = task.build_model()
+
+    def round_end(server_round: int, arrays: ArrayRecord) -> None:
+        if server_round == 0:
+            return None
+        path = out / METRICS
+        earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+        table = pd.concat([earlier, pd.DataFrame(recorder.rows(server_round))])
+        table.to_csv(path, index=False)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        save_checkpoint(out / ROUND_CHECKPOINT, task, model, round=server_round + done)
+        return None
+
+    if remaining > 0:
+        config = request_config(task, experiment, partitions)
+        result = recorder.start(grid, ArrayRecord(weights), num_rounds=remaining,
+                                timeout=federation["round_timeout"], train_config=config,
+                                evaluate_config=ConfigRecord(config), evaluate_fn=round_end)
+        weights = result.arrays.to_torch_state_dict() if result.arrays else weights
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    save_checkpoint(out / "model.pt", task, model, round=federation["rounds"])
+    log(INFO, "Final global model: %s", out / "model.pt")

@@ -1,0 +1,85 @@
+"""The simulate report: results table, plots and a short markdown summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from tasks.registry import task_class
+
+MODELS = ("federated", "local", "pooled")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame (index included) as a Markdown table."""
+    frame = frame.reset_index() if frame.index.name else frame
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    body = ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def comparison(results: pd.DataFrame, score: str) -> pd.DataFrame:
+    """Hospital x model table of the score on each hospital's test patients, with ratios."""
+    table = results.pivot_table(index="hospital", columns="model", values=score)
+    table = table[[m for m in MODELS if m in table.columns]]
+    if "pooled" in table:
+        table["federated / pooled"] = table["federated"] / table["pooled"]
+    if "local" in table:
+        table["federated / local"] = table["federated"] / table["local"]
+    return table
+
+
+def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataFrame,
+                 config: dict[str, Any], folder: Path) -> Path:
+    """Write results.csv, comparison.csv, dice_per_round.png, comparison.png and summary.md."""
+    folder.mkdir(parents=True, exist_ok=True)
+    score = task_class(config["task"]["name"]).score
+    results.to_csv(folder / "results.csv", index=False)
+    table = comparison(results, score)
+    table.to_csv(folder / "comparison.csv")
+
+    rounds = pd.read_csv(round_metrics)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    column = f"val_{score}"
+    if column in rounds:
+        for hospital, group in rounds.groupby("hospital"):
+            axis.plot(group["round"], group[column], marker="o", label=str(hospital))
+    axis.set(xlabel="round", ylabel=f"validation {score}", title="Federated training",
+             ylim=(0, 1))
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(folder / "dice_per_round.png", dpi=100)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    table[[m for m in MODELS if m in table]].plot.bar(ax=axis, rot=0)
+    axis.set(ylabel=f"test {score}", ylim=(0, 1), title="Each hospital's test patients")
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(folder / "comparison.png", dpi=100)
+    plt.close(figure)
+
+    federation = config["federation"]
+    lines = [
+        "# spinefl simulate report", "",
+        f"Task `{config['task']['name']}`, strategy `{federation['strategy']}`, "
+        f"{federation['rounds']} rounds of {federation['local_epochs']} local epoch(s)"
+        + (f" (at most {federation['local_steps']} steps)" if federation["local_steps"] else "")
+        + f"; partition `{config['partition']['method']}`.", "",
+        "## Hospitals", "", markdown_table(hospitals), "",
+        f"## Test {score} per hospital", "", markdown_table(table), "",
+        "Plots: `dice_per_round.png`, `comparison.png`. Per-image metrics of every model: "
+        "`results.csv`; per-hospital metrics of every round: "
+        "`../federated/federated_metrics.csv`.", "",
+    ]
+    (folder / "summary.md").write_text("\n".join(lines))
+    return folder / "summary.md"

@@ -1,0 +1,208 @@
+"""`spinefl simulate`: a whole federation on one machine, with its baselines.
+
+Stages, each written under the output folder:
+
+1. data: phantoms generated (or reused) from ``[phantoms]``, or ``data.manifest``;
+2. ``hospitals/``: the manifest partitioned by patient into virtual hospitals
+   (``hospitals.json``, one manifest each, ``summary.csv``);
+3. ``federated/``: the Flower run (local SuperLink, Ray simulation engine):
+   per-hospital metrics per round, round checkpoints, the final ``model.pt``;
+4. ``pooled/`` and ``local/<hospital>/``: the baselines on the very same splits;
+5. ``report/``: every model on every hospital's test patients (``results.csv``),
+   plots, and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import tomli_w
+import torch
+from rich.console import Console
+
+from server.config import FEDERATION_KEYS
+from simulation import partition
+from simulation.federation import run_federated
+from simulation.phantoms.config import cohort_config
+from simulation.phantoms.generator import generate
+from simulation.report import write_report
+from tasks.checkpoint import load_checkpoint
+from tasks.config import ConfigError, Key, load_toml, validate
+from tasks.device import select_device
+from tasks.errors import UserError
+from tasks.manifest import Manifest
+from tasks.registry import TASKS, task_class
+from tasks.training import RUN_KEYS, TASK_NAME_KEY, claim_run_folder, train
+
+METHODS = ("site", "iid", "dirichlet", "quantity")
+
+SIMULATION_KEYS = {
+    "phantoms": (
+        Key("enabled", "bool", True, "Generate phantoms (else use data.manifest as it is)."),
+        Key("config", "str", "", "Cohort config (TOML); empty for the embedded default."),
+        Key("dir", "str", "data/phantoms", "Where the phantoms are written (reused when the "
+            "same cohort is already there)."),
+    ),
+    "partition": (
+        Key("method", "str", "site", "`site`: one hospital per site (natural split); `iid`; "
+            "`dirichlet` (skew over `column`); `quantity` (sizes up to `ratio` apart).",
+            choices=METHODS),
+        Key("hospitals", "int", 3, "Number of hospitals (ignored by `site`).", minimum=1),
+        Key("column", "str", "site", "Manifest column the Dirichlet skew is over."),
+        Key("alpha", "float", 0.5, "Dirichlet concentration (small = strong skew).",
+            minimum=0.0),
+        Key("ratio", "float", 10.0, "Largest / smallest hospital for `quantity`.", minimum=1.0),
+        Key("seed", "int", 0, "Seed of the partition."),
+    ),
+    "baselines": (
+        Key("pooled", "bool", True, "Train on all hospitals' data pooled."),
+        Key("local", "bool", True, "Train each hospital on its own data alone."),
+    ),
+}
+
+
+def simulation_schema(task_name: str) -> dict[str, tuple[Key, ...]]:
+    """The schema of a simulate config for one task."""
+    return {"data": (Key("manifest", "str", "", "Manifest to partition when phantoms are off."),),
+            **SIMULATION_KEYS, "task": (TASK_NAME_KEY, *task_class(task_name).keys),
+            "train": RUN_KEYS["train"], "federation": FEDERATION_KEYS,
+            "output": RUN_KEYS["output"]}
+
+
+def load_simulation(path: Path | None) -> dict[str, dict[str, Any]]:
+    """A validated simulate config (``configs/federated.toml`` when ``path`` is None)."""
+    path = path or Path(__file__).resolve().parents[1] / "configs" / "federated.toml"
+    raw = load_toml(path)
+    name = raw.get("task", {}).get("name")
+    if name not in TASKS:
+        raise ConfigError(f"{path}: task.name must be one of {', '.join(sorted(TASKS))}")
+    return validate(raw, simulation_schema(name), str(path))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def split_hospitals(manifest: Manifest, settings: dict[str, Any], folder: Path
+                    ) -> list[tuple[str, Manifest]]:
+    """Partition ``manifest`` and write each hospital's manifest (paths made absolute)."""
+    method = settings["method"]
+    if method == "site":
+        parts = partition.by_site(manifest)
+        names = [sorted(p.table.site.unique())[0] for p in parts]
+    else:
+        if method == "iid":
+            parts = partition.iid(manifest, settings["hospitals"], settings["seed"])
+        elif method == "dirichlet":
+            parts = partition.dirichlet(manifest, settings["hospitals"], settings["column"],
+                                        settings["alpha"], settings["seed"])
+        else:
+            parts = partition.quantity(manifest, settings["hospitals"], settings["ratio"],
+                                       settings["seed"])
+        names = [f"hospital-{i}" for i in range(len(parts))]
+    folder.mkdir(parents=True, exist_ok=True)
+    listing, hospitals = [], []
+    for name, part in zip(names, parts, strict=True):
+        table = part.table.copy()
+        for column in ("image", "mask", "centroids"):
+            if column in table:
+                table[column] = [str((manifest.root / v).resolve()) if v else ""
+                                 for v in table[column]]
+        path = folder / _safe(name) / "manifest.csv"
+        hospital = Manifest(table, path.parent)
+        hospital.save(path)
+        listing.append({"name": name, "manifest": f"{_safe(name)}/manifest.csv"})
+        hospitals.append((name, hospital))
+    (folder / "hospitals.json").write_text(json.dumps(listing, indent=2))
+    partition.summary([h for _, h in hospitals], names).to_csv(folder / "summary.csv",
+                                                               index=False)
+    return hospitals
+
+
+def _run_config(config: dict[str, dict[str, Any]], manifest: Path, out: Path,
+                epochs: int | None = None) -> dict[str, dict[str, Any]]:
+    train_settings = dict(config["train"])
+    if epochs is not None:
+        train_settings["epochs"] = epochs
+    return {"data": {"manifest": str(manifest)}, "task": config["task"],
+            "train": train_settings, "output": {"dir": str(out)}}
+
+
+def evaluate_on_hospitals(model_path: Path, hospitals: list[tuple[str, Manifest]],
+                          device: torch.device) -> list[dict[str, Any]]:
+    """The model's metrics on each hospital's test patients."""
+    task, model, _ = load_checkpoint(model_path)
+    model.to(device)
+    rows = []
+    for name, manifest in hospitals:
+        test = task.select(manifest.select(split="test"))
+        if len(test) == 0:
+            continue
+        rows.append({"hospital": name, "test_images": len(test),
+                     **task.evaluate(model, test, device).metrics})
+    return rows
+
+
+def simulate(config: dict[str, dict[str, Any]], force: bool = False,
+             console: Console | None = None) -> pd.DataFrame:
+    """Run the whole experiment; return the results table (model x hospital)."""
+    console = console or Console()
+    out = Path(config["output"]["dir"]).resolve()
+    claim_run_folder(out, force)
+    if config["phantoms"]["enabled"]:
+        cohort_path = config["phantoms"]["config"]
+        raw = load_toml(Path(cohort_path)) if cohort_path else {}
+        cohort = cohort_config(raw, cohort_path or "default cohort")
+        manifest = generate(cohort, Path(config["phantoms"]["dir"]))
+    elif config["data"]["manifest"]:
+        manifest = Manifest.load(Path(config["data"]["manifest"]))
+    else:
+        raise UserError("set [phantoms] enabled = true or data.manifest")
+    hospitals = split_hospitals(manifest, config["partition"], out / "hospitals")
+    summary = pd.read_csv(out / "hospitals" / "summary.csv")
+    console.print(summary.to_string(index=False))
+
+    pooled_manifest = Manifest(pd.concat([m.table for _, m in hospitals], ignore_index=True),
+                               out / "hospitals")
+    pooled_manifest.save(out / "hospitals" / "pooled.csv")
+    federated = out / "federated"
+    experiment = {**_run_config(config, out / "hospitals" / "pooled.csv", federated),
+                  "federation": config["federation"]}
+    (out / "experiment.toml").write_text(tomli_w.dumps(experiment))
+    console.print(f"[bold]Federated training[/] ({config['federation']['strategy']}, "
+                  f"{len(hospitals)} hospitals, {config['federation']['rounds']} rounds)")
+
+    def show(line: str) -> None:
+        if "[ROUND" in line or "failed" in line or "Final global model" in line:
+            console.print(f"  {line.split(':', 1)[-1].strip()}")
+
+    run_federated(out / "experiment.toml", out / "hospitals", len(hospitals), federated, show)
+    if not (federated / "model.pt").is_file():
+        raise UserError(f"the federated run ended without a model; see {federated / 'run.log'}")
+
+    models = {"federated": federated / "model.pt"}
+    if config["baselines"]["pooled"]:
+        console.print("[bold]Pooled baseline[/]")
+        train(_run_config(config, out / "hospitals" / "pooled.csv", out / "pooled"),
+              force=force, console=console)
+        models["pooled"] = out / "pooled" / "model.pt"
+    device = select_device(config["train"]["device"])
+    rows = []
+    for kind, path in models.items():
+        rows += [{"model": kind, **row} for row in evaluate_on_hospitals(path, hospitals, device)]
+    if config["baselines"]["local"]:
+        for name, manifest in hospitals:
+            console.print(f"[bold]Local-only baseline[/]: {name}")
+            folder = out / "local" / _safe(name)
+            own = out / "hospitals" / _safe(name) / "manifest.csv"
+            train(_run_config(config, own, folder), force=force, console=console)
+            rows += [{"model": "local", **row}
+                     for row in evaluate_on_hospitals(folder / "model.pt", [(name, manifest)],
+                                                      device)]
+    results = pd.DataFrame(rows)
+    write_report(results, federated / "federated_metrics.csv", summary, config, out / "report")
+    return results
