@@ -8,6 +8,7 @@ these into rows of the run's metrics table.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from logging import WARNING
 from typing import Any
@@ -16,6 +17,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ", re.MULTILINE)
+
+
+def concise(reason: str, limit: int = 400) -> str:
+    """The exception a node's error reason ends with, on one line (no remote traceback)."""
+    starts = list(_EXCEPTION_LINE.finditer(reason))
+    tail = reason[starts[-1].start():] if starts else reason
+    line = " / ".join(part.strip() for part in tail.splitlines() if part.strip())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class HospitalRecorder(Strategy):
@@ -46,9 +57,10 @@ class HospitalRecorder(Strategy):
             hospital = self.name_of(reply.metadata.src_node_id)
             row = rows.setdefault(hospital, {"hospital": hospital})
             if reply.has_error():
-                row[f"{prefix}_error"] = reply.error.reason
+                reason = concise(reply.error.reason)
+                row[f"{prefix}_error"] = reason
                 log(WARNING, "round %s: hospital %s failed in %s: %s",
-                    server_round + self.round_offset, hospital, prefix, reply.error.reason)
+                    server_round + self.round_offset, hospital, prefix, reason)
                 continue
             for record in reply.content.metric_records.values():
                 row.update({f"{prefix}_{k}": v for k, v in record.items()})

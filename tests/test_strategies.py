@@ -135,3 +135,15 @@ def test_recorder_keeps_each_hospitals_reply_and_names_failures():
     assert rows["north"]["round"] == 5 and rows["north"]["train_loss"] == pytest.approx(0.7)
     assert rows["south"]["train_num-examples"] == 3
     assert "disk full" in rows["node-3"]["train_error"]
+
+
+def test_a_remote_traceback_becomes_one_line():
+    from server.recorder import concise
+
+    reason = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::run()\n"
+              '  File "client/app.py", line 89, in train\n    batches = _loader()\n'
+              "tasks.manifest.ManifestError: m.csv: missing column 'split'\n"
+              "m.csv: row 2, column 'modality': 'PET' is not one of CT, MR, XR'>")
+    assert concise(reason) == ("tasks.manifest.ManifestError: m.csv: missing column 'split' / "
+                               "m.csv: row 2, column 'modality': 'PET' is not one of CT, MR, "
+                               "XR'>")

@@ -1,0 +1,103 @@
+"""A real federation on loopback: local SuperLink, Ray simulation engine, real ClientApps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from simulation.federation import run_federated
+from simulation.simulate import load_simulation, simulate, split_hospitals
+from tasks.checkpoint import load_checkpoint
+from tasks.manifest import Manifest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOWER_PROCESSES = ("flower-superlink", "flower-superexec", "flwr-serverapp", "flwr-simulation",
+                    "raylet", "gcs_server", "ray::")
+
+
+def flower_processes() -> set[tuple[int, str]]:
+    """Live processes of Flower or Ray on this machine (pid, command line)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(name in command for name in FLOWER_PROCESSES):
+            found.add((int(entry.name), command.strip()))
+    return found
+
+
+@pytest.fixture
+def smoke(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = load_simulation(ROOT / "configs" / "federated_smoke.toml")
+    config["phantoms"]["dir"] = str(tmp_path / "phantoms")
+    config["output"]["dir"] = str(tmp_path / "run")
+    return config
+
+
+def test_simulate_runs_federated_and_baselines_and_leaves_no_process(smoke, tmp_path):
+    before = flower_processes()
+    results = simulate(smoke)
+    assert flower_processes() - before == set(), "a Flower or Ray process was left behind"
+
+    run = tmp_path / "run"
+    assert set(results.model) == {"federated", "local", "pooled"}
+    assert set(results.hospital) == {"ct-a", "ct-c", "mr-b"}
+    rounds = pd.read_csv(run / "federated" / "federated_metrics.csv")
+    assert sorted(rounds["round"].unique()) == [1, 2]
+    assert set(rounds.hospital) == {"ct-a", "ct-c", "mr-b"}
+    assert {"train_loss", "train_num-examples", "val_dice_vertebra", "val_dice_disc",
+            "val_dice_canal", "train_seconds"} <= set(rounds.columns)
+    # num-examples counts training samples (axial slices), not batches.
+    hospitals = {name: Manifest.load(run / "hospitals" / name / "manifest.csv")
+                 for name in ("ct-a", "ct-c", "mr-b")}
+    for row in rounds.to_dict("records"):
+        assert row["train_num-examples"] > 4 * smoke["train"]["batch_size"]
+    task, _, payload = load_checkpoint(run / "federated" / "model.pt")
+    assert payload["round"] == 2 and task.name == "segmentation"
+    for name in ("summary.md", "comparison.png", "dice_per_round.png", "results.csv"):
+        assert (run / "report" / name).is_file()
+    assert len(hospitals) == 3
+
+
+def test_a_failing_hospital_does_not_stop_the_round(smoke, tmp_path):
+    from simulation.phantoms.config import cohort_config
+    from simulation.phantoms.generator import generate
+    from tasks.config import load_toml
+
+    cohort = cohort_config(load_toml(ROOT / "configs" / "phantoms_smoke.toml"), "smoke")
+    manifest = generate(cohort, tmp_path / "phantoms")
+    folder = tmp_path / "hospitals"
+    hospitals = split_hospitals(manifest, smoke["partition"], folder)
+    broken = folder / "mr-b" / "manifest.csv"
+    broken.write_text("patient_id,modality\nP1,PET\n")  # the ClientApp raises on reading it
+    import tomli_w
+
+    experiment = {"data": {"manifest": str(folder / "ct-a" / "manifest.csv")},
+                  "task": smoke["task"], "train": smoke["train"],
+                  "federation": {**smoke["federation"], "min_hospitals": 2},
+                  "output": {"dir": str(tmp_path / "federated")}}
+    (tmp_path / "experiment.toml").write_text(tomli_w.dumps(experiment))
+    before = flower_processes()
+    lines: list[str] = []
+    run_federated(tmp_path / "experiment.toml", folder, len(hospitals), tmp_path / "work",
+                  lines.append)
+    assert flower_processes() - before == set()
+    rounds = pd.read_csv(tmp_path / "federated" / "federated_metrics.csv")
+    failed = rounds[rounds.hospital == "mr-b"]
+    assert len(failed) == 2
+    for reason in failed["train_error"]:
+        assert "mr-b/manifest.csv: missing column" in reason and "\n" not in reason
+    healthy = rounds[rounds.hospital != "mr-b"]
+    assert set(healthy.hospital) == {"ct-a", "ct-c"} and healthy["train_loss"].notna().all()
+    assert any("mr-b failed in train" in line for line in lines)
+    assert (tmp_path / "federated" / "model.pt").is_file()
