@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from flwr.supercore.task_identity import TaskIdentity
 
 from simulation.phantoms.config import cohort_config
 from simulation.phantoms.generator import generate
@@ -57,3 +58,12 @@ eval_every = 3
 dir = "{root / 'run'}"
 """)
     return manifest, train(load_run_config(run_config))
+
+
+@pytest.fixture
+def inside_a_run():
+    """Flower messages are made inside a run: give this process the identity a run has."""
+    previous = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous

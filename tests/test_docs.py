@@ -24,9 +24,13 @@ def test_manifest_reference_is_current():
 
 def test_every_shipped_config_is_valid():
     from simulation.phantoms.config import load_cohort_config
+    from simulation.simulate import load_simulation
 
     for path in sorted((ROOT / "configs").glob("*.toml")):
-        if "task" in load_toml(path):
+        sections = load_toml(path)
+        if "federation" in sections:
+            load_simulation(path)
+        elif "task" in sections:
             load_run_config(path)
         else:
             load_cohort_config(path)

@@ -14,7 +14,6 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from server.config import FEDERATION_KEYS
 from server.recorder import HospitalRecorder
@@ -48,12 +47,8 @@ def failed(node: int) -> Message:
 
 
 @pytest.fixture(autouse=True)
-def inside_a_run():
-    """Messages are made inside a run: give this process the run identity a ServerApp has."""
-    previous = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
+def _run_identity(inside_a_run):
+    return inside_a_run
 
 
 class TwoNodeGrid:
