@@ -6,7 +6,6 @@ BIN    := $(VENV)/bin
 # The torch to install when none is importable. On this project's CPU machines
 # torch==2.13.0 resolves to a local CPU build; override on other machines.
 TORCH  ?= torch==2.13.0
-DATA   ?= data/phantoms
 
 .PHONY: setup demo test lint clean
 
@@ -21,8 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/spinefl phantoms --out $(DATA)
-	$(BIN)/spinefl train --config configs/segmentation.toml --manifest $(DATA)/manifest.csv --out runs/demo --force
+	$(BIN)/spinefl simulate --out runs/demo --force
 
 test: setup
 	$(BIN)/python -m pytest

@@ -6,7 +6,8 @@ asks every node which hospital it is, then runs the strategy's rounds. After
 each round a callback writes, in the experiment's output folder:
 
 - ``federated_metrics.csv``: one row per hospital per round (training loss,
-  steps, samples, time; validation Dice per structure; errors);
+  steps, samples, time; validation Dice per structure; errors; the round's
+  wall time on the server);
 - ``checkpoint_round.pt``: the global weights and the round reached, to resume.
 
 At the end ``model.pt`` holds the final global model, usable by
@@ -121,13 +122,17 @@ def main(grid: Grid, context: Context) -> None:
     remaining = federation["rounds"] - done
     recorder = HospitalRecorder(build_strategy(federation), names, round_offset=done)
     model = task.build_model()
+    clock = {"last": time.perf_counter()}
 
     def round_end(server_round: int, arrays: ArrayRecord) -> None:
+        now = time.perf_counter()
+        seconds, clock["last"] = now - clock["last"], now
         if server_round == 0:
             return None
         path = out / METRICS
         earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame()
-        table = pd.concat([earlier, pd.DataFrame(recorder.rows(server_round))])
+        rows = [{**row, "round_seconds": seconds} for row in recorder.rows(server_round)]
+        table = pd.concat([earlier, pd.DataFrame(rows)])
         table.to_csv(path, index=False)
         model.load_state_dict(arrays.to_torch_state_dict())
         save_checkpoint(out / ROUND_CHECKPOINT, task, model, round=server_round + done)

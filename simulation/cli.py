@@ -87,7 +87,10 @@ def simulate(
     config: Path | None = typer.Option(None, help="Experiment (TOML); configs/federated.toml, "
                                        "the default phantom benchmark, when left out."),
     out: Path | None = typer.Option(None, help="Override output.dir."),
-    force: bool = typer.Option(False, help="Overwrite an output folder holding another run."),
+    force: bool = typer.Option(False, help="Start afresh in an output folder holding another "
+                               "run."),
+    resume: bool = typer.Option(False, help="Continue this output folder's federated run after "
+                                "its last finished round, then redo baselines and report."),
 ) -> None:
     """Federated training over virtual hospitals, with local-only and pooled baselines."""
     from simulation.report import comparison
@@ -98,7 +101,7 @@ def simulate(
     experiment = load_simulation(config)
     if out is not None:
         experiment["output"]["dir"] = str(out)
-    results = run_simulation(experiment, force=force, console=console)
+    results = run_simulation(experiment, force=force, resume=resume, console=console)
     score = task_class(experiment["task"]["name"]).score
     table = comparison(results, score).round(3).reset_index()
     _print_table(f"Test {score} per hospital", table)

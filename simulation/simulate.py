@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import tomli_w
 import torch
 from rich.console import Console
 
+from server.app import ROUND_CHECKPOINT
 from server.config import FEDERATION_KEYS
 from simulation import partition
 from simulation.federation import run_federated
@@ -147,12 +149,21 @@ def evaluate_on_hospitals(model_path: Path, hospitals: list[tuple[str, Manifest]
     return rows
 
 
-def simulate(config: dict[str, dict[str, Any]], force: bool = False,
+def simulate(config: dict[str, dict[str, Any]], force: bool = False, resume: bool = False,
              console: Console | None = None) -> pd.DataFrame:
-    """Run the whole experiment; return the results table (model x hospital)."""
+    """Run the whole experiment; return the results table (model x hospital).
+
+    ``resume`` continues the federated run of this output folder after its last
+    finished round; ``force`` starts afresh in a folder holding another run.
+    """
     console = console or Console()
     out = Path(config["output"]["dir"]).resolve()
-    claim_run_folder(out, force)
+    if resume:
+        if not (out / "federated" / ROUND_CHECKPOINT).is_file():
+            raise UserError(f"{out}: no federated round checkpoint to resume from")
+    else:
+        claim_run_folder(out, force)
+        shutil.rmtree(out / "federated", ignore_errors=True)
     if config["phantoms"]["enabled"]:
         cohort_path = config["phantoms"]["config"]
         raw = load_toml(Path(cohort_path)) if cohort_path else {}
@@ -188,7 +199,7 @@ def simulate(config: dict[str, dict[str, Any]], force: bool = False,
     if config["baselines"]["pooled"]:
         console.print("[bold]Pooled baseline[/]")
         train(_run_config(config, out / "hospitals" / "pooled.csv", out / "pooled"),
-              force=force, console=console)
+              force=True, console=console)
         models["pooled"] = out / "pooled" / "model.pt"
     device = select_device(config["train"]["device"])
     rows = []
@@ -199,7 +210,7 @@ def simulate(config: dict[str, dict[str, Any]], force: bool = False,
             console.print(f"[bold]Local-only baseline[/]: {name}")
             folder = out / "local" / _safe(name)
             own = out / "hospitals" / _safe(name) / "manifest.csv"
-            train(_run_config(config, own, folder), force=force, console=console)
+            train(_run_config(config, own, folder), force=True, console=console)
             rows += [{"model": "local", **row}
                      for row in evaluate_on_hospitals(folder / "model.pt", [(name, manifest)],
                                                       device)]

@@ -101,3 +101,17 @@ def test_a_failing_hospital_does_not_stop_the_round(smoke, tmp_path):
     assert set(healthy.hospital) == {"ct-a", "ct-c"} and healthy["train_loss"].notna().all()
     assert any("mr-b failed in train" in line for line in lines)
     assert (tmp_path / "federated" / "model.pt").is_file()
+
+
+def test_a_stopped_federation_resumes_after_its_last_round(smoke, tmp_path):
+    smoke["baselines"] = {"pooled": False, "local": False}
+    smoke["federation"]["rounds"] = 1
+    simulate(smoke)
+    smoke["federation"]["rounds"] = 2
+    simulate(smoke, resume=True)
+    run = tmp_path / "run" / "federated"
+    rounds = pd.read_csv(run / "federated_metrics.csv")
+    assert sorted(rounds["round"].unique()) == [1, 2]
+    assert (rounds.groupby("round").size() == 3).all(), "each round once, three hospitals"
+    assert "Resuming after round 1" in (run / "run.log").read_text()
+    assert load_checkpoint(run / "model.pt")[2]["round"] == 2
