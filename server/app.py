@@ -132,6 +132,10 @@ def main(grid: Grid, context: Context) -> None:
         path = out / METRICS
         earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame()
         rows = [{**row, "round_seconds": seconds} for row in recorder.rows(server_round)]
+        for row in rows:
+            score = row.get(f"val_{task.score}", float("nan"))
+            log(INFO, "round %s | %s | train loss %.3f | val %s %.3f", row["round"],
+                row["hospital"], row.get("train_loss", float("nan")), task.score, score)
         table = pd.concat([earlier, pd.DataFrame(rows)])
         table.to_csv(path, index=False)
         model.load_state_dict(arrays.to_torch_state_dict())

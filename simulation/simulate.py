@@ -40,7 +40,7 @@ from tasks.manifest import Manifest
 from tasks.registry import TASKS, task_class
 from tasks.training import RUN_KEYS, TASK_NAME_KEY, claim_run_folder, train
 
-METHODS = ("site", "iid", "dirichlet", "quantity")
+METHODS = ("site", "iid", "dirichlet", "quantity", "modality")
 
 SIMULATION_KEYS = {
     "phantoms": (
@@ -51,13 +51,16 @@ SIMULATION_KEYS = {
     ),
     "partition": (
         Key("method", "str", "site", "`site`: one hospital per site (natural split); `iid`; "
-            "`dirichlet` (skew over `column`); `quantity` (sizes up to `ratio` apart).",
+            "`dirichlet` (skew over `column`); `quantity` (sizes up to `ratio` apart); "
+            "`modality` (hospital i takes patients imaged only with `mixes[i]`).",
             choices=METHODS),
         Key("hospitals", "int", 3, "Number of hospitals (ignored by `site`).", minimum=1),
         Key("column", "str", "site", "Manifest column the Dirichlet skew is over."),
         Key("alpha", "float", 0.5, "Dirichlet concentration (small = strong skew).",
             minimum=0.0),
         Key("ratio", "float", 10.0, "Largest / smallest hospital for `quantity`.", minimum=1.0),
+        Key("mixes", "list[str]", ["MR", "CT", "CT+MR"], "Modalities of each hospital for "
+            "`modality`, `+`-joined (e.g. one hospital only MR, one only CT)."),
         Key("seed", "int", 0, "Seed of the partition."),
     ),
     "baselines": (
@@ -102,9 +105,12 @@ def split_hospitals(manifest: Manifest, settings: dict[str, Any], folder: Path
         elif method == "dirichlet":
             parts = partition.dirichlet(manifest, settings["hospitals"], settings["column"],
                                         settings["alpha"], settings["seed"])
-        else:
+        elif method == "quantity":
             parts = partition.quantity(manifest, settings["hospitals"], settings["ratio"],
                                        settings["seed"])
+        else:
+            mixes = [mix.split("+") for mix in settings["mixes"]]
+            parts = partition.modality_mix(manifest, mixes, settings["seed"])
         names = [f"hospital-{i}" for i in range(len(parts))]
     folder.mkdir(parents=True, exist_ok=True)
     listing, hospitals = [], []
@@ -188,7 +194,7 @@ def simulate(config: dict[str, dict[str, Any]], force: bool = False, resume: boo
                   f"{len(hospitals)} hospitals, {config['federation']['rounds']} rounds)")
 
     def show(line: str) -> None:
-        if "[ROUND" in line or "failed" in line or "Final global model" in line:
+        if any(mark in line for mark in ("[ROUND", " | ", "failed", "Final global model")):
             console.print(f"  {line.split(':', 1)[-1].strip()}")
 
     run_federated(out / "experiment.toml", out / "hospitals", len(hospitals), federated, show)

@@ -107,3 +107,15 @@ def test_impossible_requests_are_refused(cohort):
         partition.dirichlet(cohort, 3, "scanner", 0.5, seed=0)
     with pytest.raises(UserError, match=r"only modalities \['XR'\]"):
         partition.modality_mix(cohort, [["XR"]], seed=0)
+
+
+def test_simulate_offers_every_partitioner(cohort, tmp_path):
+    from simulation.simulate import SIMULATION_KEYS, split_hospitals
+    from tasks.config import validate
+
+    for method in ("site", "iid", "dirichlet", "quantity", "modality"):
+        settings = validate({"partition": {"method": method, "hospitals": 3}},
+                            {"partition": SIMULATION_KEYS["partition"]}, "test")["partition"]
+        hospitals = split_hospitals(cohort, settings, tmp_path / method)
+        assert sum(len(m) for _, m in hospitals) == len(cohort)
+        assert (tmp_path / method / "hospitals.json").is_file()
