@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from client.hospital import Hospital, resolve_hospital
 from tasks.config import validate
@@ -31,24 +33,39 @@ LOCAL_NORM = "local-norm"
 _LOADERS: dict[tuple[str, str, int, int], Any] = {}
 
 
-def _task(config: ConfigRecord) -> Task:
+@dataclass
+class Request:
+    """A train or evaluate request, unpacked: the hospital, the task and the model to use."""
+
+    config: ConfigRecord
+    hospital: Hospital
+    task: Task
+    train: dict[str, Any]
+    keep_local_norm: bool
+    model: nn.Module
+    global_state: dict[str, torch.Tensor]
+    device: torch.device
+
+
+def unpack(msg: Message, context: Context) -> Request:
+    """The node's hospital, the requested task, and the global model (with this hospital's own
+    normalisation layers under FedBN) on the node's device."""
+    config = msg.content["config"]
+    hospital = resolve_hospital(dict(context.node_config), dict(config))
     spec = json.loads(str(config["task"]))
     cls = task_class(spec["name"])
-    settings = validate({"task": spec["settings"]}, {"task": cls.keys}, "server request")
-    return cls(settings["task"])
-
-
-def _model(task: Task, msg: Message, context: Context, keep_local_norm: bool):
+    task = cls(validate({"task": spec["settings"]}, {"task": cls.keys}, "server request")["task"])
+    train = json.loads(str(config["train"]))
+    keep_local_norm = bool(config.get("keep-local-norm", False))
     model = task.build_model()
-    state = msg.content["arrays"].to_torch_state_dict()
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    state = dict(global_state)
     if keep_local_norm and LOCAL_NORM in context.state:
         state.update(context.state[LOCAL_NORM].to_torch_state_dict())
     model.load_state_dict(state)
-    return model, state
-
-
-def _hospital(msg: Message, context: Context) -> Hospital:
-    return resolve_hospital(dict(context.node_config), dict(msg.content["config"]))
+    device = select_device(train["device"])
+    return Request(config, hospital, task, train, keep_local_norm, model.to(device),
+                   global_state, device)
 
 
 def _loader(task: Task, hospital: Hospital, train: dict[str, Any]):
@@ -64,7 +81,7 @@ def _loader(task: Task, hospital: Hospital, train: dict[str, Any]):
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Say which hospital this node is."""
-    hospital = _hospital(msg, context)
+    hospital = resolve_hospital(dict(context.node_config), dict(msg.content["config"]))
     return Message(RecordDict({"hospital": ConfigRecord({"name": hospital.name})}),
                    reply_to=msg)
 
@@ -73,32 +90,26 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Local training from the global weights; reply with the new weights."""
     started = time.perf_counter()
-    config = msg.content["config"]
-    hospital = _hospital(msg, context)
-    task = _task(config)
-    settings = json.loads(str(config["train"]))
+    request = unpack(msg, context)
+    config, model, settings = request.config, request.model, request.train
     seed_everything(settings["seed"] + int(config.get("server-round", 0)))
-    keep_local_norm = bool(config.get("keep-local-norm", False))
-    model, global_state = _model(task, msg, context, keep_local_norm)
-    device = select_device(settings["device"])
-    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"],
                                  weight_decay=settings["weight_decay"])
     mu = float(config.get("proximal-mu", 0.0))
-    penalty = proximal_penalty(model, global_state, mu) if mu > 0 else None
-    batches = _loader(task, hospital, settings)
+    penalty = proximal_penalty(model, request.global_state, mu) if mu > 0 else None
+    batches = _loader(request.task, request.hospital, settings)
     steps = int(config["local-steps"]) or None
     losses, done = [], 0
     for _ in range(int(config["local-epochs"])):
-        result = task.train_epoch(model, batches, optimizer, device,
-                                  max_steps=None if steps is None else steps - done,
-                                  penalty=penalty)
+        result = request.task.train_epoch(model, batches, optimizer, request.device,
+                                          max_steps=None if steps is None else steps - done,
+                                          penalty=penalty)
         losses.append(result["train_loss"])
         done += int(result["train_steps"])
         if steps is not None and done >= steps:
             break
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if keep_local_norm:
+    if request.keep_local_norm:
         local = {k: state[k] for k in norm_state_keys(model)}
         context.state[LOCAL_NORM] = ArrayRecord(local)
     metrics = MetricRecord({"num-examples": len(batches.dataset), "loss": float(losses[-1]),
@@ -111,14 +122,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global weights (with local norms under FedBN) on the val patients."""
     started = time.perf_counter()
-    config = msg.content["config"]
-    hospital = _hospital(msg, context)
-    task = _task(config)
-    settings = json.loads(str(config["train"]))
-    model, _ = _model(task, msg, context, bool(config.get("keep-local-norm", False)))
-    device = select_device(settings["device"])
-    rows = task.select(hospital.manifest().select(split="val"))
-    evaluation = task.evaluate(model.to(device), rows, device)
+    request = unpack(msg, context)
+    rows = request.task.select(request.hospital.manifest().select(split="val"))
+    evaluation = request.task.evaluate(request.model, rows, request.device)
     metrics = MetricRecord({**evaluation.metrics, "num-examples": len(rows),
                             "seconds": time.perf_counter() - started})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
