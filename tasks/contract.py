@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from tasks.config import Key
 from tasks.imageio import Volume
@@ -49,8 +50,9 @@ class Task(Protocol):
         """A freshly initialised network; it returns logits."""
         ...
 
-    def train_data(self, manifest: Manifest, batch_size: int, seed: int) -> Iterable[Any]:
-        """A re-iterable loader of training batches (one pass = one local epoch)."""
+    def train_data(self, manifest: Manifest, batch_size: int, seed: int) -> DataLoader:
+        """A loader of training batches (one pass = one local epoch); ``len(loader.dataset)``
+        is the number of training samples a hospital reports."""
         ...
 
     def train_epoch(self, model: nn.Module, batches: Iterable[Any],

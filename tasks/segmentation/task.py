@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from tasks.config import Key
 from tasks.contract import Evaluation
@@ -53,7 +54,7 @@ class SegmentationTask:
     def build_model(self) -> nn.Module:
         return build_network(self.settings, self.table.count)
 
-    def train_data(self, manifest: Manifest, batch_size: int, seed: int) -> Iterable[Any]:
+    def train_data(self, manifest: Manifest, batch_size: int, seed: int) -> DataLoader:
         prepared = prepare_rows(self.select(manifest), self.settings, self.table)
         return train_loader(prepared, self.settings, batch_size, seed)
 
