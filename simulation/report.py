@@ -62,6 +62,7 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
 
     figure, axis = plt.subplots(figsize=(7, 4))
     table[[m for m in MODELS if m in table]].plot.bar(ax=axis, rot=0)
+    axis.legend(title="model", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axis.set(ylabel=f"test {score}", ylim=(0, 1), title="Each hospital's test patients")
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()

@@ -19,8 +19,9 @@ FLOWER_PROCESSES = ("flower-superlink", "flower-superexec", "flwr-serverapp", "f
                     "raylet", "gcs_server", "ray::")
 
 
-def flower_processes() -> set[tuple[int, str]]:
-    """Live processes of Flower or Ray on this machine (pid, command line)."""
+def flower_processes(marker: Path) -> set[tuple[int, str]]:
+    """Live Flower or Ray processes started for this test: their environment names ``marker``
+    (the test's folder, where the run's Flower home lives)."""
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -28,9 +29,11 @@ def flower_processes() -> set[tuple[int, str]]:
         try:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            environment = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if state != "Z" and any(name in command for name in FLOWER_PROCESSES):
+        if (state != "Z" and str(marker).encode() in environment
+                and any(name in command for name in FLOWER_PROCESSES)):
             found.add((int(entry.name), command.strip()))
     return found
 
@@ -45,9 +48,8 @@ def smoke(tmp_path, monkeypatch):
 
 
 def test_simulate_runs_federated_and_baselines_and_leaves_no_process(smoke, tmp_path):
-    before = flower_processes()
     results = simulate(smoke)
-    assert flower_processes() - before == set(), "a Flower or Ray process was left behind"
+    assert flower_processes(tmp_path) == set(), "a Flower or Ray process was left behind"
 
     run = tmp_path / "run"
     assert set(results.model) == {"federated", "local", "pooled"}
@@ -89,11 +91,10 @@ def test_a_failing_hospital_does_not_stop_the_round(smoke, tmp_path):
                   "federation": {**smoke["federation"], "min_hospitals": 2},
                   "output": {"dir": str(tmp_path / "federated")}}
     (tmp_path / "experiment.toml").write_text(tomli_w.dumps(experiment))
-    before = flower_processes()
     lines: list[str] = []
     run_federated(tmp_path / "experiment.toml", folder, len(hospitals), tmp_path / "work",
                   lines.append)
-    assert flower_processes() - before == set()
+    assert flower_processes(tmp_path) == set()
     rounds = pd.read_csv(tmp_path / "federated" / "federated_metrics.csv")
     failed = rounds[rounds.hospital == "mr-b"]
     assert len(failed) == 2
