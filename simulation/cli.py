@@ -167,7 +167,8 @@ def _print_table(title: str, frame) -> None:
 
 
 def main() -> None:
-    """Entry point: user mistakes become one line on stderr and exit status 2."""
+    """Entry point: user mistakes become one line on stderr and exit status 2 (Ctrl-C exits
+    with 130, through typer, after the commands' own clean-up has run)."""
     try:
         app()
     except UserError as e:

@@ -118,3 +118,33 @@ def test_a_stopped_federation_resumes_after_its_last_round(smoke, tmp_path):
     assert (rounds.groupby("round").size() == 3).all(), "each round once, three hospitals"
     assert "Resuming after round 1" in (run / "run.log").read_text()
     assert load_checkpoint(run / "model.pt")[2]["round"] == 2
+
+
+def test_ctrl_c_stops_every_process_the_run_started(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    import tomli_w
+
+    from tasks.config import load_toml
+    from tests.cli import SPINEFL
+
+    config = load_toml(ROOT / "configs" / "federated_smoke.toml")
+    config["phantoms"]["dir"] = str(tmp_path / "phantoms")
+    config["output"]["dir"] = str(tmp_path / "run")
+    config["federation"]["rounds"] = 50
+    (tmp_path / "smoke.toml").write_text(tomli_w.dumps(config))
+    run = subprocess.Popen([str(SPINEFL), "simulate", "--config", str(tmp_path / "smoke.toml")],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not any("ClientAppActor" in c for _, c in flower_processes(tmp_path)):
+            assert run.poll() is None and time.monotonic() < deadline, "the run never trained"
+            time.sleep(0.5)
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=90) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert flower_processes(tmp_path) == set(), "a Flower or Ray process outlived Ctrl-C"
