@@ -135,8 +135,11 @@ def test_ctrl_c_stops_every_process_the_run_started(tmp_path):
     config["output"]["dir"] = str(tmp_path / "run")
     config["federation"]["rounds"] = 50
     (tmp_path / "smoke.toml").write_text(tomli_w.dumps(config))
+    # As from a terminal: SIGINT at its default, even where this test runs as a background job
+    # (whose shell starts it with SIGINT ignored, an inheritance Python keeps).
     run = subprocess.Popen([str(SPINEFL), "simulate", "--config", str(tmp_path / "smoke.toml")],
-                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 180
         while not any("ClientAppActor" in c for _, c in flower_processes(tmp_path)):
