@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Key, Schema, load_toml, validate
-from tasks.errors import UserError
-from tasks.registry import task_class
-from tasks.training import RUN_KEYS, TASK_NAME_KEY
+from tasks.config import Key, Schema, load_toml
+from tasks.contract import Task
+from tasks.training import RUN_KEYS, TASK_NAME_KEY, validate_for_task
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "fedbn")
 
@@ -44,21 +43,16 @@ FEDERATION_KEYS = (
 )
 
 
-def experiment_schema(task_name: str) -> Schema:
+def experiment_schema(task: type[Task]) -> Schema:
     """The full schema of a federated experiment for one task."""
-    return {"data": RUN_KEYS["data"], "task": (TASK_NAME_KEY, *task_class(task_name).keys),
+    return {"data": RUN_KEYS["data"], "task": (TASK_NAME_KEY, *task.keys),
             "train": RUN_KEYS["train"], "federation": FEDERATION_KEYS,
             "output": RUN_KEYS["output"]}
 
 
 def validate_experiment(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     """Validate a parsed experiment (defaults filled)."""
-    task = raw.get("task", {})
-    name = task.get("name") if isinstance(task, dict) else None
-    if not isinstance(name, str):
-        raise UserError(f"{where}: missing required key task.name")
-    task_class(name)
-    return validate(raw, experiment_schema(name), where)
+    return validate_for_task(raw, experiment_schema, where)
 
 
 def load_experiment(path: Path) -> dict[str, dict[str, Any]]:

@@ -33,12 +33,12 @@ from simulation.phantoms.config import cohort_config
 from simulation.phantoms.generator import generate
 from simulation.report import write_report
 from tasks.checkpoint import load_checkpoint
-from tasks.config import ConfigError, Key, load_toml, validate
+from tasks.config import Key, load_toml
+from tasks.contract import Task
 from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.manifest import Manifest
-from tasks.registry import TASKS, task_class
-from tasks.training import RUN_KEYS, TASK_NAME_KEY, claim_run_folder, train
+from tasks.training import RUN_KEYS, TASK_NAME_KEY, claim_run_folder, train, validate_for_task
 
 METHODS = ("site", "iid", "dirichlet", "quantity", "modality")
 
@@ -70,10 +70,10 @@ SIMULATION_KEYS = {
 }
 
 
-def simulation_schema(task_name: str) -> dict[str, tuple[Key, ...]]:
+def simulation_schema(task: type[Task]) -> dict[str, tuple[Key, ...]]:
     """The schema of a simulate config for one task."""
     return {"data": (Key("manifest", "str", "", "Manifest to partition when phantoms are off."),),
-            **SIMULATION_KEYS, "task": (TASK_NAME_KEY, *task_class(task_name).keys),
+            **SIMULATION_KEYS, "task": (TASK_NAME_KEY, *task.keys),
             "train": RUN_KEYS["train"], "federation": FEDERATION_KEYS,
             "output": RUN_KEYS["output"]}
 
@@ -81,11 +81,7 @@ def simulation_schema(task_name: str) -> dict[str, tuple[Key, ...]]:
 def load_simulation(path: Path | None) -> dict[str, dict[str, Any]]:
     """A validated simulate config (``configs/federated.toml`` when ``path`` is None)."""
     path = path or Path(__file__).resolve().parents[1] / "configs" / "federated.toml"
-    raw = load_toml(path)
-    name = raw.get("task", {}).get("name")
-    if name not in TASKS:
-        raise ConfigError(f"{path}: task.name must be one of {', '.join(sorted(TASKS))}")
-    return validate(raw, simulation_schema(name), str(path))
+    return validate_for_task(load_toml(path), simulation_schema, str(path))
 
 
 def _safe(name: str) -> str:
@@ -115,13 +111,8 @@ def split_hospitals(manifest: Manifest, settings: dict[str, Any], folder: Path
     folder.mkdir(parents=True, exist_ok=True)
     listing, hospitals = [], []
     for name, part in zip(names, parts, strict=True):
-        table = part.table.copy()
-        for column in ("image", "mask", "centroids"):
-            if column in table:
-                table[column] = [str((manifest.root / v).resolve()) if v else ""
-                                 for v in table[column]]
         path = folder / _safe(name) / "manifest.csv"
-        hospital = Manifest(table, path.parent)
+        hospital = part.with_absolute_paths(path.parent)
         hospital.save(path)
         listing.append({"name": name, "manifest": f"{_safe(name)}/manifest.csv"})
         hospitals.append((name, hospital))

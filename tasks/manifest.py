@@ -223,6 +223,15 @@ class Manifest:
         """Absolute path of a row's file column."""
         return self.root / row[column]
 
+    def with_absolute_paths(self, root: Path) -> Manifest:
+        """The same rows with every file column absolute, to be saved under another ``root``."""
+        table = self.table.copy()
+        for name in table.columns:
+            spec = column_spec(name)
+            if spec is not None and spec.is_path:
+                table[name] = [str((self.root / v).resolve()) if v else "" for v in table[name]]
+        return Manifest(table, root)
+
     def select(self, **equals: str | tuple[str, ...]) -> Manifest:
         """Rows whose columns equal (or are among) the given values: ``select(split="train")``."""
         keep = pd.Series(True, index=self.table.index)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,20 +69,26 @@ def run_schema(task: type[Task]) -> Schema:
             "train": RUN_KEYS["train"], "output": RUN_KEYS["output"]}
 
 
+def validate_for_task(raw: dict[str, Any], schema_for: Callable[[type[Task]], Schema],
+                      where: str) -> dict[str, dict[str, Any]]:
+    """Validate a config whose schema depends on its ``task.name`` (run, experiment, simulate)."""
+    task_section = raw.get("task", {})
+    name = task_section.get("name") if isinstance(task_section, dict) else None
+    if name is None:
+        raise ConfigError(f"{where}: missing required key task.name (one of {', '.join(TASKS)})")
+    if name not in TASKS:
+        raise ConfigError(f"{where}: task.name '{name}' is not a task "
+                          f"(known: {', '.join(sorted(TASKS))})")
+    return validate(raw, schema_for(task_class(name)), where)
+
+
 def load_run_config(path: Path, overrides: dict[str, dict[str, Any]] | None = None
                     ) -> dict[str, dict[str, Any]]:
     """Read and validate a run config; ``overrides`` (e.g. from CLI options) win over the file."""
     raw = load_toml(path)
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {}).update(values)
-    task_section = raw.get("task", {})
-    name = task_section.get("name") if isinstance(task_section, dict) else None
-    if name is None:
-        raise ConfigError(f"{path}: missing required key task.name (one of {', '.join(TASKS)})")
-    if name not in TASKS:
-        raise ConfigError(f"{path}: task.name '{name}' is not a task "
-                          f"(known: {', '.join(sorted(TASKS))})")
-    return validate(raw, run_schema(task_class(name)), str(path))
+    return validate_for_task(raw, run_schema, str(path))
 
 
 def seed_everything(seed: int) -> None:

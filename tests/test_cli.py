@@ -80,11 +80,8 @@ def test_phantoms_refuse_a_folder_holding_something_else(tmp_path):
 
 
 def test_manifest_check_names_the_bad_row(tiny_cohort, tmp_path):
-    table = tiny_cohort.table.copy()
+    table = tiny_cohort.with_absolute_paths(tmp_path).table
     table.loc[3, "split"] = "holdout"
-    table["image"] = [str(tiny_cohort.root / p) for p in table["image"]]
-    table["mask"] = [str(tiny_cohort.root / p) for p in table["mask"]]
-    table["centroids"] = [str(tiny_cohort.root / p) for p in table["centroids"]]
     table.to_csv(tmp_path / "bad.csv", index=False)
     done = spinefl("manifest", "check", str(tmp_path / "bad.csv"))
     assert_one_line_error(done, "bad.csv", "row 4", "'split'", "'holdout'")

@@ -22,10 +22,7 @@ TRAIN = {"batch_size": 4, "lr": 0.0, "weight_decay": 0.0, "seed": 0, "device": "
 @pytest.fixture
 def hospital(tiny_cohort, tmp_path):
     """A prepared hospital folder as a node's data-path (one site of the tiny cohort)."""
-    table = tiny_cohort.select(site="ct-a").table.copy()
-    for column in ("image", "mask", "centroids"):
-        table[column] = [str(tiny_cohort.root / v) for v in table[column]]
-    table.to_csv(tmp_path / "manifest.csv", index=False)
+    tiny_cohort.select(site="ct-a").with_absolute_paths(tmp_path).save(tmp_path / "manifest.csv")
     return tmp_path
 
 

@@ -9,14 +9,9 @@ from tasks.manifest import Manifest, ManifestError
 
 
 def write(tiny_cohort, tmp_path, edit) -> str:
-    table = tiny_cohort.table.copy()
-    table = edit(table)
+    # Absolute paths keep pointing at the cohort's files from the new folder.
+    table = edit(tiny_cohort.with_absolute_paths(tmp_path).table)
     path = tmp_path / "manifest.csv"
-    # Keep relative paths valid by pointing at the cohort's files.
-    table["image"] = [str(tiny_cohort.root / p) if p and not p.startswith("/") else p
-                      for p in table["image"]]
-    table["mask"] = [str(tiny_cohort.root / p) for p in table["mask"]]
-    table["centroids"] = [str(tiny_cohort.root / p) if p else "" for p in table["centroids"]]
     table.to_csv(path, index=False)
     return str(path)
 

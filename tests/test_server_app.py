@@ -64,3 +64,17 @@ def test_a_stopped_run_resumes_after_its_last_finished_round(tmp_path):
     assert done == 3
     for key, value in model.state_dict().items():
         torch.testing.assert_close(weights[key], value)
+
+
+@pytest.mark.parametrize("raw", [{}, {"task": {"name": "staging"}}])
+def test_every_config_names_a_missing_or_unknown_task_the_same_way(raw, tmp_path):
+    from simulation.simulate import load_simulation
+    from tasks.training import load_run_config
+
+    (tmp_path / "x.toml").write_text('[task]\nname = "staging"\n' if raw else "")
+    for load in (lambda: validate_experiment(raw, str(tmp_path / "x.toml")),
+                 lambda: load_run_config(tmp_path / "x.toml"),
+                 lambda: load_simulation(tmp_path / "x.toml")):
+        with pytest.raises(UserError, match=r"x\.toml: (missing required key task\.name|"
+                                            r"task\.name 'staging' is not a task)"):
+            load()
