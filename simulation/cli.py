@@ -28,8 +28,14 @@ app = typer.Typer(
 )
 manifest_app = typer.Typer(help="Check manifests (the data contract).", no_args_is_help=True)
 config_app = typer.Typer(help="Config reference.", no_args_is_help=True)
+hospital_app = typer.Typer(help="What a hospital runs beside its own data.",
+                           no_args_is_help=True)
+datasets_app = typer.Typer(help="Public spine datasets, as downloaded, into manifests.",
+                           no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(config_app, name="config")
+app.add_typer(hospital_app, name="hospital")
+app.add_typer(datasets_app, name="datasets")
 
 
 @app.command()
@@ -128,6 +134,49 @@ def predict(
     failed = int((report.status == "failed").sum())
     if failed:
         console.print(f"[yellow]{failed} input(s) failed; see {out / 'predictions.csv'}[/]")
+
+
+@hospital_app.command("prepare")
+def hospital_prepare(
+    input: Path = typer.Option(..., help="PACS export or NIfTI/MHA folder (only ever read)."),
+    out: Path = typer.Option(..., help="Folder for the de-identified dataset, its manifest, "
+                             "report and pseudonym key."),
+    name: str | None = typer.Option(None, help="Hospital name for the site/source columns "
+                                    "(default: the output folder's name)."),
+    key: Path | None = typer.Option(None, help="Pseudonym key to use (default: created once "
+                                    "in <out>/.spinefl/pseudonym.key)."),
+    split: str = typer.Option("0.7,0.15,0.15", help="train,val,test fractions of patients."),
+    dicom: bool = typer.Option(False, help="Also write de-identified DICOM (PS3.15 basic "
+                               "profile) under <out>/dicom."),
+    allow_burned_in: bool = typer.Option(False, help="Keep images flagged with burned-in "
+                                         "annotations."),
+    modality: str | None = typer.Option(None, help="CT, MR or XR for NIfTI/MHA inputs whose "
+                                        "names do not say."),
+) -> None:
+    """Turn a PACS export or a NIfTI/MHA folder into a de-identified, validated dataset."""
+    from client.prepare import PrepareOptions, prepare
+    from tasks.manifest import parse_fractions
+
+    if modality is not None and modality not in ("CT", "MR", "XR"):
+        raise UserError(f"--modality must be CT, MR or XR, got '{modality}'")
+    options = PrepareOptions(input, out, name or out.resolve().name, key,
+                             parse_fractions(split), dicom, allow_burned_in, modality)
+    result = prepare(options, console)
+    _print_report(result.items)
+    console.print(f"Report: {result.report}")
+    if result.manifest is None:
+        raise UserError(f"{input}: no image could be prepared; see {result.report}")
+    console.print(f"Manifest: {result.manifest}")
+
+
+def _print_report(items) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame([vars(i) for i in items])
+    frame["reason"] = frame.reason.str.split(";").str[0].str.slice(0, 70)
+    summary = frame.groupby(["status", "kind", "reason"], dropna=False).agg(
+        items=("item", "count"), files=("files", "sum")).reset_index()
+    _print_table("What was found", summary)
 
 
 @manifest_app.command("check")

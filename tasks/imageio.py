@@ -8,7 +8,6 @@ whose first two columns span the detector plane.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from tasks.errors import UserError
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-# DICOM Modality (0008,0060) values and the manifest modality they are.
-DICOM_MODALITIES = {"CT": "CT", "MR": "MR", "CR": "XR", "DX": "XR"}
 
 
 class ImageError(UserError):
@@ -56,10 +53,12 @@ def load_image(path: Path | str) -> Volume:
     """Read a NIfTI or MetaImage file, or a folder holding one DICOM series."""
     path = Path(path)
     if path.is_dir():
-        series = read_dicom_series(path)
+        from tasks.dicom import load_series, scan_folder
+
+        series, _ = scan_folder(path)
         if len(series) != 1:
             raise ImageError(f"{path}: expected one DICOM series, found {len(series)}")
-        return next(iter(series.values()))
+        return load_series(next(iter(series.values())))
     if not path.is_file():
         raise ImageError(f"{path}: file not found")
     if has_suffix(path, NIFTI_SUFFIXES):
@@ -116,71 +115,3 @@ def save_nifti(volume: Volume, path: Path | str, dtype: type | None = None) -> P
     image.set_sform(volume.affine, code=1)
     nib.save(image, str(path))
     return path
-
-
-def dicom_series_files(folder: Path) -> dict[str, list[Path]]:
-    """Files of every DICOM image series under ``folder`` (recursively), by SeriesInstanceUID.
-
-    Files that are not DICOM, or DICOM without image position, are passed over.
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    groups: dict[str, list[Path]] = defaultdict(list)
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            header = pydicom.dcmread(file, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError):
-            continue
-        if "ImagePositionPatient" in header and "SeriesInstanceUID" in header:
-            groups[str(header.SeriesInstanceUID)].append(file)
-    return dict(groups)
-
-
-def read_dicom_series(folder: Path) -> dict[str, Volume]:
-    """Every image series under ``folder`` as a volume, by SeriesInstanceUID."""
-    return {uid: stack_dicom(files) for uid, files in dicom_series_files(folder).items()}
-
-
-def stack_dicom(files: list[Path]) -> Volume:
-    """One series' slices as a volume: sorted along the slice normal, rescaled, with its affine."""
-    import pydicom
-
-    where = files[0].parent
-    try:
-        slices = [pydicom.dcmread(f) for f in files]
-    except (OSError, ValueError) as e:
-        raise ImageError(f"{where}: unreadable DICOM file ({e})") from None
-    if len(slices) < 2:
-        raise ImageError(f"{where}: series has a single slice; a volume needs at least two")
-    orientation = np.array(slices[0].ImageOrientationPatient, dtype=float)
-    if any(not np.allclose(s.ImageOrientationPatient, orientation, atol=1e-4) for s in slices):
-        raise ImageError(f"{where}: slices of one series have different orientations")
-    row, col = orientation[:3], orientation[3:]
-    normal = np.cross(row, col)
-    slices.sort(key=lambda s: float(np.dot(s.ImagePositionPatient, normal)))
-    positions = np.array([np.dot(s.ImagePositionPatient, normal) for s in slices])
-    gaps = np.diff(positions)
-    if np.any(gaps <= 1e-3) or np.ptp(gaps) > 0.01 * max(gaps.mean(), 1e-3) + 1e-3:
-        raise ImageError(f"{where}: slice positions are duplicated or unevenly spaced")
-    pixel_spacing = [float(v) for v in slices[0].PixelSpacing]
-    try:
-        array = np.stack([_rescaled(s) for s in slices], axis=-1).transpose(1, 0, 2)
-    except (RuntimeError, NotImplementedError, ValueError, AttributeError) as e:
-        raise ImageError(f"{where}: cannot decode pixel data ({e})") from None
-    first = np.array(slices[0].ImagePositionPatient, dtype=float)
-    step = (np.array(slices[-1].ImagePositionPatient, dtype=float) - first) / (len(slices) - 1)
-    lps = np.eye(4)
-    lps[:3, 0] = row * pixel_spacing[1]
-    lps[:3, 1] = col * pixel_spacing[0]
-    lps[:3, 2] = step
-    lps[:3, 3] = first
-    modality = DICOM_MODALITIES.get(str(getattr(slices[0], "Modality", "")))
-    return Volume(array, LPS_TO_RAS @ lps, modality)
-
-
-def _rescaled(dataset) -> np.ndarray:
-    pixels = dataset.pixel_array.astype(np.float32)
-    slope = float(getattr(dataset, "RescaleSlope", 1.0))
-    intercept = float(getattr(dataset, "RescaleIntercept", 0.0))
-    return pixels * slope + intercept

@@ -8,6 +8,7 @@ are relative to the manifest's folder. The full schema is documented in
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -246,6 +247,29 @@ class Manifest:
     def rows(self) -> list[pd.Series]:
         """The rows, in order."""
         return [row for _, row in self.table.iterrows()]
+
+
+def split_of(patient_id: str, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> str:
+    """The split of a patient, from a hash of its pseudonym: stable when patients are added.
+
+    A patient never moves between train, val and test from one preparation to
+    the next, whatever else the dataset gains or loses.
+    """
+    draw = int.from_bytes(hashlib.sha256(patient_id.encode()).digest()[:8], "big") / 2**64
+    train, val, _ = fractions
+    return "train" if draw < train else "val" if draw < train + val else "test"
+
+
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    """'0.7,0.15,0.15' -> (0.7, 0.15, 0.15); raises UserError unless 3 non-negative, sum 1."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
+        raise UserError(f"split '{text}': give train,val,test fractions summing to 1, "
+                        "e.g. 0.7,0.15,0.15")
+    return values  # type: ignore[return-value]
 
 
 def from_records(records: list[dict[str, str]], root: Path) -> Manifest:

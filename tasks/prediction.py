@@ -20,16 +20,15 @@ from rich.progress import track
 
 from tasks.checkpoint import load_checkpoint
 from tasks.device import select_device
+from tasks.dicom import load_series, scan_folder
 from tasks.errors import UserError
 from tasks.imageio import (
     ITK_SUFFIXES,
     NIFTI_SUFFIXES,
     Volume,
-    dicom_series_files,
     has_suffix,
     load_image,
     save_nifti,
-    stack_dicom,
 )
 
 
@@ -60,9 +59,10 @@ def find_inputs(path: Path) -> Iterator[Input]:
     for file in sorted(path.rglob("*")):
         if file.is_file() and has_suffix(file, NIFTI_SUFFIXES + ITK_SUFFIXES):
             yield Input(str(file), _stem(file), lambda file=file: load_image(file))
-    for uid, files in dicom_series_files(path).items():
-        yield Input(f"{files[0].parent} (series {uid})", f"series-{uid}",
-                    lambda files=files: stack_dicom(files))
+    series, _ = scan_folder(path)
+    for uid, files in series.items():
+        yield Input(f"{files[0].path.parent} (series {uid})", f"series-{uid}",
+                    lambda files=files: load_series(files))
 
 
 def predict(model_path: Path, input_path: Path, out: Path, modality: str | None = None,

@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 
-from tasks.imageio import ImageError, Volume, load_image, read_dicom_series, reorient, save_nifti
-from tests.dicom_series import write_ct_series
+from tasks.imageio import ImageError, Volume, load_image, reorient, save_nifti
+from tests.dicom_series import write_series
 
 
 @pytest.fixture
@@ -55,12 +55,10 @@ def test_metaimage_is_read_in_ras(permuted_volume, tmp_path):
 
 
 def test_dicom_series_is_stacked_with_geometry_and_hu(permuted_volume, tmp_path):
-    files = write_ct_series(permuted_volume, tmp_path / "series")
+    files = write_series(permuted_volume, tmp_path / "series")
     files[2].rename(tmp_path / "series" / "zz_shuffled.dcm")  # order must come from positions
     (tmp_path / "series" / "notes.txt").write_text("not dicom")
-    series = read_dicom_series(tmp_path / "series")
-    assert len(series) == 1
-    volume = next(iter(series.values()))
+    volume = load_image(tmp_path / "series")
     assert volume.modality == "CT"
     np.testing.assert_allclose(volume.array, np.round(permuted_volume.array), atol=1e-3)
     np.testing.assert_allclose(volume.affine, permuted_volume.affine, atol=1e-4)

@@ -13,7 +13,7 @@ from tasks.checkpoint import load_checkpoint
 from tasks.imageio import load_image
 from tasks.segmentation.metric import segmentation_metrics
 from tests.cli import spinefl
-from tests.dicom_series import write_ct_series
+from tests.dicom_series import write_series
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def test_predict_reads_a_dicom_series(trained_run, tmp_path):
     manifest, result = trained_run
     row = manifest.select(split="test", modality="CT").rows()[0]
     source = load_image(manifest.path(row))
-    write_ct_series(source, tmp_path / "dicom")
+    write_series(source, tmp_path / "dicom")
     done = spinefl("predict", "--model", str(result.folder / "model.pt"), "--input",
                    str(tmp_path / "dicom"), "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr

@@ -1,0 +1,407 @@
+"""`spinefl hospital prepare`: a PACS export or NIfTI/MHA folder into a de-identified dataset.
+
+Stages, each visible under ``--out``:
+
+1. scan: every file under the input is read once, headers only (pixels stay
+   on disk), and DICOM files are grouped into series (the patient is the
+   header's PatientID); other files are NIfTI/MHA images (the patient is the
+   folder holding the file, or the file's name when it lies at the top),
+   their masks (``*_seg``, ``*_mask``, ``*_msk``, ``*_label(s)``), or
+   reported as passed over;
+2. judge: a series is kept or skipped with a reason (scouts, reports, dose
+   objects, undecodable compression, burned-in annotations, ...);
+3. convert: a kept series becomes one NIfTI volume in ``images/<patient>/``
+   (CT in HU, MR and X-ray in their own units, geometry from the headers),
+   with its mask where one was given beside it;
+4. write: ``manifest.csv`` (pseudonyms only), ``report.csv`` (every series and
+   passed-over file, with what happened and why), ``dicom/`` with
+   de-identified DICOM when asked.
+
+The input is only ever read. The pseudonym key is created once in
+``.spinefl/pseudonym.key``; ``.spinefl/done.json`` lets a second run skip
+series that have not changed. ``report.csv`` names input files so that staff
+can find them: like the key, it stays at the hospital.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import Progress
+
+from client.deidentify import deidentify
+from client.pseudonyms import PseudonymKey
+from tasks.dicom import (
+    DICOM_MODALITIES,
+    DicomFile,
+    SeriesError,
+    build_volume,
+    group_series,
+    read_header,
+    series_problem,
+)
+from tasks.errors import UserError
+from tasks.imageio import (
+    ITK_SUFFIXES,
+    NIFTI_SUFFIXES,
+    ImageError,
+    Volume,
+    has_suffix,
+    load_image,
+    save_nifti,
+)
+from tasks.imageio import reorient as reorient_volume
+from tasks.labels import structure_of
+from tasks.manifest import format_spacing, from_records, split_of
+
+STATE_DIR = ".spinefl"
+KEY_FILE = "pseudonym.key"
+DONE_FILE = "done.json"
+MASK_NAME = re.compile(r"^(?P<stem>.+)_(seg|mask|msk|labels?)$", re.IGNORECASE)
+_NAME_MODALITY = {"ct": ("CT", ""), "mr": ("MR", ""), "mri": ("MR", ""), "t1": ("MR", "T1"),
+                  "t1w": ("MR", "T1"), "t2": ("MR", "T2"), "t2w": ("MR", "T2"),
+                  "stir": ("MR", "STIR"), "xr": ("XR", ""), "xray": ("XR", ""),
+                  "cr": ("XR", ""), "dx": ("XR", "")}
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What the user asked for."""
+
+    input: Path
+    out: Path
+    name: str
+    key_file: Path | None = None
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    write_dicom: bool = False
+    allow_burned_in: bool = False
+    modality: str | None = None
+
+
+@dataclass
+class Item:
+    """One report row: a series or a file, and what happened to it."""
+
+    item: str
+    kind: str
+    patient: str = ""
+    modality: str = ""
+    files: int = 0
+    status: str = "skipped"
+    reason: str = ""
+    output: str = ""
+
+
+@dataclass
+class Scan:
+    """What the input holds, by kind (no pixels read)."""
+
+    series: dict[str, list[DicomFile]] = field(default_factory=dict)
+    images: list[Path] = field(default_factory=list)
+    masks: dict[tuple[Path, str], Path] = field(default_factory=dict)
+    passed_over: list[Item] = field(default_factory=list)
+
+
+@dataclass
+class PrepareResult:
+    """Where the outputs went and the report rows."""
+
+    manifest: Path | None
+    report: Path
+    items: list[Item]
+
+
+def _stem(path: Path) -> str:
+    for suffix in (*NIFTI_SUFFIXES, *ITK_SUFFIXES):
+        if path.name.lower().endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def scan(options: PrepareOptions, progress: Progress) -> Scan:
+    """Walk the input once: DICOM headers grouped by series, image and mask files, the rest."""
+    found = Scan()
+    files = sorted(p for p in options.input.rglob("*") if p.is_file())
+    headers: list[DicomFile] = []
+    for path in progress.track(files, description="Reading headers"):
+        relative = str(path.relative_to(options.input))
+        if has_suffix(path, NIFTI_SUFFIXES + ITK_SUFFIXES):
+            match = MASK_NAME.match(_stem(path))
+            if match:
+                found.masks[(path.parent, match["stem"])] = path
+            else:
+                found.images.append(path)
+            continue
+        try:
+            headers.append(read_header(path))
+        except ImageError as e:
+            found.passed_over.append(Item(relative, "file", files=1,
+                                          reason=str(e).removeprefix(f"{path}: ")))
+    found.series = group_series(headers)
+    return found
+
+
+class Preparer:
+    """Turns what a scan found into de-identified NIfTI volumes, manifest rows and report rows."""
+
+    def __init__(self, options: PrepareOptions, key: PseudonymKey, done: dict) -> None:
+        self.options = options
+        self.key = key
+        self.done = done
+        self.rows: list[dict[str, str]] = []
+        self.items: list[Item] = []
+        self.new_done: dict[str, dict] = {}
+
+    # -- identities ---------------------------------------------------------------------
+    def patient(self, raw: str) -> str:
+        return self.key.pseudonym("patient", raw, "P")
+
+    def _row(self, patient: str, study: str, series: str, volume: Volume, modality: str,
+             sequence: str, view: str, image: str, mask: str) -> dict[str, str]:
+        return {"patient_id": patient, "study_id": study, "series_id": series,
+                "modality": modality, "sequence": sequence, "image": image,
+                "spacing": format_spacing(volume.spacing), "site": self.options.name,
+                "source": self.options.name, "split": split_of(patient, self.options.split),
+                "mask": mask, "view": view}
+
+    def _reuse(self, series: str, fingerprint: str, item: Item) -> bool:
+        previous = self.done.get(series)
+        if not previous or previous["fingerprint"] != fingerprint:
+            return False
+        outputs = [previous["row"]["image"], previous["row"]["mask"]]
+        if not all((self.options.out / p).exists() for p in outputs if p):
+            return False
+        self.rows.append(previous["row"])
+        self.new_done[series] = previous
+        item.status, item.output = "unchanged", previous["row"]["image"]
+        item.reason = "prepared by an earlier run; files unchanged"
+        return True
+
+    def _write(self, series: str, fingerprint: str, item: Item, volume: Volume,
+               mask: Volume | None, identity: tuple[str, str], modality: str, sequence: str,
+               view: str) -> dict[str, str]:
+        patient, study = identity
+        image = f"images/{patient}/{series}.nii.gz"
+        save_nifti(volume, self.options.out / image,
+                   np.int16 if modality == "CT" else np.float32)
+        mask_path = ""
+        if mask is not None:
+            mask_path = f"images/{patient}/{series}_mask.nii.gz"
+            save_nifti(mask, self.options.out / mask_path, np.int16)
+        row = self._row(patient, study, series, volume, modality, sequence, view, image,
+                        mask_path)
+        self.rows.append(row)
+        self.new_done[series] = {"fingerprint": fingerprint, "row": row}
+        item.status, item.output = "kept", image
+        return row
+
+    # -- DICOM series -------------------------------------------------------------------
+    def dicom_series(self, uid: str, files: list[DicomFile], mask_file: Path | None) -> Item:
+        first = files[0]
+        folder = _common_folder([f.path for f in files])
+        raw_patient = first.patient_id or f"study:{first.study_uid}"
+        patient = self.patient(raw_patient)
+        study = self.key.pseudonym("study", first.study_uid, "S")
+        series = self.key.pseudonym("series", uid, "E")
+        where = files[0].path if len(files) == 1 else folder
+        item = Item(self._relative(where), "DICOM series", patient,
+                    DICOM_MODALITIES.get(first.modality, first.modality), len(files))
+        problem = series_problem(files)
+        if problem is None and first.burned_in == "YES" and not self.options.allow_burned_in:
+            problem = ("burned-in annotation (the pixels may show identifying text); "
+                       "--allow-burned-in keeps such images")
+        if problem:
+            item.reason = problem
+            return item
+        fingerprint = _fingerprint([f.path for f in files] + ([mask_file] if mask_file else []))
+        if self._reuse(series, fingerprint, item):
+            return item
+        try:
+            built = build_volume(files)
+        except SeriesError as e:
+            item.reason = str(e)
+            return item
+        notes = list(built.notes)
+        if not first.patient_id:
+            notes.append("no PatientID: the study stands for the patient")
+        mask = self._mask(mask_file, built.volume, notes)
+        modality = DICOM_MODALITIES[first.modality]
+        sequence = (first.sequence_hint or "unknown") if modality == "MR" else ""
+        self._write(series, fingerprint, item, built.volume, mask, (patient, study), modality,
+                    sequence, first.view)
+        if self.options.write_dicom:
+            self._write_dicom(built.files, patient, study, series)
+        item.reason = "; ".join(notes)
+        return item
+
+    def _write_dicom(self, files: list[Path], patient: str, study: str, series: str) -> None:
+        import pydicom
+
+        folder = self.options.out / "dicom" / patient / study / series
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            ds = pydicom.dcmread(path)
+            deidentify(ds, self.key, patient)
+            ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+
+    # -- NIfTI / MHA files ----------------------------------------------------------------
+    def image_file(self, path: Path, mask_file: Path | None) -> Item:
+        relative = path.relative_to(self.options.input)
+        raw_patient = relative.parent.name if len(relative.parts) > 1 else _stem(path)
+        patient = self.patient(raw_patient)
+        kind = "NIfTI" if has_suffix(path, NIFTI_SUFFIXES) else "MetaImage"
+        item = Item(str(relative), kind, patient, files=1)
+        series = self.key.pseudonym("series", str(relative), "E")
+        study = self.key.pseudonym("study", str(relative.parent), "S")
+        fingerprint = _fingerprint([path] + ([mask_file] if mask_file else []))
+        if self._reuse(series, fingerprint, item):
+            item.modality = self.done[series]["row"]["modality"]
+            return item
+        try:
+            volume = load_image(path)
+        except ImageError as e:
+            item.reason = str(e).removeprefix(f"{path}: ")
+            return item
+        modality, sequence = self._modality_of(relative, volume)
+        item.modality = modality
+        if not modality:
+            item.reason = ("cannot tell the modality from the file name (ct, mr, t1, t2, xr "
+                           "...); give --modality")
+            return item
+        if (modality == "XR") != volume.is_projection:
+            item.reason = f"{modality} image with {volume.array.ndim} dimensions"
+            return item
+        notes: list[str] = []
+        mask = self._mask(mask_file, volume, notes)
+        self._write(series, fingerprint, item, volume, mask, (patient, study), modality,
+                    (sequence or "unknown") if modality == "MR" else "", "")
+        item.reason = "; ".join(notes)
+        return item
+
+    def _modality_of(self, relative: Path, volume: Volume) -> tuple[str, str]:
+        if self.options.modality:
+            return self.options.modality, ""
+        tokens = [t for part in relative.parts for t in re.split(r"[^a-z0-9]+", part.lower())]
+        modality, sequence = "", ""
+        for token in tokens:
+            if token in _NAME_MODALITY:
+                found, found_sequence = _NAME_MODALITY[token]
+                modality = modality or found
+                sequence = sequence or found_sequence
+        if not modality and volume.is_projection:
+            modality = "XR"
+        return modality, sequence
+
+    # -- masks ------------------------------------------------------------------------------
+    def _mask(self, path: Path | None, image: Volume, notes: list[str]) -> Volume | None:
+        """The mask on the image's grid, or None with the reason in ``notes``."""
+        if path is None:
+            return None
+        name = path.name
+        try:
+            mask = load_image(path)
+        except ImageError as e:
+            notes.append(f"mask {name} not used: {str(e).removeprefix(f'{path}: ')}")
+            return None
+        if mask.array.ndim == 3 and image.array.ndim == 3:
+            import nibabel as nib
+
+            mask = reorient_volume(mask, "".join(nib.aff2axcodes(image.affine)))
+        if mask.array.shape != image.array.shape or not np.allclose(
+                mask.affine, image.affine, atol=1e-2 * max(image.spacing)):
+            notes.append(f"mask {name} not used: its grid {mask.array.shape} does not match "
+                         f"the image's {image.array.shape}")
+            return None
+        values = np.unique(mask.array)
+        bad = [v for v in values if v != 0 and (v != int(v) or structure_of(int(v)) is None)]
+        if bad:
+            shown = ", ".join(f"{v:g}" for v in bad[:5])
+            notes.append(f"mask {name} not used: values {shown} are not in the spinefl label "
+                         "convention (docs/manifest.md)")
+            return None
+        return Volume(np.rint(mask.array).astype(np.int16), image.affine)
+
+    def _relative(self, path: Path) -> str:
+        return str(path.relative_to(self.options.input)) or "."
+
+
+def _common_folder(paths: Iterable[Path]) -> Path:
+    return Path(os.path.commonpath([str(p.parent) for p in paths]))
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        info = path.stat()
+        digest.update(f"{path}|{info.st_size}|{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _check_folders(options: PrepareOptions) -> None:
+    source, out = options.input.resolve(), options.out.resolve()
+    if not source.is_dir():
+        raise UserError(f"{options.input}: input folder not found")
+    if out == source or source in out.parents:
+        raise UserError(f"{options.out}: the output folder must not be inside the input "
+                        f"{options.input} (the input is never written to)")
+    if out in source.parents:
+        raise UserError(f"{options.out}: the output folder must not contain the input")
+
+
+def prepare(options: PrepareOptions, console: Console | None = None) -> PrepareResult:
+    """Run every stage; the report lists every series and passed-over file."""
+    console = console or Console()
+    _check_folders(options)
+    state = options.out / STATE_DIR
+    key = PseudonymKey.load_or_create(options.key_file or state / KEY_FILE)
+    done_path = state / DONE_FILE
+    done = json.loads(done_path.read_text()) if done_path.exists() else {}
+    preparer = Preparer(options, key, done)
+    with Progress(console=console, transient=True) as progress:
+        found = scan(options, progress)
+        by_folder: dict[Path, list[str]] = defaultdict(list)
+        for uid, files in found.series.items():
+            for folder in {f.path.parent for f in files}:
+                by_folder[folder].append(uid)
+        used_masks: set[Path] = set()
+        for uid, files in progress.track(list(found.series.items()),
+                                         description="Converting series"):
+            folder = _common_folder([f.path for f in files])
+            masks = [p for (where, _), p in found.masks.items() if where == folder]
+            mask = masks[0] if len(masks) == 1 and by_folder[folder] == [uid] else None
+            used_masks.update([mask] if mask else [])
+            preparer.items.append(preparer.dicom_series(uid, files, mask))
+        for path in progress.track(found.images, description="Converting images"):
+            mask = found.masks.get((path.parent, _stem(path)))
+            used_masks.update([mask] if mask else [])
+            preparer.items.append(preparer.image_file(path, mask))
+    for path in sorted(set(found.masks.values()) - used_masks):
+        preparer.items.append(Item(str(path.relative_to(options.input)), "mask", files=1,
+                                   reason="mask without an image it belongs to (name it "
+                                   "<image>_mask beside the image, or put it in the folder "
+                                   "of one DICOM series)"))
+    preparer.items.extend(found.passed_over)
+    state.mkdir(parents=True, exist_ok=True)
+    done_path.write_text(json.dumps(preparer.new_done, indent=1))
+    report = options.out / "report.csv"
+    pd.DataFrame([asdict(i) for i in preparer.items],
+                 columns=list(Item.__dataclass_fields__)).to_csv(report, index=False)
+    if not preparer.rows:
+        return PrepareResult(None, report, preparer.items)
+    manifest = from_records(preparer.rows, options.out)
+    problems = manifest.problems()
+    if problems:
+        raise UserError(f"{options.out}: prepared manifest is invalid: {problems[0]}")
+    path = manifest.save(options.out / "manifest.csv")
+    return PrepareResult(path, report, preparer.items)
+
