@@ -167,6 +167,17 @@ def hospital_prepare(
     if result.manifest is None:
         raise UserError(f"{input}: no image could be prepared; see {result.report}")
     console.print(f"Manifest: {result.manifest}")
+    _warn_missing_splits(result.manifest)
+
+
+def _warn_missing_splits(path: Path) -> None:
+    from tasks.manifest import SPLITS, Manifest
+
+    missing = [s for s in SPLITS if s not in set(Manifest.load(path).table.split)]
+    if missing:
+        console.print(f"[yellow]No patient in split(s) {', '.join(missing)}: training needs "
+                      "train and val patients; change --split (splits come from a hash of "
+                      "each pseudonym, so small cohorts can miss one).[/]")
 
 
 def _print_report(items) -> None:
