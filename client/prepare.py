@@ -347,6 +347,14 @@ def _fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def write_report(items: list[Item], path: Path) -> Path:
+    """The report as CSV: one row per series or file, with what happened and why."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([asdict(i) for i in items], columns=list(Item.__dataclass_fields__)).to_csv(
+        path, index=False)
+    return path
+
+
 def _check_folders(options: PrepareOptions) -> None:
     source, out = options.input.resolve(), options.out.resolve()
     if not source.is_dir():
@@ -393,9 +401,7 @@ def prepare(options: PrepareOptions, console: Console | None = None) -> PrepareR
     preparer.items.extend(found.passed_over)
     state.mkdir(parents=True, exist_ok=True)
     done_path.write_text(json.dumps(preparer.new_done, indent=1))
-    report = options.out / "report.csv"
-    pd.DataFrame([asdict(i) for i in preparer.items],
-                 columns=list(Item.__dataclass_fields__)).to_csv(report, index=False)
+    report = write_report(preparer.items, options.out / "report.csv")
     if not preparer.rows:
         return PrepareResult(None, report, preparer.items)
     manifest = from_records(preparer.rows, options.out)

@@ -154,6 +154,8 @@ def hospital_prepare(
                                         "names do not say."),
 ) -> None:
     """Turn a PACS export or a NIfTI/MHA folder into a de-identified, validated dataset."""
+    import pandas as pd
+
     from client.prepare import PrepareOptions, prepare
     from tasks.manifest import parse_fractions
 
@@ -162,7 +164,7 @@ def hospital_prepare(
     options = PrepareOptions(input, out, name or out.resolve().name, key,
                              parse_fractions(split), dicom, allow_burned_in, modality)
     result = prepare(options, console)
-    _print_report(result.items)
+    _print_report(pd.read_csv(result.report, keep_default_na=False))
     console.print(f"Report: {result.report}")
     if result.manifest is None:
         raise UserError(f"{input}: no image could be prepared; see {result.report}")
@@ -180,10 +182,46 @@ def _warn_missing_splits(path: Path) -> None:
                       "each pseudonym, so small cohorts can miss one).[/]")
 
 
-def _print_report(items) -> None:
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """The public datasets spinefl can prepare."""
     import pandas as pd
 
-    frame = pd.DataFrame([vars(i) for i in items])
+    from simulation.datasets import DATASETS
+
+    _print_table("Datasets", pd.DataFrame(
+        [{"name": n, "what": m.DESCRIPTION} for n, m in DATASETS.items()]))
+
+
+@datasets_app.command("prepare")
+def datasets_prepare(
+    name: str = typer.Argument(..., help="Dataset: verse, spider, rsna2024 or aasce2019."),
+    root: Path = typer.Option(..., help="The dataset folder as downloaded (only ever read)."),
+    out: Path = typer.Option(..., help="Folder for the manifest, converted masks and report."),
+) -> None:
+    """Turn a downloaded public dataset into a manifest in the spinefl label convention."""
+    import pandas as pd
+
+    from simulation.datasets import adapter
+    from tasks.manifest import Manifest
+
+    module = adapter(name)
+    if not root.is_dir():
+        raise UserError(f"{root}: dataset folder not found")
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+        raise UserError(f"{out}: the output folder must not be inside the dataset {root}")
+    manifest = module.prepare(root, out)
+    _print_report(pd.read_csv(out / "report.csv", keep_default_na=False))
+    table = Manifest.load(manifest).table
+    summary = table.groupby(["site", "split", "modality"]).agg(
+        patients=("patient_id", "nunique"), images=("image", "count")).reset_index()
+    _print_table(f"{name}: manifest", summary)
+    console.print(f"Manifest: {manifest}  Report: {out / 'report.csv'}")
+
+
+def _print_report(frame) -> None:
+    """The report summarised: how many items per status, kind and (shortened) reason."""
+    frame = frame.copy()
     frame["reason"] = frame.reason.str.split(";").str[0].str.slice(0, 70)
     summary = frame.groupby(["status", "kind", "reason"], dropna=False).agg(
         items=("item", "count"), files=("files", "sum")).reset_index()

@@ -62,6 +62,7 @@ class DicomFile:
     study_date: str
     sequence_hint: str = field(default="")
     view: str = field(default="")
+    scanner: str = field(default="")
 
 
 def read_header(path: Path) -> DicomFile:
@@ -99,6 +100,7 @@ def read_header(path: Path) -> DicomFile:
             study_date=str(ds.get("StudyDate", "")),
             sequence_hint=mr_sequence(ds) if ds.get("Modality") == "MR" else "",
             view=VIEWS.get(str(ds.get("ViewPosition", "")).upper(), ""),
+            scanner=f"{ds.get('Manufacturer', '')} {ds.get('ManufacturerModelName', '')}".strip(),
         )
     except (ValueError, TypeError) as e:
         raise ImageError(f"{path}: malformed DICOM header ({e})") from None
@@ -350,13 +352,23 @@ def _radiograph(file: DicomFile, notes: list[str]) -> SeriesVolume:
     if len(letters) != 2 or any(v not in _LETTERS for v in letters):
         letters = ["P", "F"] if file.view == "LAT" else ["L", "F"]
         notes.append(f"no PatientOrientation; assumed {'/'.join(letters)}")
-    row, col = (np.array(_LETTERS[v], dtype=float) for v in letters)
     if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         pixels = pixels.max() - pixels
         notes.append("MONOCHROME1 inverted so that bone is bright")
     pixels = _rescale(pixels, ds, "XR")
-    affine = _affine(row, col, np.cross(row, col), spacing, np.zeros(3))
+    affine = radiograph_affine((letters[0], letters[1]), spacing)
     return SeriesVolume(Volume(pixels.T.copy(), affine, "XR"), [file.path], notes)
+
+
+def radiograph_affine(letters: tuple[str, str], spacing: tuple[float, float]) -> np.ndarray:
+    """RAS affine of a radiograph stored as array[column, row] (pixel_array transposed).
+
+    ``letters`` is the DICOM PatientOrientation: where a step along a row, then
+    down a column, points in the patient ('L', 'F' for a standard AP view);
+    ``spacing`` is (row spacing, column spacing) in mm, as PixelSpacing.
+    """
+    row, col = (np.array(_LETTERS[v], dtype=float) for v in letters)
+    return _affine(row, col, np.cross(row, col), spacing, np.zeros(3))
 
 
 def scan_folder(folder: Path) -> tuple[dict[str, list[DicomFile]], list[tuple[Path, str]]]:

@@ -23,6 +23,11 @@ SPLITS = ("train", "val", "test")
 VIEWS = ("AP", "LAT")
 DISC_LEVELS = ("t12_l1", "l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")
 VERTEBRAE = ("t12", "l1", "l2", "l3", "l4", "l5")
+RSNA_CONDITIONS = ("spinal_canal_stenosis", "left_neural_foraminal_narrowing",
+                   "right_neural_foraminal_narrowing", "left_subarticular_stenosis",
+                   "right_subarticular_stenosis")
+_LEVELS = "|".join(DISC_LEVELS)
+_RSNA_LEVELS = "|".join(DISC_LEVELS[1:])
 
 
 class ManifestError(UserError):
@@ -107,18 +112,32 @@ COLUMNS: dict[str, Column] = {
     "mask": Column("label mask in the spinefl convention, relative path", is_path=True),
     "centroids": Column("VerSe-style centroid JSON, relative path", is_path=True),
     "view": Column("radiograph view: AP or LAT; empty for 3D images", _optional_choice(VIEWS)),
+    "keypoints": Column("JSON list of labelled points in voxel coordinates of the image "
+                        "(RSNA condition points, AASCE vertebra corners), relative path",
+                        is_path=True),
     "cobb_angle": Column("largest Cobb angle in degrees", _number_in(0, 120)),
+    "cobb_pt": Column("proximal thoracic Cobb angle in degrees (AASCE)", _number_in(0, 120)),
+    "cobb_mt": Column("main thoracic Cobb angle in degrees (AASCE)", _number_in(0, 120)),
+    "cobb_tl": Column("thoracolumbar/lumbar Cobb angle in degrees (AASCE)",
+                      _number_in(0, 120)),
     "osteoporosis": Column("true or false", _BOOL),
 }
 
 # Families of per-level label columns: name pattern -> column description.
 COLUMN_FAMILIES: dict[str, Column] = {
-    rf"pfirrmann_({'|'.join(DISC_LEVELS)})": Column(
+    rf"pfirrmann_({_LEVELS})": Column(
         "Pfirrmann-like degeneration grade 1-5 of the disc at that level", _number_in(1, 5)
     ),
-    rf"herniation_({'|'.join(DISC_LEVELS)})": Column(
+    rf"herniation_({_LEVELS})": Column(
         "true when the disc at that level herniates posteriorly", _BOOL
     ),
+    rf"modic_({_LEVELS})": Column("Modic change at that level: 0 none, 1-3 type I-III",
+                                  _number_in(0, 3)),
+    rf"narrowing_({_LEVELS})": Column("true when the disc at that level is narrowed", _BOOL),
+    rf"bulging_({_LEVELS})": Column("true when the disc at that level bulges", _BOOL),
+    **{rf"{condition}_({_RSNA_LEVELS})": Column(
+        f"{condition.replace('_', ' ')} at that level as RSNA 2024 grades it: 0 normal/mild, "
+        "1 moderate, 2 severe", _number_in(0, 2)) for condition in RSNA_CONDITIONS},
     rf"fracture_({'|'.join(VERTEBRAE)})": Column(
         "Genant grade 0-3 of a vertebral compression fracture", _number_in(0, 3)
     ),
