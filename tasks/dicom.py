@@ -63,6 +63,7 @@ class DicomFile:
     sequence_hint: str = field(default="")
     view: str = field(default="")
     scanner: str = field(default="")
+    damage: str = field(default="")
 
 
 def read_header(path: Path) -> DicomFile:
@@ -78,7 +79,8 @@ def read_header(path: Path) -> DicomFile:
         raise ImageError(f"{path}: unreadable DICOM ({type(e).__name__}: {e})") from None
     meta = getattr(ds, "file_meta", None)
     if "SeriesInstanceUID" not in ds or "SOPClassUID" not in ds:
-        raise ImageError(f"{path}: DICOM without SeriesInstanceUID/SOPClassUID (not an image)")
+        raise ImageError(f"{path}: DICOM without SeriesInstanceUID/SOPClassUID (a truncated "
+                         "file, or not an image object, e.g. a DICOMDIR)")
     try:
         return DicomFile(
             path=path,
@@ -101,9 +103,36 @@ def read_header(path: Path) -> DicomFile:
             sequence_hint=mr_sequence(ds) if ds.get("Modality") == "MR" else "",
             view=VIEWS.get(str(ds.get("ViewPosition", "")).upper(), ""),
             scanner=f"{ds.get('Manufacturer', '')} {ds.get('ManufacturerModelName', '')}".strip(),
+            damage=_truncation(ds, path),
         )
     except (ValueError, TypeError) as e:
         raise ImageError(f"{path}: malformed DICOM header ({e})") from None
+
+
+def _truncation(ds, path: Path) -> str:
+    """'truncated file (...)' when the pixel data stops short of what the header declares."""
+    from pydicom.uid import UID
+
+    element = ds.get_item(0x7FE00010)
+    if element is None:
+        return ""
+    if hasattr(element, "value_tell"):  # deferred: only its declared length was read
+        if element.length != 0xFFFFFFFF and \
+                element.value_tell + element.length > path.stat().st_size:
+            return "truncated file (pixel data runs past the end of the file)"
+        return ""
+    syntax = UID(str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")
+                     or "1.2.840.10008.1.2"))
+    if syntax.is_compressed or element.value is None:
+        return ""
+    try:
+        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) *
+                    int(ds.BitsAllocated) // 8 * int(ds.get("NumberOfFrames", 1) or 1))
+    except (AttributeError, TypeError, ValueError):
+        return ""
+    if len(element.value) < expected:
+        return f"truncated file ({len(element.value)} of {expected} bytes of pixel data)"
+    return ""
 
 
 def _as_list(value) -> list:
@@ -151,6 +180,10 @@ def series_problem(files: list[DicomFile]) -> str | None:
 
     first = files[0]
     sop_name = UID(first.sop_class).name
+    damaged = [f for f in files if f.damage]
+    if damaged:
+        more = f" (and {len(damaged) - 1} more file(s))" if len(damaged) > 1 else ""
+        return f"{damaged[0].path.name}: {damaged[0].damage}{more}"
     if not all(f.has_pixels for f in files):
         return f"not an image: {sop_name} without pixel data"
     if first.modality not in DICOM_MODALITIES:

@@ -23,7 +23,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "MRN001/mr": ("kept", ""),
     "MRN002/scout": ("skipped", "scout/localizer"),
     "MRN002/uneven": ("skipped", "uneven slice spacing"),
-    "MRN002/truncated": ("skipped", "cannot decode pixel data"),
+    "MRN002/truncated": ("skipped", "slice0001.dcm: truncated file (pixel data runs past"),
     "MRN002/burned": ("skipped", "burned-in annotation"),
     "MRN002/duplicates": ("kept", "1 duplicate instance(s) ignored"),
     "MRN003/jpeg-lossless": ("skipped", "no decoder"),
@@ -32,7 +32,9 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "misc/CT_small.dcm": ("skipped", "single slice"),
     "misc/eCT_Supplemental.dcm": ("kept", "enhanced multi-frame"),
     "misc/notes.txt": ("skipped", "not a DICOM file"),
-    "misc/DICOMDIR": ("skipped", "not an image"),
+    "misc/DICOMDIR": ("skipped", "not an image object"),
+    "misc/cut_in_header.dcm": ("skipped", "a truncated file"),
+    "misc/cut_before_pixels.dcm": ("skipped", "truncated file (1500 of 8192 bytes"),
     "nifti/pat9/t1.nii.gz": ("kept", ""),
     "nifti/broken_ct.nii.gz": ("skipped", "not a readable NIfTI"),
     "nifti/orphan_seg.nii.gz": ("skipped", "mask without an image"),
@@ -80,6 +82,10 @@ def build(root: Path) -> Path:
         shutil.copy(get_testdata_file(name), misc / name)
     (misc / "notes.txt").write_text("export log")
     shutil.copy(get_testdata_file("DICOMDIR"), misc / "DICOMDIR")
+    (misc / "cut_in_header.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm"))
+                                             .read_bytes()[:1000])
+    (misc / "cut_before_pixels.dcm").write_bytes(Path(get_testdata_file("MR_small.dcm"))
+                                                 .read_bytes()[:3000])
     t1 = volume(8)
     save_nifti(t1, root / "nifti" / "pat9" / "t1.nii.gz")
     save_nifti(mask_for(t1), root / "nifti" / "pat9" / "t1_mask.nii.gz")
