@@ -1,10 +1,17 @@
 """The ClientApp: a hospital's node. The same code runs in simulation and deployment.
 
 Each request carries the global weights and the round's config: the task and
-its settings (JSON), the local training settings (JSON), local epochs/steps,
-and strategy hints (``proximal-mu`` for FedProx, ``keep-local-norm`` for
-FedBN). The node trains or evaluates on its own manifest only and replies with
-weights, ``num-examples`` (training samples or evaluated images) and metrics.
+its settings (JSON), the local training settings (JSON), the DP request
+(JSON, ``tasks.privacy.PRIVACY_KEYS``), local epochs/steps, the run's number
+of rounds, and strategy hints (``proximal-mu`` for FedProx,
+``keep-local-norm`` for FedBN). The node trains or evaluates on its own
+manifest only and replies with weights, ``num-examples`` (training samples or
+evaluated images) and metrics.
+
+With DP, the node trains with patient-level DP-SGD (``tasks.privacy``),
+records the round in its privacy ledger before replying, and refuses (an
+error reply, no training) a round that would pass its own budget, or a
+non-private round when it has a budget at all.
 """
 
 from __future__ import annotations
@@ -15,15 +22,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from torch import nn
 
 from client.hospital import Hospital, resolve_hospital
+from client.ledger import BudgetExceeded, PrivacyLedger
 from tasks.config import validate
 from tasks.contract import Task
 from tasks.device import select_device
 from tasks.model_state import norm_state_keys, proximal_penalty
+from tasks.privacy import PRIVACY_KEYS, PrivateRound, Release, compatible, planned_noise
+from tasks.protocol import KEEP_LOCAL_NORM, UNIFORM_WEIGHT
 from tasks.registry import task_class
 from tasks.training import seed_everything
 
@@ -41,6 +60,7 @@ class Request:
     hospital: Hospital
     task: Task
     train: dict[str, Any]
+    privacy: dict[str, Any]
     keep_local_norm: bool
     model: nn.Module
     global_state: dict[str, torch.Tensor]
@@ -56,26 +76,50 @@ def unpack(msg: Message, context: Context) -> Request:
     cls = task_class(spec["name"])
     task = cls(validate({"task": spec["settings"]}, {"task": cls.keys}, "server request")["task"])
     train = json.loads(str(config["train"]))
-    keep_local_norm = bool(config.get("keep-local-norm", False))
-    model = task.build_model()
+    privacy = validate({"privacy": json.loads(str(config.get("privacy", "{}")))},
+                       {"privacy": PRIVACY_KEYS}, "server request")["privacy"]
+    keep_local_norm = bool(config.get(KEEP_LOCAL_NORM, False))
+    model = compatible(task.build_model()) if privacy["enabled"] else task.build_model()
     global_state = msg.content["arrays"].to_torch_state_dict()
     state = dict(global_state)
     if keep_local_norm and LOCAL_NORM in context.state:
         state.update(context.state[LOCAL_NORM].to_torch_state_dict())
     model.load_state_dict(state)
     device = select_device(train["device"])
-    return Request(config, hospital, task, train, keep_local_norm, model.to(device),
+    return Request(config, hospital, task, train, privacy, keep_local_norm, model.to(device),
                    global_state, device)
 
 
-def _loader(task: Task, hospital: Hospital, train: dict[str, Any]):
+def _loader(task: Task, hospital: Hospital, train: dict[str, Any], per_patient: bool):
     """Training batches, prepared once per process for a hospital and task settings."""
     key = (str(hospital.manifest_path), json.dumps(task.settings, sort_keys=True),
-           train["batch_size"], train["seed"])
+           train["batch_size"], train["seed"], per_patient)
     if key not in _LOADERS:
         rows = hospital.manifest().select(split="train")
-        _LOADERS[key] = task.train_data(rows, train["batch_size"], train["seed"])
+        _LOADERS[key] = task.train_data(rows, train["batch_size"], train["seed"], per_patient)
     return _LOADERS[key]
+
+
+def _local_training(request: Request, model: nn.Module, batches: Any,
+                    optimizer: torch.optim.Optimizer, penalty: Any) -> tuple[float, int]:
+    """The round's local epochs (or steps); returns the last epoch's loss and the steps."""
+    config = request.config
+    steps = int(config["local-steps"]) or None
+    losses, done = [], 0
+    for _ in range(int(config["local-epochs"])):
+        result = request.task.train_epoch(model, batches, optimizer, request.device,
+                                          max_steps=None if steps is None else steps - done,
+                                          penalty=penalty)
+        losses.append(result["train_loss"])
+        done += int(result["train_steps"])
+        if steps is not None and done >= steps:
+            break
+    return float(losses[-1]), done
+
+
+def _refuse(msg: Message, reason: str) -> Message:
+    """An error reply: the server logs the reason with the hospital's name and goes on."""
+    return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION, reason), reply_to=msg)
 
 
 @app.query()
@@ -88,34 +132,68 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local training from the global weights; reply with the new weights."""
+    """Local training from the global weights (DP-SGD when asked); reply with the new weights."""
     started = time.perf_counter()
     request = unpack(msg, context)
     config, model, settings = request.config, request.model, request.train
-    seed_everything(settings["seed"] + int(config.get("server-round", 0)))
+    server_round = int(config.get("server-round", 0))
+    seed_everything(settings["seed"] + server_round)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"],
                                  weight_decay=settings["weight_decay"])
     mu = float(config.get("proximal-mu", 0.0))
     penalty = proximal_penalty(model, request.global_state, mu) if mu > 0 else None
-    batches = _loader(request.task, request.hospital, settings)
-    steps = int(config["local-steps"]) or None
-    losses, done = [], 0
-    for _ in range(int(config["local-epochs"])):
-        result = request.task.train_epoch(model, batches, optimizer, request.device,
-                                          max_steps=None if steps is None else steps - done,
-                                          penalty=penalty)
-        losses.append(result["train_loss"])
-        done += int(result["train_steps"])
-        if steps is not None and done >= steps:
-            break
+    private = request.privacy["enabled"]
+    budget = request.hospital.budget
+    if budget.max_epsilon is not None and not private:
+        return _refuse(msg, f"hospital {request.hospital.name} trains only with differential "
+                       f"privacy (max-epsilon {budget.max_epsilon:g}); the run asked for none")
+    if len(request.task.select(request.hospital.manifest().select(split="train"))) == 0:
+        return _refuse(msg, f"hospital {request.hospital.name} has no training images for "
+                       f"task {request.task.name} (split 'train' of its manifest)")
+    batches = _loader(request.task, request.hospital, settings, per_patient=private)
+    extra: dict[str, float] = {}
+    if private:
+        try:
+            model, extra = _private_round(msg, request, optimizer, batches, server_round)
+        except BudgetExceeded as e:
+            return _refuse(msg, f"hospital {request.hospital.name}: {e}")
+        loss, done = extra.pop("loss"), int(extra.pop("steps"))
+    else:
+        loss, done = _local_training(request, model, batches, optimizer, penalty)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if request.keep_local_norm:
         local = {k: state[k] for k in norm_state_keys(model)}
         context.state[LOCAL_NORM] = ArrayRecord(local)
-    metrics = MetricRecord({"num-examples": len(batches.dataset), "loss": float(losses[-1]),
-                            "steps": done, "seconds": time.perf_counter() - started})
+    metrics = MetricRecord({"num-examples": len(batches.dataset), UNIFORM_WEIGHT: 1.0,
+                            "loss": loss, "steps": done,
+                            "seconds": time.perf_counter() - started, **extra})
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}),
                    reply_to=msg)
+
+
+def _private_round(msg: Message, request: Request, optimizer: torch.optim.Optimizer,
+                   batches: Any, server_round: int) -> tuple[nn.Module, dict[str, float]]:
+    """One round of DP-SGD within the hospital's budget, recorded in its ledger before the
+    reply leaves. Returns the plain trained model and the round's privacy metrics."""
+    privacy, budget, config = request.privacy, request.hospital.budget, request.config
+    delta = budget.delta
+    rate = 1.0 / len(batches)
+    steps = int(config["local-epochs"]) * len(batches)
+    if int(config["local-steps"]):
+        steps = min(steps, int(config["local-steps"]))
+    noise = planned_noise(privacy, rate, steps * int(config.get("num-rounds", 1)), delta)
+    ledger = PrivacyLedger(request.hospital.folder)
+    ledger.check(Release(noise, rate, steps), budget, privacy["accountant"])
+    with PrivateRound(request.model, optimizer, batches, noise, privacy["max_grad_norm"],
+                      privacy["grad_sample_mode"], max_steps=steps) as private:
+        loss, done = _local_training(request, private.model, private.batches,
+                                     private.optimizer, None)
+    entry = ledger.record(str(msg.metadata.run_id), server_round, private.release,
+                          privacy["max_grad_norm"], delta, privacy["accountant"])
+    return private.plain, {
+        "loss": loss, "steps": done, "epsilon": entry["epsilon_run"],
+        "epsilon-total": entry["epsilon_total"], "delta": delta, "noise-multiplier": noise,
+        "sample-rate": private.release.sample_rate}
 
 
 @app.evaluate()

@@ -1,11 +1,12 @@
 """Which hospital a client node is, and its data.
 
 In deployment the node config names the data (``data-path``: a prepared
-folder holding ``manifest.csv``) and optionally the hospital
-(``hospital-name``). In simulation the node config's ``partition-id`` picks a
-virtual hospital from the partitions folder the server names in its message
-config (``partitions``: ``hospitals.json`` listing each hospital's name and
-manifest).
+folder holding ``manifest.csv``), optionally the hospital (``hospital-name``)
+and its privacy budget (``max-epsilon``, ``delta``). In simulation the node
+config's ``partition-id`` picks a virtual hospital from the partitions folder
+the server names in its message config (``partitions``: ``hospitals.json``
+listing each hospital's name, manifest and budget). The privacy ledger lives
+in the hospital's data folder.
 """
 
 from __future__ import annotations
@@ -15,18 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.ledger import Budget
 from tasks.errors import UserError
 from tasks.manifest import Manifest
+
+DEFAULT_DELTA = 1e-5
+NO_LIMIT = Budget(None, DEFAULT_DELTA)
 
 _MANIFESTS: dict[Path, Manifest] = {}
 
 
 @dataclass(frozen=True)
 class Hospital:
-    """A node's name and its manifest's path."""
+    """A node's name, its manifest's path and its privacy budget."""
 
     name: str
     manifest_path: Path
+    budget: Budget = NO_LIMIT
+
+    @property
+    def folder(self) -> Path:
+        """The hospital's data folder (where its privacy ledger is kept)."""
+        return self.manifest_path.parent
 
     def manifest(self) -> Manifest:
         """The validated manifest (read once per process)."""
@@ -40,11 +51,24 @@ def resolve_hospital(node_config: dict[str, Any], message_config: dict[str, Any]
     if "data-path" in node_config:
         folder = Path(str(node_config["data-path"]))
         name = str(node_config.get("hospital-name", folder.name))
-        return Hospital(name, folder / "manifest.csv")
+        return Hospital(name, folder / "manifest.csv", _budget(node_config, "max-epsilon"))
     if "partition-id" in node_config and message_config.get("partitions"):
         listing = Path(str(message_config["partitions"])) / "hospitals.json"
         hospitals = json.loads(listing.read_text())
         entry = hospitals[int(node_config["partition-id"])]
-        return Hospital(entry["name"], listing.parent / entry["manifest"])
+        return Hospital(entry["name"], listing.parent / entry["manifest"],
+                        _budget(entry, "max_epsilon"))
     raise UserError("node config has no data-path (and no simulation partition): "
                     "start the node with --node-config 'data-path=\"<prepared folder>\"'")
+
+
+def _budget(config: dict[str, Any], max_key: str) -> Budget:
+    """The budget a node (or virtual hospital) sets; no ``max-epsilon`` means no limit."""
+    try:
+        limit = float(config[max_key]) if config.get(max_key) is not None else None
+        delta = float(config.get("delta", DEFAULT_DELTA))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"node config: {max_key} and delta must be numbers ({e})") from None
+    if (limit is not None and limit <= 0) or not 0 < delta < 1:
+        raise UserError(f"node config: {max_key} must be > 0 and delta in (0, 1)")
+    return Budget(limit, delta)

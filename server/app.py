@@ -34,6 +34,7 @@ from server.strategies import build_strategy
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.contract import Task
 from tasks.errors import UserError
+from tasks.privacy import Release, compatible, epsilon
 from tasks.registry import task_class
 from tasks.training import seed_everything
 
@@ -89,7 +90,20 @@ def starting_point(task: Task, experiment: dict[str, Any], out: Path) -> tuple[d
             raise UserError(f"{path}: its task settings differ from the experiment's [task]")
         return model.state_dict(), 0
     seed_everything(experiment["train"]["seed"])
-    return task.build_model().state_dict(), 0
+    return global_model(task, experiment).state_dict(), 0
+
+
+def global_model(task: Task, experiment: dict[str, Any]) -> torch.nn.Module:
+    """The task's network, made Opacus-compatible when the hospitals train with DP."""
+    model = task.build_model()
+    return compatible(model) if experiment["privacy"]["enabled"] else model
+
+
+def central_epsilon(federation: dict[str, Any], rounds: int) -> float:
+    """Hospital-level epsilon of central DP after ``rounds`` releases (every hospital every
+    round, so no sampling amplification: sample rate 1), by the Opacus RDP accountant."""
+    release = Release(federation["central_noise_multiplier"], 1.0, rounds)
+    return epsilon([release], federation["central_delta"])
 
 
 def request_config(task: Task, experiment: dict[str, Any], partitions: str) -> ConfigRecord:
@@ -98,8 +112,10 @@ def request_config(task: Task, experiment: dict[str, Any], partitions: str) -> C
     return ConfigRecord({
         "task": json.dumps({"name": task.name, "settings": task.settings}),
         "train": json.dumps(experiment["train"]),
+        "privacy": json.dumps(experiment["privacy"]),
         "local-epochs": federation["local_epochs"],
         "local-steps": federation["local_steps"],
+        "num-rounds": federation["rounds"],
         "partitions": partitions,
     })
 
@@ -120,8 +136,9 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "Hospitals: %s", ", ".join(sorted(names.values())))
     weights, done = starting_point(task, experiment, out)
     remaining = federation["rounds"] - done
-    recorder = HospitalRecorder(build_strategy(federation), names, round_offset=done)
-    model = task.build_model()
+    recorder = HospitalRecorder(build_strategy(federation, len(names)), names,
+                                round_offset=done)
+    model = global_model(task, experiment)
     clock = {"last": time.perf_counter()}
 
     def round_end(server_round: int, arrays: ArrayRecord) -> None:
@@ -132,6 +149,11 @@ def main(grid: Grid, context: Context) -> None:
         path = out / METRICS
         earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame()
         rows = [{**row, "round_seconds": seconds} for row in recorder.rows(server_round)]
+        if federation["central_dp"]:
+            spent = central_epsilon(federation, server_round + done)
+            rows = [{**row, "central_epsilon": spent} for row in rows]
+            log(INFO, "round %s | central DP: epsilon %.3f per hospital at delta %g",
+                server_round + done, spent, federation["central_delta"])
         for row in rows:
             score = row.get(f"val_{task.score}", float("nan"))
             log(INFO, "round %s | %s | train loss %.3f | val %s %.3f", row["round"],

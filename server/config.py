@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Key, Schema, load_toml
+from tasks.config import ConfigError, Key, Schema, load_toml
 from tasks.contract import Task
 from tasks.training import RUN_KEYS, TASK_NAME_KEY, validate_for_task
 
@@ -40,19 +40,43 @@ FEDERATION_KEYS = (
         minimum=0.0),
     Key("init_checkpoint", "str", "", "Start from this checkpoint's weights (transfer "
         "learning); its task settings must match [task]."),
+    Key("central_dp", "bool", False, "Hospital-level DP at the server (DP-FedAvg): each "
+        "hospital's update clipped, Gaussian noise added to the uniform average "
+        "(strategy `fedavg` only; every hospital every round)."),
+    Key("central_noise_multiplier", "float", 1.0, "Central DP noise sigma: the noise std is "
+        "sigma * clipping norm / hospitals.", minimum=0.0),
+    Key("central_clipping_norm", "float", 1.0, "Central DP clipping norm of each hospital's "
+        "update (L2, over all weights).", minimum=0.0),
+    Key("central_delta", "float", 1e-5, "Delta of the reported hospital-level epsilon.",
+        minimum=0.0),
 )
 
 
 def experiment_schema(task: type[Task]) -> Schema:
     """The full schema of a federated experiment for one task."""
     return {"data": RUN_KEYS["data"], "task": (TASK_NAME_KEY, *task.keys),
-            "train": RUN_KEYS["train"], "federation": FEDERATION_KEYS,
-            "output": RUN_KEYS["output"]}
+            "train": RUN_KEYS["train"], "privacy": RUN_KEYS["privacy"],
+            "federation": FEDERATION_KEYS, "output": RUN_KEYS["output"]}
 
 
 def validate_experiment(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
-    """Validate a parsed experiment (defaults filled)."""
-    return validate_for_task(raw, experiment_schema, where)
+    """Validate a parsed experiment (defaults filled), settings that do not go together too."""
+    experiment = validate_for_task(raw, experiment_schema, where)
+    check_combination(experiment, where)
+    return experiment
+
+
+def check_combination(experiment: dict[str, dict[str, Any]], where: str) -> None:
+    """Refuse federation and privacy settings that cannot be honoured together."""
+    federation, privacy = experiment["federation"], experiment["privacy"]
+    if privacy["enabled"] and federation["strategy"] == "fedprox":
+        raise ConfigError(f"{where}: federation.strategy 'fedprox' with privacy.enabled: the "
+                          "proximal term is not part of the clipped per-patient gradients; "
+                          "use fedavg or fedbn with DP")
+    if federation["central_dp"] and (federation["strategy"] != "fedavg"
+                                     or federation["fraction_train"] != 1.0):
+        raise ConfigError(f"{where}: federation.central_dp needs strategy 'fedavg' and "
+                          "fraction_train = 1 (every hospital, uniform average)")
 
 
 def load_experiment(path: Path) -> dict[str, dict[str, Any]]:

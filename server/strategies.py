@@ -3,6 +3,9 @@
 All but FedBN are Flower's own. FedBN is FedAvg whose messages ask the
 hospitals to keep their normalisation layers local (clients do the keeping;
 the global model still carries the average, for use outside the federation).
+Central DP wraps FedAvg in Flower's server-side fixed-clipping DP wrapper,
+with a uniform average (each hospital's weight is its ``uniform-weight``
+metric, 1), so that one hospital moves the average by at most C / n.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
     FedMedian,
@@ -22,7 +26,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-KEEP_LOCAL_NORM = "keep-local-norm"
+from tasks.protocol import KEEP_LOCAL_NORM, UNIFORM_WEIGHT
 
 
 class FedBN(FedAvg):
@@ -39,8 +43,9 @@ class FedBN(FedAvg):
         return super().configure_evaluate(server_round, arrays, marked, grid)
 
 
-def build_strategy(federation: dict[str, Any]) -> Strategy:
-    """The strategy named by ``federation['strategy']`` with its sampling and settings."""
+def build_strategy(federation: dict[str, Any], hospitals: int = 0) -> Strategy:
+    """The strategy named by ``federation['strategy']`` with its sampling and settings;
+    wrapped in central DP when asked (``hospitals``: how many train every round)."""
     sampling = {
         "fraction_train": federation["fraction_train"],
         "fraction_evaluate": federation["fraction_evaluate"],
@@ -56,4 +61,10 @@ def build_strategy(federation: dict[str, Any]) -> Strategy:
         return cls(eta=federation["server_lr"], eta_l=federation["server_lr"], **sampling)
     if name == "fedtrimmedavg":
         return FedTrimmedAvg(beta=federation["trim_beta"], **sampling)
+    if federation["central_dp"]:
+        return DifferentialPrivacyServerSideFixedClipping(
+            FedAvg(weighted_by_key=UNIFORM_WEIGHT, **sampling),
+            noise_multiplier=federation["central_noise_multiplier"],
+            clipping_norm=federation["central_clipping_norm"],
+            num_sampled_clients=max(hospitals, federation["min_hospitals"]))
     return {"fedavg": FedAvg, "fedmedian": FedMedian, "fedbn": FedBN}[name](**sampling)

@@ -182,6 +182,35 @@ def _warn_missing_splits(path: Path) -> None:
                       "each pseudonym, so small cohorts can miss one).[/]")
 
 
+@hospital_app.command("ledger")
+def hospital_ledger(
+    data: Path = typer.Option(..., help="The hospital's data folder (holding its "
+                              "privacy_ledger.json)."),
+    delta: float | None = typer.Option(None, help="Report the total at this delta "
+                                       "(default: the delta of the last round)."),
+) -> None:
+    """The hospital's privacy ledger: every DP round it took part in, and the total spent."""
+    import pandas as pd
+
+    from client.ledger import LEDGER_FILE, PrivacyLedger
+
+    ledger = PrivacyLedger(data)
+    if not ledger.entries:
+        raise UserError(f"{data / LEDGER_FILE}: no privacy ledger (no DP round recorded here)")
+    names = {"run": "run", "round": "round", "noise_multiplier": "sigma", "sample_rate": "q",
+             "steps": "steps", "max_grad_norm": "C", "delta": "delta",
+             "epsilon_run": "eps (run)", "epsilon_total": "eps (total)"}
+    frame = pd.DataFrame(ledger.entries)[list(names)].rename(columns=names).round(4)
+    _print_table(f"Privacy ledger of {data}", frame)
+    last = ledger.entries[-1]
+    at = delta if delta is not None else last["delta"]
+    total = ledger.spent(at, last["accountant"])
+    console.print(f"Total: epsilon {total:.3f} at delta {at:g} per patient, over "
+                  f"{len(ledger.entries)} round(s) of {frame.run.nunique()} run(s) "
+                  f"({last['accountant'].upper()} accountant; sigma: noise multiplier, q: "
+                  "sample rate per patient, C: clipping norm).")
+
+
 @datasets_app.command("list")
 def datasets_list() -> None:
     """The public datasets spinefl can prepare."""

@@ -69,6 +69,7 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
     figure.savefig(folder / "comparison.png", dpi=100)
     plt.close(figure)
 
+    privacy_lines = privacy_statement(rounds, config, folder)
     federation = config["federation"]
     lines = [
         "# spinefl simulate report", "",
@@ -78,9 +79,49 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
         + f"; partition `{config['partition']['method']}`.", "",
         "## Hospitals", "", markdown_table(hospitals), "",
         f"## Test {score} per hospital", "", markdown_table(table), "",
+        *privacy_lines,
         "Plots: `dice_per_round.png`, `comparison.png`. Per-image metrics of every model: "
         "`results.csv`; per-hospital metrics of every round: "
         "`../federated/federated_metrics.csv`.", "",
     ]
     (folder / "summary.md").write_text("\n".join(lines))
     return folder / "summary.md"
+
+
+def privacy_statement(rounds: pd.DataFrame, config: dict[str, Any], folder: Path) -> list[str]:
+    """The guarantees of the run in words (and ``epsilon_per_round.png``); [] without DP."""
+    lines: list[str] = []
+    if "train_epsilon" in rounds:
+        figure, axis = plt.subplots(figsize=(7, 4))
+        for hospital, group in rounds.dropna(subset=["train_epsilon"]).groupby("hospital"):
+            axis.plot(group["round"], group["train_epsilon"], marker="o", label=str(hospital))
+        axis.set(xlabel="round", ylabel="epsilon per patient (this run)",
+                 title="Privacy spent at each hospital")
+        axis.legend()
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(folder / "epsilon_per_round.png", dpi=100)
+        plt.close(figure)
+        privacy = config["privacy"]
+        lines += ["## Privacy", "",
+                  f"Patient-level DP-SGD at every hospital (clipping norm "
+                  f"{privacy['max_grad_norm']:g}, {privacy['accountant'].upper()} accountant; "
+                  "plot: `epsilon_per_round.png`):", ""]
+        for hospital, group in rounds.dropna(subset=["train_epsilon"]).groupby("hospital"):
+            last = group.sort_values("round").iloc[-1]
+            lines.append(f"- ({last['train_epsilon']:.2f}, {last['train_delta']:g}) per patient "
+                         f"at hospital {hospital} after {len(group)} round(s) of this run "
+                         f"({last['train_epsilon-total']:.2f} over every run in its ledger).")
+    if "train_error" in rounds:
+        refused = rounds[rounds["train_error"].fillna("").str.contains("privacy budget")]
+        for _, row in refused.iterrows():
+            lines.append(f"- Round {int(row['round'])}: hospital {row['hospital']} refused to "
+                         "train: its privacy budget would have been exceeded.")
+    if "central_epsilon" in rounds:
+        federation = config["federation"]
+        spent = float(rounds["central_epsilon"].max())
+        lines += ["", f"Central DP at the server: ({spent:.2f}, {federation['central_delta']:g}) "
+                  f"per hospital after {int(rounds['round'].max())} rounds (noise multiplier "
+                  f"{federation['central_noise_multiplier']:g}, clipping norm "
+                  f"{federation['central_clipping_norm']:g}, every hospital every round)."]
+    return [*lines, ""] if lines else []

@@ -67,6 +67,13 @@ SIMULATION_KEYS = {
         Key("pooled", "bool", True, "Train on all hospitals' data pooled."),
         Key("local", "bool", True, "Train each hospital on its own data alone."),
     ),
+    "hospitals": (
+        Key("max_epsilon", "float", 0.0, "Each virtual hospital's own privacy budget (its "
+            "node config's `max-epsilon`): rounds past it are refused; 0 = no limit.",
+            minimum=0.0),
+        Key("delta", "float", 1e-5, "Each virtual hospital's delta (its node config's "
+            "`delta`).", minimum=0.0),
+    ),
 }
 
 
@@ -74,8 +81,8 @@ def simulation_schema(task: type[Task]) -> dict[str, tuple[Key, ...]]:
     """The schema of a simulate config for one task."""
     return {"data": (Key("manifest", "str", "", "Manifest to partition when phantoms are off."),),
             **SIMULATION_KEYS, "task": (TASK_NAME_KEY, *task.keys),
-            "train": RUN_KEYS["train"], "federation": FEDERATION_KEYS,
-            "output": RUN_KEYS["output"]}
+            "train": RUN_KEYS["train"], "privacy": RUN_KEYS["privacy"],
+            "federation": FEDERATION_KEYS, "output": RUN_KEYS["output"]}
 
 
 def load_simulation(path: Path | None) -> dict[str, dict[str, Any]]:
@@ -88,9 +95,10 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-def split_hospitals(manifest: Manifest, settings: dict[str, Any], folder: Path
-                    ) -> list[tuple[str, Manifest]]:
-    """Partition ``manifest`` and write each hospital's manifest (paths made absolute)."""
+def split_hospitals(manifest: Manifest, settings: dict[str, Any], folder: Path,
+                    budget: dict[str, Any] | None = None) -> list[tuple[str, Manifest]]:
+    """Partition ``manifest`` and write each hospital's manifest (paths made absolute) and,
+    in ``hospitals.json``, its name, manifest and privacy budget (``[hospitals]``)."""
     method = settings["method"]
     if method == "site":
         parts = partition.by_site(manifest)
@@ -114,7 +122,12 @@ def split_hospitals(manifest: Manifest, settings: dict[str, Any], folder: Path
         path = folder / _safe(name) / "manifest.csv"
         hospital = part.with_absolute_paths(path.parent)
         hospital.save(path)
-        listing.append({"name": name, "manifest": f"{_safe(name)}/manifest.csv"})
+        entry = {"name": name, "manifest": f"{_safe(name)}/manifest.csv"}
+        if budget:
+            entry["delta"] = budget["delta"]
+            if budget["max_epsilon"] > 0:
+                entry["max_epsilon"] = budget["max_epsilon"]
+        listing.append(entry)
         hospitals.append((name, hospital))
     (folder / "hospitals.json").write_text(json.dumps(listing, indent=2))
     partition.summary([h for _, h in hospitals], names).to_csv(folder / "summary.csv",
@@ -128,7 +141,7 @@ def _run_config(config: dict[str, dict[str, Any]], manifest: Path, out: Path,
     if epochs is not None:
         train_settings["epochs"] = epochs
     return {"data": {"manifest": str(manifest)}, "task": config["task"],
-            "train": train_settings, "output": {"dir": str(out)}}
+            "train": train_settings, "privacy": config["privacy"], "output": {"dir": str(out)}}
 
 
 def evaluate_on_hospitals(model_path: Path, hospitals: list[tuple[str, Manifest]],
@@ -170,7 +183,8 @@ def simulate(config: dict[str, dict[str, Any]], force: bool = False, resume: boo
         manifest = Manifest.load(Path(config["data"]["manifest"]))
     else:
         raise UserError("set [phantoms] enabled = true or data.manifest")
-    hospitals = split_hospitals(manifest, config["partition"], out / "hospitals")
+    hospitals = split_hospitals(manifest, config["partition"], out / "hospitals",
+                                config["hospitals"])
     summary = pd.read_csv(out / "hospitals" / "summary.csv")
     console.print(summary.to_string(index=False))
 

@@ -50,9 +50,12 @@ class Task(Protocol):
         """A freshly initialised network; it returns logits."""
         ...
 
-    def train_data(self, manifest: Manifest, batch_size: int, seed: int) -> DataLoader:
+    def train_data(self, manifest: Manifest, batch_size: int, seed: int,
+                   per_patient: bool = False) -> DataLoader:
         """A loader of training batches (one pass = one local epoch); ``len(loader.dataset)``
-        is the number of training samples a hospital reports."""
+        is the number of training samples a hospital reports. With ``per_patient`` the
+        dataset has one item per patient, each access drawing one of that patient's samples
+        at random (what patient-level DP-SGD needs: see ``tasks.privacy``)."""
         ...
 
     def train_epoch(self, model: nn.Module, batches: Iterable[Any],

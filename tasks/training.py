@@ -34,6 +34,14 @@ from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.manifest import Manifest
 from tasks.plots import plot_history
+from tasks.privacy import (
+    PRIVACY_KEYS,
+    PrivateRound,
+    check_privacy,
+    compatible,
+    epsilon,
+    planned_noise,
+)
 from tasks.registry import TASKS, task_class
 
 RUN_KEYS: Schema = {
@@ -43,7 +51,8 @@ RUN_KEYS: Schema = {
     ),
     "train": (
         Key("epochs", "int", 30, "Passes over the training data.", minimum=1),
-        Key("batch_size", "int", 16, "Samples per step.", minimum=1),
+        Key("batch_size", "int", 16, "Samples per step (with DP: expected patients per step).",
+            minimum=1),
         Key("lr", "float", 1e-3, "Adam learning rate.", minimum=0.0),
         Key("weight_decay", "float", 1e-5, "Adam weight decay.", minimum=0.0),
         Key("seed", "int", 0, "Seed of initialisation, sampling and augmentation."),
@@ -54,6 +63,7 @@ RUN_KEYS: Schema = {
         Key("eval_every", "int", 1, "Evaluate on the validation split every N epochs (and "
             "after the last).", minimum=1),
     ),
+    "privacy": PRIVACY_KEYS,
     "output": (
         Key("dir", "str", "runs/train", "Run folder (refused if it holds another run, "
             "unless --force)."),
@@ -66,7 +76,8 @@ TASK_NAME_KEY = Key("name", "str", None, "Task to train.", choices=tuple(sorted(
 def run_schema(task: type[Task]) -> Schema:
     """The full schema of a run config for one task."""
     return {"data": RUN_KEYS["data"], "task": (TASK_NAME_KEY, *task.keys),
-            "train": RUN_KEYS["train"], "output": RUN_KEYS["output"]}
+            "train": RUN_KEYS["train"], "privacy": RUN_KEYS["privacy"],
+            "output": RUN_KEYS["output"]}
 
 
 def validate_for_task(raw: dict[str, Any], schema_for: Callable[[type[Task]], Schema],
@@ -79,7 +90,10 @@ def validate_for_task(raw: dict[str, Any], schema_for: Callable[[type[Task]], Sc
     if name not in TASKS:
         raise ConfigError(f"{where}: task.name '{name}' is not a task "
                           f"(known: {', '.join(sorted(TASKS))})")
-    return validate(raw, schema_for(task_class(name)), where)
+    config = validate(raw, schema_for(task_class(name)), where)
+    if "privacy" in config:
+        check_privacy(config["privacy"], where)
+    return config
 
 
 def load_run_config(path: Path, overrides: dict[str, dict[str, Any]] | None = None
@@ -134,15 +148,23 @@ def train(config: dict[str, dict[str, Any]], force: bool = False,
     claim_run_folder(out, force)
     (out / "config.toml").write_text(tomli_w.dumps(config))
 
-    run = config["train"]
+    run, privacy = config["train"], config["privacy"]
     seed_everything(run["seed"])
     device = select_device(run["device"])
-    model = task.build_model().to(device)
+    private = privacy["enabled"]
+    model = task.build_model()
+    model = (compatible(model) if private else model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=run["lr"],
                                  weight_decay=run["weight_decay"])
-    batches = task.train_data(train_rows, run["batch_size"], run["seed"])
+    batches = task.train_data(train_rows, run["batch_size"], run["seed"], per_patient=private)
     console.print(f"Training [bold]{task.name}[/] on {len(train_rows)} images "
                   f"({len(val_rows)} for validation) on {device}")
+    releases = []
+    if private:
+        rate = 1.0 / len(batches)
+        noise = planned_noise(privacy, rate, run["epochs"] * len(batches), privacy["delta"])
+        console.print(f"DP-SGD: {len(batches.dataset)} patients, sample rate {rate:.4g}, "
+                      f"noise multiplier {noise:.4g}, clipping norm {privacy['max_grad_norm']:g}")
 
     history: list[dict[str, float]] = []
     best: dict[str, float] = {}
@@ -154,7 +176,15 @@ def train(config: dict[str, dict[str, Any]], force: bool = False,
         bar = progress.add_task("epochs", total=run["epochs"], status="")
         for epoch in range(1, run["epochs"] + 1):
             row: dict[str, float] = {"epoch": epoch}
-            row.update(task.train_epoch(model, batches, optimizer, device))
+            if private:
+                with PrivateRound(model, optimizer, batches, noise, privacy["max_grad_norm"],
+                                  privacy["grad_sample_mode"]) as step:
+                    row.update(task.train_epoch(step.model, step.batches, step.optimizer,
+                                                device))
+                releases.append(step.release)
+                row["epsilon"] = epsilon(releases, privacy["delta"], privacy["accountant"])
+            else:
+                row.update(task.train_epoch(model, batches, optimizer, device))
             elapsed = time.perf_counter() - started
             # Stop when one more epoch (at the mean pace so far, validation included)
             # would end past the budget.

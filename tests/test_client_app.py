@@ -85,3 +85,12 @@ def test_a_node_without_data_says_how_to_give_it(inside_a_run):
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(UserError, match="data-path"):
         app(request(task().build_model().state_dict()), context)
+
+
+def test_a_hospital_without_training_images_says_so(tiny_cohort, tmp_path, inside_a_run):
+    tiny_cohort.select(split="test").with_absolute_paths(tmp_path).save(
+        tmp_path / "manifest.csv")
+    context = Context(run_id=1, node_id=1, node_config={"data-path": str(tmp_path)},
+                      state=RecordDict(), run_config={})
+    reply = app(request(task().build_model().state_dict()), context)
+    assert reply.has_error() and "has no training images" in reply.error.reason

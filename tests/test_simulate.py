@@ -151,3 +151,42 @@ def test_ctrl_c_stops_every_process_the_run_started(tmp_path):
         if run.poll() is None:
             run.kill()
     assert flower_processes(tmp_path) == set(), "a Flower or Ray process outlived Ctrl-C"
+
+
+def test_dp_simulation_records_epsilon_and_a_refusing_hospital_lets_the_round_go_on(
+        smoke, tmp_path):
+    """Patient-level DP at every hospital; one hospital (a single training patient, so every
+    step includes it) reaches its budget after round 1 and refuses round 2 while the other
+    trains on; the metrics table, ledgers and report say so."""
+    from client.ledger import PrivacyLedger
+    from tasks.privacy import Release, epsilon
+
+    # iid, seed 0: hospital-0 gets 2 training patients (q = 1/2), hospital-1 one (q = 1).
+    smoke["partition"].update({"method": "iid", "hospitals": 2, "seed": 0})
+    smoke["train"]["batch_size"] = 1
+    smoke["federation"].update({"min_hospitals": 2, "local_steps": 1})
+    smoke["baselines"].update({"pooled": False, "local": False})
+    smoke["privacy"].update({"enabled": True, "noise_multiplier": 1.0})
+    one, two = (epsilon([Release(1.0, 1.0, 1)] * n, 1e-5) for n in (1, 2))
+    smoke["hospitals"].update({"max_epsilon": (one + two) / 2, "delta": 1e-5})
+    simulate(smoke)
+    assert flower_processes(tmp_path) == set()
+    run = tmp_path / "run"
+    rounds = pd.read_csv(run / "federated" / "federated_metrics.csv")
+    rates = rounds[rounds["round"] == 1].set_index("hospital")["train_sample-rate"]
+    small = rates.idxmax()
+    assert rates[small] == 1.0 and rates.min() < 1.0
+    second = rounds[rounds["round"] == 2].set_index("hospital")
+    assert "privacy budget" in second.loc[small, "train_error"]
+    other = rates.idxmin()
+    assert second.loc[other, "train_epsilon"] > rounds.set_index(["round", "hospital"]).loc[
+        (1, other), "train_epsilon"]
+    for hospital in rates.index:
+        ledger = PrivacyLedger(run / "hospitals" / hospital)
+        assert len(ledger.entries) == (1 if hospital == small else 2)
+        assert ledger.entries[-1]["epsilon_total"] == pytest.approx(
+            rounds[(rounds.hospital == hospital)]["train_epsilon-total"].max())
+    summary = (run / "report" / "summary.md").read_text()
+    assert f"hospital {small} refused to train" in summary
+    assert "per patient at hospital" in summary
+    assert (run / "report" / "epsilon_per_round.png").is_file()

@@ -17,8 +17,9 @@ from flwr.app import (
 
 from server.config import FEDERATION_KEYS
 from server.recorder import HospitalRecorder
-from server.strategies import KEEP_LOCAL_NORM, build_strategy
+from server.strategies import build_strategy
 from tasks.config import validate
+from tasks.protocol import KEEP_LOCAL_NORM
 
 UPDATES = [np.array([1.0, 2.0, 10.0]), np.array([3.0, 4.0, -2.0]), np.array([2.0, 9.0, 4.0]),
            np.array([0.0, 1.0, 5.0]), np.array([8.0, 3.0, 1.0])]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import torch
@@ -25,6 +26,11 @@ def prepare_rows(manifest: Manifest, settings: dict[str, Any], table: ClassTable
     return prepared
 
 
+def _slices(prepared: Prepared, spatial_dims: int) -> int:
+    """Training samples one prepared image gives: its axial slices (2D) or one patch (3D)."""
+    return prepared.image.shape[-1] if spatial_dims == 2 and prepared.image.ndim == 4 else 1
+
+
 class SampleDataset(Dataset):
     """Training samples: every axial slice (2D; a radiograph is one slice) or one random patch
     per image (3D). Items are {'image': (1, *patch), 'label': (1, *patch)}."""
@@ -34,17 +40,17 @@ class SampleDataset(Dataset):
         self.prepared = prepared
         self.spatial_dims = spatial_dims
         self.transform = augmentation(tuple(patch[:spatial_dims]), augment)
-        if spatial_dims == 2:
-            self.index = [(i, z) for i, p in enumerate(prepared)
-                          for z in range(p.image.shape[-1] if p.image.ndim == 4 else 1)]
-        else:
-            self.index = [(i, 0) for i in range(len(prepared))]
+        self.index = [(i, z) for i, p in enumerate(prepared)
+                      for z in range(_slices(p, spatial_dims))]
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        volume, z = self.index[item]
+        return self.sample(*self.index[item])
+
+    def sample(self, volume: int, z: int) -> dict[str, torch.Tensor]:
+        """Slice ``z`` of prepared image ``volume`` (a random patch in 3D), augmented."""
         p = self.prepared[volume]
         image, label = p.image, p.classes[None]
         if self.spatial_dims == 2 and image.ndim == 4:
@@ -54,12 +60,40 @@ class SampleDataset(Dataset):
                 "label": torch.as_tensor(sample["label"]).long()}
 
 
+class PatientDataset(Dataset):
+    """One item per patient, for patient-level DP: each access draws one of the patient's
+    training samples (an image, then a slice or patch of it) uniformly at random."""
+
+    def __init__(self, samples: SampleDataset, patients: list[str], seed: int) -> None:
+        self.samples = samples
+        by_patient: dict[str, list[tuple[int, int]]] = {}
+        for volume, z in samples.index:
+            by_patient.setdefault(patients[volume], []).append((volume, z))
+        self.patients = list(by_patient)
+        self.choices = [by_patient[p] for p in self.patients]
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.patients)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        return self.samples.sample(*self.rng.choice(self.choices[item]))
+
+
 def train_loader(prepared: list[Prepared], settings: dict[str, Any], batch_size: int,
-                 seed: int) -> DataLoader:
-    """Shuffled batches of training samples; the sampling and augmentation follow ``seed``."""
+                 seed: int, patients: list[str] | None = None) -> DataLoader:
+    """Shuffled batches of training samples; the sampling and augmentation follow ``seed``.
+
+    With ``patients`` (each prepared image's patient), items are patients instead of
+    samples (``PatientDataset``), for patient-level DP.
+    """
     spatial_dims = 2 if settings["network"] == "unet2d" else 3
     dataset = SampleDataset(prepared, spatial_dims, settings["patch_size"], settings["augment"])
     dataset.transform.set_random_state(seed=seed)
+    if patients is not None:
+        per_patient = PatientDataset(dataset, patients, seed)
+        return DataLoader(per_patient, batch_size=batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(seed))
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
                       drop_last=len(dataset) > batch_size)

@@ -54,9 +54,12 @@ class SegmentationTask:
     def build_model(self) -> nn.Module:
         return build_network(self.settings, self.table.count)
 
-    def train_data(self, manifest: Manifest, batch_size: int, seed: int) -> DataLoader:
-        prepared = prepare_rows(self.select(manifest), self.settings, self.table)
-        return train_loader(prepared, self.settings, batch_size, seed)
+    def train_data(self, manifest: Manifest, batch_size: int, seed: int,
+                   per_patient: bool = False) -> DataLoader:
+        rows = self.select(manifest)
+        prepared = prepare_rows(rows, self.settings, self.table)
+        patients = list(rows.table.patient_id) if per_patient else None
+        return train_loader(prepared, self.settings, batch_size, seed, patients)
 
     def train_epoch(self, model: nn.Module, batches: Iterable[Any],
                     optimizer: torch.optim.Optimizer, device: torch.device,

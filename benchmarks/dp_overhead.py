@@ -1,0 +1,102 @@
+"""Benchmark: what patient-level DP-SGD costs per step on the default segmentation model.
+
+Times one optimiser step (forward, backward, update) of the default network
+(configs/segmentation.toml: 2D U-Net, 64 x 64 slices, 16 per step) without DP
+and with Opacus DP-SGD in each way of computing per-patient gradients, side
+by side in one process on the same batches, and prints the ratios.
+
+    .venv/bin/python benchmarks/dp_overhead.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tasks.device import select_device  # noqa: E402
+from tasks.privacy import GRAD_SAMPLE_MODES, PrivateRound, compatible  # noqa: E402
+from tasks.registry import task_class  # noqa: E402
+from tasks.training import load_run_config  # noqa: E402
+
+
+class Slices(torch.utils.data.Dataset):
+    """Random slices of the network's input size (timing does not depend on content)."""
+
+    def __init__(self, count: int, size: int, classes: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randn(count, 1, size, size, generator=generator)
+        self.labels = torch.randint(0, classes, (count, 1, size, size), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[index], "label": self.labels[index]}
+
+
+def seconds_per_step(task, loader, device, steps: int, mode: str | None) -> float:
+    """Median seconds of one training step, after two warm-up steps."""
+    torch.manual_seed(0)
+    model = compatible(task.build_model()).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times: list[float] = []
+
+    def run(private_model, batches, private_optimizer) -> None:
+        done = 0
+        while done < steps + 2:
+            for batch in batches:
+                start = time.perf_counter()
+                task.train_epoch(private_model, [batch], private_optimizer, device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if done >= 2:
+                    times.append(time.perf_counter() - start)
+                done += 1
+                if done >= steps + 2:
+                    return
+
+    if mode is None:
+        run(model, loader, optimizer)
+    else:
+        with PrivateRound(model, optimizer, loader, 1.0, 1.0, mode) as private:
+            run(private.model, private.batches, private.optimizer)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "segmentation.toml")
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    config = load_run_config(args.config)
+    settings = {k: v for k, v in config["task"].items() if k != "name"}
+    task = task_class(config["task"]["name"])(settings)
+    device = select_device(config["train"]["device"])
+    batch = config["train"]["batch_size"]
+    size = settings["patch_size"][0]
+    # As many patients as 4 steps' worth: Poisson batches average `batch` patients.
+    loader = torch.utils.data.DataLoader(Slices(4 * batch, size, task.table.count),
+                                         batch_size=batch)
+    plain = seconds_per_step(task, loader, device, args.steps, None)
+    table = Table(title=f"One step of {task.name} ({settings['network']}, {size}x{size}, "
+                        f"{batch} per step) on {device}")
+    for column in ("training", "seconds per step", "vs plain"):
+        table.add_column(column)
+    table.add_row("plain (no DP)", f"{plain:.3f}", "1.00")
+    for mode in GRAD_SAMPLE_MODES:
+        dp = seconds_per_step(task, loader, device, args.steps, mode)
+        table.add_row(f"DP-SGD, per-patient gradients by {mode}", f"{dp:.3f}", f"{dp / plain:.2f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

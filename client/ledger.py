@@ -1,0 +1,107 @@
+"""The hospital's privacy ledger: every DP release it made, composed by the accountant.
+
+One JSON file in the hospital's data folder (``privacy_ledger.json``) lists,
+per run and round, what the hospital released: noise multiplier, sample rate
+and steps (what the accountant composes), clipping norm, delta, the
+accountant's epsilon for that run so far and over everything ever recorded,
+and the accountant's state. It is rewritten atomically after each round, so
+it survives restarts and crashes (a round is recorded before its weights are
+sent: a crash in between over-counts, never under-counts).
+
+The budget is the node's own (``max-epsilon``, ``delta`` in its node config):
+a round whose release would take the total past ``max-epsilon`` is refused
+before any training, whatever the run config asks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import UserError
+from tasks.privacy import Release, accountant_state, epsilon
+
+LEDGER_FILE = "privacy_ledger.json"
+
+
+class BudgetExceeded(Exception):
+    """A round would spend more privacy than the hospital allows (the message says how much)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The hospital's limit: total epsilon at its delta (None = no limit, ledger only)."""
+
+    max_epsilon: float | None
+    delta: float
+
+
+class PrivacyLedger:
+    """Read, check against a budget, and append to a hospital's ledger."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LEDGER_FILE
+        self.entries: list[dict[str, Any]] = []
+        if self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text())["entries"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{self.path}: unreadable privacy ledger ({e}); it is the "
+                                "hospital's record of privacy spent, restore it from backup"
+                                ) from None
+
+    def releases(self, run: str | None = None) -> list[Release]:
+        """The recorded releases (of one run, or all); a non-private round is infinite."""
+        chosen = [e for e in self.entries if run is None or e["run"] == run]
+        return [Release(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in chosen]
+
+    def spent(self, delta: float, accountant: str, run: str | None = None) -> float:
+        """Epsilon of everything recorded (or of one run) at ``delta``."""
+        releases = self.releases(run)
+        if any(r.noise_multiplier == 0 and r.steps > 0 for r in releases):
+            return math.inf
+        return epsilon(releases, delta, accountant)
+
+    def check(self, planned: Release, budget: Budget, accountant: str) -> float:
+        """Epsilon after ``planned``; raises BudgetExceeded when it would pass the budget."""
+        history = self.releases()
+        if planned.noise_multiplier == 0 or any(r.noise_multiplier == 0 for r in history):
+            after = math.inf
+        else:
+            after = epsilon([*history, planned], budget.delta, accountant)
+        if budget.max_epsilon is not None and after > budget.max_epsilon:
+            before = self.spent(budget.delta, accountant)
+            raise BudgetExceeded(
+                f"privacy budget: this round would take epsilon from {before:.3g} to "
+                f"{after:.3g} at delta {budget.delta:g}, past this hospital's max-epsilon "
+                f"{budget.max_epsilon:g}; round refused")
+        return after
+
+    def record(self, run: str, server_round: int, release: Release, max_grad_norm: float,
+               delta: float, accountant: str) -> dict[str, Any]:
+        """Append one round and rewrite the file atomically; returns the new entry."""
+        entry = {"run": run, "round": server_round, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 "noise_multiplier": release.noise_multiplier,
+                 "sample_rate": release.sample_rate, "steps": release.steps,
+                 "max_grad_norm": max_grad_norm, "delta": delta, "accountant": accountant}
+        self.entries.append(entry)
+        entry["epsilon_run"] = self.spent(delta, accountant, run)
+        entry["epsilon_total"] = self.spent(delta, accountant)
+        entry["accountant_state"] = accountant_state(self.releases(), accountant)
+        self._write()
+        return entry
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-")
+        with os.fdopen(handle, "w") as stream:
+            json.dump({"entries": self.entries}, stream, indent=1)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, self.path)

@@ -1,0 +1,10 @@
+"""Names the ServerApp and the ClientApp agree on in their messages (config and metric keys).
+
+Both sides import them from here, so that neither imports the other.
+"""
+
+# Config key: the hospital keeps its own normalisation layers (FedBN).
+KEEP_LOCAL_NORM = "keep-local-norm"
+# Metric key every training reply carries with value 1: the weight of a uniform average
+# (central DP needs one hospital to move the average by at most C / n).
+UNIFORM_WEIGHT = "uniform-weight"
