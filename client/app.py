@@ -182,14 +182,14 @@ def _private_round(msg: Message, request: Request, optimizer: torch.optim.Optimi
     if int(config["local-steps"]):
         steps = min(steps, int(config["local-steps"]))
     noise = planned_noise(privacy, rate, steps * int(config.get("num-rounds", 1)), delta)
-    ledger = PrivacyLedger(request.hospital.folder)
-    ledger.check(Release(noise, rate, steps), budget, privacy["accountant"])
-    with PrivateRound(request.model, optimizer, batches, noise, privacy["max_grad_norm"],
-                      privacy["grad_sample_mode"], max_steps=steps) as private:
-        loss, done = _local_training(request, private.model, private.batches,
-                                     private.optimizer, None)
-    entry = ledger.record(str(msg.metadata.run_id), server_round, private.release,
-                          privacy["max_grad_norm"], delta, privacy["accountant"])
+    with PrivacyLedger.locked(request.hospital.folder) as ledger:
+        ledger.check(Release(noise, rate, steps), budget, privacy["accountant"])
+        with PrivateRound(request.model, optimizer, batches, noise, privacy["max_grad_norm"],
+                          privacy["grad_sample_mode"], max_steps=steps) as private:
+            loss, done = _local_training(request, private.model, private.batches,
+                                         private.optimizer, None)
+        entry = ledger.record(str(msg.metadata.run_id), server_round, private.release,
+                              privacy["max_grad_norm"], delta, privacy["accountant"])
     return private.plain, {
         "loss": loss, "steps": done, "epsilon": entry["epsilon_run"],
         "epsilon-total": entry["epsilon_total"], "delta": delta, "noise-multiplier": noise,

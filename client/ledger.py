@@ -15,11 +15,14 @@ before any training, whatever the run config asks.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from tasks.errors import UserError
 from tasks.privacy import Release, accountant_state, epsilon
 
 LEDGER_FILE = "privacy_ledger.json"
+LOCK_FILE = ".privacy_ledger.lock"
 
 
 class BudgetExceeded(Exception):
@@ -48,6 +52,23 @@ class PrivacyLedger:
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LEDGER_FILE
         self.entries: list[dict[str, Any]] = []
+        self._read()
+
+    @classmethod
+    @contextmanager
+    def locked(cls, folder: Path) -> Iterator[PrivacyLedger]:
+        """The ledger, held exclusively (an OS file lock) from check to record, so that two
+        runs training at one node at once cannot both spend the same remaining budget."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / LOCK_FILE, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield cls(folder)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> None:
         if self.path.is_file():
             try:
                 self.entries = json.loads(self.path.read_text())["entries"]

@@ -351,3 +351,22 @@ dir = "{tmp_path / 'run'}"
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert 3.9 <= metrics["epsilon"].iloc[-1] <= 4.0
     assert metrics["epsilon"].is_monotonic_increasing
+
+
+def test_two_processes_cannot_spend_the_same_budget_at_once(tmp_path):
+    """Check-to-record holds the ledger's lock: the second process (a second run at the same
+    node) sees the first one's round before it checks its own."""
+    script = textwrap.dedent(f"""
+        import time
+        from client.ledger import PrivacyLedger
+        from tasks.privacy import Release
+        with PrivacyLedger.locked({str(tmp_path)!r}) as ledger:
+            print(len(ledger.entries), flush=True)
+            time.sleep(1.0)
+            ledger.record("run", 1, Release(1.0, 0.5, 2), 1.0, 1e-5, "rdp")
+    """)
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    seen = sorted(int(run.communicate(timeout=60)[0].strip()) for run in runs)
+    assert seen == [0, 1]
+    assert len(PrivacyLedger(tmp_path).entries) == 2
