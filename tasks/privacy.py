@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tasks import grad_samplers
 from tasks.config import ConfigError, Key
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -163,6 +164,7 @@ class PrivateRound:
         from opacus.data_loader import DPDataLoader
 
         optimizer, loader, noise, clip, mode = self._args
+        grad_samplers.register()
         self.plain.train()
         self.engine = PrivacyEngine()
         # Which patients each step draws, and the noise, must be unknown to whoever sees

@@ -370,3 +370,24 @@ def test_two_processes_cannot_spend_the_same_budget_at_once(tmp_path):
     seen = sorted(int(run.communicate(timeout=60)[0].strip()) for run in runs)
     assert seen == [0, 1]
     assert len(PrivacyLedger(tmp_path).entries) == 2
+
+
+@pytest.mark.parametrize("layer", [
+    torch.nn.ConvTranspose2d(3, 5, 3, stride=2, padding=1, output_padding=1),
+    torch.nn.ConvTranspose2d(2, 4, 2, stride=2, bias=False),
+    torch.nn.PReLU(), torch.nn.PReLU(3)])
+def test_our_per_sample_gradient_rules_match_functorch(layer):
+    from tasks import grad_samplers
+
+    x = torch.randn(4, 3 if not isinstance(layer, torch.nn.ConvTranspose2d) or
+                    layer.in_channels == 3 else 2, 7, 6)
+    reference = GradSampleModule(torch.nn.Sequential(layer), force_functorch=True)
+    (reference(x) ** 2).sum().backward()
+    expected = {n: p.grad_sample.clone() for n, p in reference.named_parameters()}
+    reference._close()
+    grad_samplers.register()
+    ours = GradSampleModule(torch.nn.Sequential(layer))
+    (ours(x) ** 2).sum().backward()
+    for name, parameter in ours.named_parameters():
+        torch.testing.assert_close(parameter.grad_sample, expected[name], rtol=1e-4, atol=1e-5)
+    ours._close()
