@@ -8,6 +8,10 @@ of rounds, and strategy hints (``proximal-mu`` for FedProx,
 manifest only and replies with weights, ``num-examples`` (training samples or
 evaluated images) and metrics.
 
+Every train and evaluate request is checked against the node's policy (the
+tasks its node config accepts) and written, with the reply's hash, to the
+hospital's hash-chained audit log (``client.audit``) before the reply leaves.
+
 With DP, the node trains with patient-level DP-SGD (``tasks.privacy``),
 records the round in its privacy ledger before replying, and refuses (an
 error reply, no training) a round that would pass its own budget, or a
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import wraps
 from typing import Any
 
 import torch
@@ -35,6 +41,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from torch import nn
 
+from client.audit import AuditLog, digest_arrays, digest_config
 from client.hospital import Hospital, resolve_hospital
 from client.ledger import BudgetExceeded, PrivacyLedger
 from tasks.config import validate
@@ -130,7 +137,54 @@ def query(msg: Message, context: Context) -> Message:
                    reply_to=msg)
 
 
+def _policy_problem(msg: Message, hospital: Hospital) -> str | None:
+    """Why this node will not serve the request under its own policy (accepted tasks)."""
+    name = json.loads(str(msg.content["config"]["task"]))["name"]
+    if hospital.accepted_tasks is not None and name not in hospital.accepted_tasks:
+        return (f"hospital {hospital.name} does not accept task '{name}' (its node config "
+                f"accepts: {', '.join(hospital.accepted_tasks)})")
+    return None
+
+
+def _audited(handler: Callable[[Message, Context], Message]
+             ) -> Callable[[Message, Context], Message]:
+    """Serve a request under the node's policy, then write what arrived and what leaves to
+    the hospital's audit log before the reply is sent."""
+
+    @wraps(handler)
+    def serve(msg: Message, context: Context) -> Message:
+        hospital = resolve_hospital(dict(context.node_config), dict(msg.content["config"]))
+        problem = _policy_problem(msg, hospital)
+        reply = _refuse(msg, problem) if problem else handler(msg, context)
+        config = msg.content["config"]
+        event: dict[str, Any] = {
+            "type": msg.metadata.message_type, "run": str(msg.metadata.run_id),
+            "round": int(config.get("server-round", 0)),
+            "task": json.loads(str(config["task"]))["name"],
+            "config_sha256": digest_config(config),
+            "global_model_sha256": _arrays_digest(msg.content["arrays"])}
+        if reply.has_error():
+            event["refused"] = reply.error.reason
+        else:
+            metrics = reply.content["metrics"]
+            event["samples"] = int(metrics["num-examples"])
+            if "arrays" in reply.content:
+                event["update_sha256"] = _arrays_digest(reply.content["arrays"])
+            for key in ("epsilon", "epsilon-total", "delta"):
+                if key in metrics:
+                    event[key] = float(metrics[key])
+        AuditLog(hospital.folder).append(event)
+        return reply
+
+    return serve
+
+
+def _arrays_digest(arrays: ArrayRecord) -> str:
+    return digest_arrays({key: arrays[key].numpy() for key in arrays})
+
+
 @app.train()
+@_audited
 def train(msg: Message, context: Context) -> Message:
     """Local training from the global weights (DP-SGD when asked); reply with the new weights."""
     started = time.perf_counter()
@@ -197,6 +251,7 @@ def _private_round(msg: Message, request: Request, optimizer: torch.optim.Optimi
 
 
 @app.evaluate()
+@_audited
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global weights (with local norms under FedBN) on the val patients."""
     started = time.perf_counter()

@@ -1,8 +1,9 @@
 """Which hospital a client node is, and its data.
 
 In deployment the node config names the data (``data-path``: a prepared
-folder holding ``manifest.csv``), optionally the hospital (``hospital-name``)
-and its privacy budget (``max-epsilon``, ``delta``). In simulation the node
+folder holding ``manifest.csv``), optionally the hospital (``hospital-name``),
+its privacy budget (``max-epsilon``, ``delta``) and the tasks it accepts
+(``accept-tasks``, comma-separated; all when absent). In simulation the node
 config's ``partition-id`` picks a virtual hospital from the partitions folder
 the server names in its message config (``partitions``: ``hospitals.json``
 listing each hospital's name, manifest and budget). The privacy ledger lives
@@ -33,6 +34,7 @@ class Hospital:
     name: str
     manifest_path: Path
     budget: Budget = NO_LIMIT
+    accepted_tasks: tuple[str, ...] | None = None
 
     @property
     def folder(self) -> Path:
@@ -51,7 +53,11 @@ def resolve_hospital(node_config: dict[str, Any], message_config: dict[str, Any]
     if "data-path" in node_config:
         folder = Path(str(node_config["data-path"]))
         name = str(node_config.get("hospital-name", folder.name))
-        return Hospital(name, folder / "manifest.csv", _budget(node_config, "max-epsilon"))
+        accepted = node_config.get("accept-tasks")
+        tasks = tuple(t.strip() for t in str(accepted).split(",") if t.strip()) \
+            if accepted is not None else None
+        return Hospital(name, folder / "manifest.csv", _budget(node_config, "max-epsilon"),
+                        tasks)
     if "partition-id" in node_config and message_config.get("partitions"):
         listing = Path(str(message_config["partitions"])) / "hospitals.json"
         hospitals = json.loads(listing.read_text())

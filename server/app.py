@@ -2,7 +2,8 @@
 
 The run config names the experiment file (``experiment``) and, in
 simulation, the virtual hospitals' folder (``partitions``). The ServerApp
-asks every node which hospital it is, then runs the strategy's rounds. After
+asks every node which hospital it is, then runs the strategy's rounds, every
+update validated before aggregation (``server.validation``). After
 each round a callback writes, in the experiment's output folder:
 
 - ``federated_metrics.csv``: one row per hospital per round (training loss,
@@ -31,6 +32,7 @@ from flwr.serverapp import Grid, ServerApp
 from server.config import load_experiment
 from server.recorder import HospitalRecorder
 from server.strategies import build_strategy
+from server.validation import UpdateValidation
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.contract import Task
 from tasks.errors import UserError
@@ -166,7 +168,8 @@ def main(grid: Grid, context: Context) -> None:
 
     if remaining > 0:
         config = request_config(task, experiment, partitions)
-        result = recorder.start(grid, ArrayRecord(weights), num_rounds=remaining,
+        strategy = UpdateValidation(recorder, federation["max_update_norm"])
+        result = strategy.start(grid, ArrayRecord(weights), num_rounds=remaining,
                                 timeout=federation["round_timeout"], train_config=config,
                                 evaluate_config=ConfigRecord(config), evaluate_fn=round_end)
         weights = result.arrays.to_torch_state_dict() if result.arrays else weights

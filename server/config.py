@@ -40,6 +40,9 @@ FEDERATION_KEYS = (
         minimum=0.0),
     Key("init_checkpoint", "str", "", "Start from this checkpoint's weights (transfer "
         "learning); its task settings must match [task]."),
+    Key("max_update_norm", "float", 0.0, "Updates (new weights minus global) whose L2 norm "
+        "is above this are refused before aggregation, like non-finite or misshapen ones "
+        "(0 = no norm bound).", minimum=0.0),
     Key("central_dp", "bool", False, "Hospital-level DP at the server (DP-FedAvg): each "
         "hospital's update clipped, Gaussian noise added to the uniform average "
         "(strategy `fedavg` only; every hospital every round)."),

@@ -211,6 +211,35 @@ def hospital_ledger(
                   "sample rate per patient, C: clipping norm).")
 
 
+@hospital_app.command("audit")
+def hospital_audit(
+    data: Path = typer.Option(..., help="The hospital's data folder (holding its "
+                              "audit_log.jsonl)."),
+    verify: bool = typer.Option(False, help="Check the hash chain; exit 2 naming the first "
+                                "broken line."),
+) -> None:
+    """The hospital's audit log: every request it served or refused, hash-chained."""
+    import pandas as pd
+
+    from client.audit import AUDIT_FILE, AuditLog
+
+    log = AuditLog(data)
+    if not log.path.is_file():
+        raise UserError(f"{data / AUDIT_FILE}: no audit log (this node served no request)")
+    if verify:
+        problem = log.verify()
+        if problem:
+            raise UserError(f"audit log broken: {problem}")
+    records = log.records()
+    columns = ["seq", "time", "type", "run", "round", "task", "samples", "epsilon", "refused"]
+    frame = pd.DataFrame(records).reindex(columns=columns).fillna("")
+    frame["refused"] = frame["refused"].astype(str).str.slice(0, 40)
+    _print_table(f"Audit log of {data}", frame)
+    state = "intact" if verify else "not verified (--verify)"
+    console.print(f"{len(records)} record(s), chain {state}; last hash "
+                  f"{records[-1]['hash'] if records else '-'}")
+
+
 @datasets_app.command("list")
 def datasets_list() -> None:
     """The public datasets spinefl can prepare."""

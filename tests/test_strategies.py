@@ -143,3 +143,27 @@ def test_a_remote_traceback_becomes_one_line():
     assert concise(reason) == ("tasks.manifest.ManifestError: m.csv: missing column 'split' / "
                                "m.csv: row 2, column 'modality': 'PET' is not one of CT, MR, "
                                "XR'>")
+
+
+def test_invalid_updates_are_refused_by_name_and_the_rest_aggregated():
+    from server.validation import UpdateValidation
+
+    recorder = HospitalRecorder(build_strategy(federation()), {i: f"h{i}" for i in range(1, 7)})
+    validated = UpdateValidation(recorder, max_update_norm=20.0)
+    current = np.array([1.0, 1.0, 1.0])
+    validated.configure_train(1, ArrayRecord({"w": Array(current)}), ConfigRecord(),
+                              TwoNodeGrid([1, 2, 3, 4, 5, 6]))
+    misshapen = reply(3, np.ones(4), 1)
+    renamed = reply(4, UPDATES[0], 1)
+    renamed.content["arrays"] = ArrayRecord({"v": Array(UPDATES[0])})
+    arrays, _ = validated.aggregate_train(1, [
+        reply(1, UPDATES[0], 1), reply(2, np.array([1.0, np.nan, 1.0]), 1), misshapen, renamed,
+        reply(5, current + 100.0, 1), reply(6, current.copy(), 1), failed(7)])
+    np.testing.assert_allclose(arrays["w"].numpy(), UPDATES[0])  # only h1 was valid
+    rows = {row["hospital"]: row.get("train_error", "") for row in recorder.rows(1)}
+    assert "non-finite" in rows["h2"]
+    assert "has shape (4,)" in rows["h3"]
+    assert "missing ['w'], unexpected ['v']" in rows["h4"]
+    assert "above the bound 20" in rows["h5"]
+    assert "exactly zero" in rows["h6"]
+    assert rows["h1"] == "" and "disk full" in rows["node-7"]
