@@ -13,3 +13,25 @@ def spinefl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `spinefl ARGS`; capture its output; the process has ended when this returns."""
     return subprocess.run([str(SPINEFL), *args], capture_output=True, text=True,
                           timeout=timeout)
+
+
+def assert_trains(manifest: Path, folder: Path, task_lines: str = "") -> None:
+    """`spinefl train` runs one epoch of a small segmentation network on ``manifest`` as it
+    is (no further step) and writes its model."""
+    config = folder / "run.toml"
+    config.write_text(f"""
+[data]
+manifest = "{manifest}"
+[task]
+name = "segmentation"
+channels = [8, 16, 32]
+{task_lines}
+[train]
+epochs = 1
+batch_size = 8
+[output]
+dir = "{folder / 'run'}"
+""")
+    done = spinefl("train", "--config", str(config), timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (folder / "run" / "model.pt").is_file()

@@ -16,7 +16,7 @@ from PIL import Image
 from tasks.imageio import load_image
 from tasks.manifest import Manifest
 from tests import dataset_fixtures as fixtures
-from tests.cli import spinefl
+from tests.cli import assert_trains, spinefl
 from tests.test_cli import assert_one_line_error
 
 
@@ -146,19 +146,4 @@ def test_wrong_folder_and_unknown_dataset_are_one_line_errors(tmp_path):
 def test_prepared_dataset_trains(tmp_path):
     fixtures.spider(tmp_path / "spider")
     _prepare("spider", tmp_path / "spider", tmp_path / "out")
-    config = tmp_path / "run.toml"
-    config.write_text(f"""
-[data]
-manifest = "{tmp_path / 'out' / 'manifest.csv'}"
-[task]
-name = "segmentation"
-modalities = ["MR"]
-channels = [8, 16, 32]
-[train]
-epochs = 1
-[output]
-dir = "{tmp_path / 'run'}"
-""")
-    done = spinefl("train", "--config", str(config), timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "run" / "model.pt").is_file()
+    assert_trains(tmp_path / "out" / "manifest.csv", tmp_path, 'modalities = ["MR"]')

@@ -12,7 +12,7 @@ import pytest
 from client.pseudonyms import PseudonymKey
 from tasks.imageio import load_image, save_nifti
 from tasks.manifest import Manifest, split_of
-from tests.cli import spinefl
+from tests.cli import assert_trains, spinefl
 from tests.dicom_series import write_series
 
 pytestmark = pytest.mark.slow
@@ -64,22 +64,7 @@ def test_prepared_manifest_keeps_every_labelled_image(prepared, tiny_cohort):
 
 
 def test_prepared_folder_trains(prepared, tmp_path):
-    config = tmp_path / "run.toml"
-    config.write_text(f"""
-[data]
-manifest = "{prepared / 'manifest.csv'}"
-[task]
-name = "segmentation"
-channels = [8, 16, 32]
-[train]
-epochs = 1
-batch_size = 8
-[output]
-dir = "{tmp_path / 'run'}"
-""")
-    done = spinefl("train", "--config", str(config), timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "run" / "model.pt").is_file()
+    assert_trains(prepared / "manifest.csv", tmp_path)
 
 
 def test_prepared_folder_simulates(prepared, tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 
 from client.prepare import Item, write_report
 from tasks.errors import UserError
-from tasks.imageio import Volume, save_nifti
+from tasks.imageio import ImageError, Volume, load_image, save_nifti
 from tasks.labels import structure_of
 from tasks.manifest import from_records, split_of
 
@@ -45,6 +45,24 @@ class Prepared:
     def skip(self, item: str, kind: str, reason: str, patient: str = "", files: int = 1) -> None:
         """Report a case that could not be used, and go on."""
         self.items.append(Item(item, kind, patient, files=files, reason=reason))
+
+    def image_and_mask(self, item: str, kind: str, patient: str, image: Path, mask: Path
+                       ) -> tuple[Volume, Volume] | None:
+        """Both volumes of a labelled case; None (reported, skipped) when the mask is
+        missing, either file is unreadable, or their grids differ."""
+        if not mask.is_file():
+            self.skip(item, kind, f"no mask {mask.name}", patient)
+            return None
+        try:
+            volume, labels = load_image(image), load_image(mask)
+        except ImageError as e:
+            self.skip(item, kind, str(e), patient)
+            return None
+        if labels.array.shape != volume.array.shape:
+            self.skip(item, kind, f"mask shape {labels.array.shape} differs from the image's "
+                      f"{volume.array.shape}", patient)
+            return None
+        return volume, labels
 
     def keep(self, item: str, kind: str, row: dict[str, str], notes: str = "",
              files: int = 1) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 import pandas as pd
 
 from simulation.datasets.common import DatasetError, Prepared, finish, split_for, write_mask
-from tasks.imageio import ImageError, load_image
 from tasks.labels import CANAL, disc_label
 from tasks.manifest import DISC_LEVELS, format_spacing
 
@@ -106,14 +105,10 @@ def prepare(root: Path, out: Path) -> Path:
         if stem not in info.index:
             prepared.skip(item, "MetaImage", "not listed in overview.csv", patient)
             continue
-        if not mask_path.is_file():
-            prepared.skip(item, "MetaImage", f"no mask masks/{image.name}", patient)
+        pair = prepared.image_and_mask(item, "MetaImage", patient, image, mask_path)
+        if pair is None:
             continue
-        try:
-            volume, mask = load_image(image), load_image(mask_path)
-        except ImageError as e:
-            prepared.skip(item, "MetaImage", str(e), patient)
-            continue
+        volume, mask = pair
         written = out / "masks" / f"{stem}_mask.nii.gz"
         unmapped = write_mask(mask, spinefl_label, written)
         meta = info.loc[stem]

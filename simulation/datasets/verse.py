@@ -22,7 +22,6 @@ from pathlib import Path
 import nibabel as nib
 
 from simulation.datasets.common import DatasetError, Prepared, finish, split_for, write_mask
-from tasks.imageio import ImageError, load_image
 from tasks.labels import VERTEBRA_NAMES
 from tasks.manifest import format_spacing
 
@@ -79,18 +78,10 @@ def prepare(root: Path, out: Path) -> Path:
         centroids = derivatives / f"{stem}_seg-subreg_ctd.json"
         item = str(image.relative_to(root))
         patient = f"verse-{subject.removeprefix('sub-')}"
-        if not mask_path.is_file():
-            prepared.skip(item, "NIfTI", f"no mask {mask_path.name} in derivatives", patient)
+        pair = prepared.image_and_mask(item, "NIfTI", patient, image, mask_path)
+        if pair is None:
             continue
-        try:
-            ct, mask = load_image(image), load_image(mask_path)
-        except ImageError as e:
-            prepared.skip(item, "NIfTI", str(e), patient)
-            continue
-        if mask.array.shape != ct.array.shape:
-            prepared.skip(item, "NIfTI", f"mask shape {mask.array.shape} differs from the "
-                          f"image's {ct.array.shape}", patient)
-            continue
+        ct, mask = pair
         written = out / "masks" / f"{stem}_mask.nii.gz"
         unmapped = write_mask(mask, lambda v: v if v in VERTEBRA_NAMES else None, written)
         notes = [f"mask values {unmapped} are not VerSe vertebrae; set to background"] \
