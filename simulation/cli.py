@@ -32,10 +32,13 @@ hospital_app = typer.Typer(help="What a hospital runs beside its own data.",
                            no_args_is_help=True)
 datasets_app = typer.Typer(help="Public spine datasets, as downloaded, into manifests.",
                            no_args_is_help=True)
+coordinator_app = typer.Typer(help="What the coordinator runs: certificates (more to come).",
+                              no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(config_app, name="config")
 app.add_typer(hospital_app, name="hospital")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(coordinator_app, name="coordinator")
 
 
 @app.command()
@@ -238,6 +241,38 @@ def hospital_audit(
     state = "intact" if verify else "not verified (--verify)"
     console.print(f"{len(records)} record(s), chain {state}; last hash "
                   f"{records[-1]['hash'] if records else '-'}")
+
+
+@coordinator_app.command("init")
+def coordinator_init(
+    out: Path = typer.Option(..., help="Folder for the CA and the SuperLink's certificate."),
+    host: str = typer.Option(..., help="Host names and IP addresses hospitals connect to, "
+                             "comma-separated (e.g. fl.example.org,10.0.0.5)."),
+) -> None:
+    """Create a certificate authority and the SuperLink's TLS certificate for these hosts."""
+    from server.certificates import create_authority
+
+    paths = create_authority(out, [h.strip() for h in host.split(",") if h.strip()])
+    console.print(f"Certificate authority: {paths['ca.crt']} (key {paths['ca.key']}, keep it "
+                  "here)\nSuperLink certificate: " f"{paths['server.pem']} (key "
+                  f"{paths['server.key']})\nNext: give {paths['ca.crt']} to every hospital; "
+                  "start the SuperLink with --ssl-ca-certfile, --ssl-certfile and "
+                  "--ssl-keyfile set to these files.")
+
+
+@hospital_app.command("keys")
+def hospital_keys(
+    out: Path = typer.Option(..., help="Folder for the node's key pair (node.key, node.pub)."),
+    name: str = typer.Option("", help="A comment in the public key, e.g. the hospital."),
+) -> None:
+    """Create this node's key pair for SuperNode authentication (Flower's format)."""
+    from client.node_keys import create_node_keys
+
+    private, public = create_node_keys(out, name)
+    console.print(f"Private key: {private} (owner-only; it never leaves this machine)\n"
+                  f"Public key: {public}\nNext: send {public} to the coordinator, who "
+                  "registers it; start the node with --auth-supernode-private-key "
+                  f"{private}.")
 
 
 @datasets_app.command("list")

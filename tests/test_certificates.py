@@ -1,0 +1,110 @@
+"""The coordinator's CA and SuperLink certificate, and the hospital's node keys: checked with
+cryptography, with Flower's own key loaders, and by a real TLS SuperLink."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from simulation.federation import BIN, free_port, stop_tree
+from tests.cli import spinefl
+from tests.test_cli import assert_one_line_error
+
+
+@pytest.fixture
+def authority(tmp_path):
+    done = spinefl("coordinator", "init", "--out", str(tmp_path / "ca"), "--host",
+                   "localhost,127.0.0.1")
+    assert done.returncode == 0, done.stderr
+    return tmp_path / "ca"
+
+
+def _certificate(path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_server_certificate_is_signed_by_the_ca_for_the_given_hosts(authority):
+    ca, server = _certificate(authority / "ca.crt"), _certificate(authority / "server.pem")
+    ca.public_key().verify(server.signature, server.tbs_certificate_bytes,
+                           ec.ECDSA(server.signature_hash_algorithm))
+    assert server.issuer == ca.subject
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    usage = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    for key in ("ca.key", "server.key"):
+        assert oct((authority / key).stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_existing_authority_is_never_overwritten(authority):
+    before = (authority / "ca.crt").read_bytes()
+    assert_one_line_error(spinefl("coordinator", "init", "--out", str(authority), "--host",
+                                  "localhost"), "already holds")
+    assert (authority / "ca.crt").read_bytes() == before
+
+
+def _handshake(port: int, cafile, hostname: str) -> str:
+    context = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=hostname) as tls:
+        return tls.version()
+
+
+def test_a_real_superlink_serves_tls_that_only_the_right_ca_and_names_accept(authority,
+                                                                            tmp_path):
+    other = tmp_path / "other"
+    assert spinefl("coordinator", "init", "--out", str(other), "--host", "localhost"
+                   ).returncode == 0
+    port = free_port()
+    superlink = subprocess.Popen(
+        [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(authority / "ca.crt"),
+         "--ssl-certfile", str(authority / "server.pem"), "--ssl-keyfile",
+         str(authority / "server.key"), "--host", "127.0.0.1", "--port", str(port),
+         "--database", ":memory:", "--disable-runtime-dependency-installation"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "FLWR_HOME": str(tmp_path / "home"),
+             "PATH": f"{BIN}:{os.environ['PATH']}"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                version = _handshake(port, authority / "ca.crt", "localhost")
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "the SuperLink did not start"
+                time.sleep(0.5)
+        assert version.startswith("TLS")
+        assert _handshake(port, authority / "ca.crt", "127.0.0.1").startswith("TLS")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _handshake(port, other / "ca.crt", "localhost")  # a node trusting another CA
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _handshake(port, authority / "ca.crt", "fl.example.org")  # a name not in the SAN
+    finally:
+        stop_tree(superlink)
+    assert superlink.poll() is not None
+
+
+def test_node_keys_are_what_flower_loads(tmp_path):
+    from flwr.cli.supernode.register import try_load_public_key
+
+    done = spinefl("hospital", "keys", "--out", str(tmp_path / "keys"), "--name", "hospital-a")
+    assert done.returncode == 0, done.stderr
+    private = load_ssh_private_key((tmp_path / "keys" / "node.key").read_bytes(), None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)  # as flower-supernode loads it
+    assert oct((tmp_path / "keys" / "node.key").stat().st_mode & 0o777) == "0o600"
+    registered = try_load_public_key(tmp_path / "keys" / "node.pub")  # flwr supernode register
+    assert registered and (tmp_path / "keys" / "node.pub").read_text().endswith(
+        "hospital-a\n")
+    assert_one_line_error(spinefl("hospital", "keys", "--out", str(tmp_path / "keys")),
+                          "already holds a node key pair")
