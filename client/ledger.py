@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import tempfile
 import time
@@ -78,24 +77,17 @@ class PrivacyLedger:
                                 ) from None
 
     def releases(self, run: str | None = None) -> list[Release]:
-        """The recorded releases (of one run, or all); a non-private round is infinite."""
+        """The recorded releases (of one run, or all)."""
         chosen = [e for e in self.entries if run is None or e["run"] == run]
         return [Release(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in chosen]
 
     def spent(self, delta: float, accountant: str, run: str | None = None) -> float:
         """Epsilon of everything recorded (or of one run) at ``delta``."""
-        releases = self.releases(run)
-        if any(r.noise_multiplier == 0 and r.steps > 0 for r in releases):
-            return math.inf
-        return epsilon(releases, delta, accountant)
+        return epsilon(self.releases(run), delta, accountant)
 
     def check(self, planned: Release, budget: Budget, accountant: str) -> float:
         """Epsilon after ``planned``; raises BudgetExceeded when it would pass the budget."""
-        history = self.releases()
-        if planned.noise_multiplier == 0 or any(r.noise_multiplier == 0 for r in history):
-            after = math.inf
-        else:
-            after = epsilon([*history, planned], budget.delta, accountant)
+        after = epsilon([*self.releases(), planned], budget.delta, accountant)
         if budget.max_epsilon is not None and after > budget.max_epsilon:
             before = self.spent(budget.delta, accountant)
             raise BudgetExceeded(

@@ -355,21 +355,23 @@ def write_report(items: list[Item], path: Path) -> Path:
     return path
 
 
-def _check_folders(options: PrepareOptions) -> None:
-    source, out = options.input.resolve(), options.out.resolve()
+def check_folders(source: Path, out: Path) -> None:
+    """Refuse an input that is not a folder, and an output inside (or around) the input:
+    what the user gave is only ever read."""
     if not source.is_dir():
-        raise UserError(f"{options.input}: input folder not found")
-    if out == source or source in out.parents:
-        raise UserError(f"{options.out}: the output folder must not be inside the input "
-                        f"{options.input} (the input is never written to)")
-    if out in source.parents:
-        raise UserError(f"{options.out}: the output folder must not contain the input")
+        raise UserError(f"{source}: input folder not found")
+    source_path, out_path = source.resolve(), out.resolve()
+    if out_path == source_path or source_path in out_path.parents:
+        raise UserError(f"{out}: the output folder must not be inside the input "
+                        f"{source} (the input is never written to)")
+    if out_path in source_path.parents:
+        raise UserError(f"{out}: the output folder must not contain the input")
 
 
 def prepare(options: PrepareOptions, console: Console | None = None) -> PrepareResult:
     """Run every stage; the report lists every series and passed-over file."""
     console = console or Console()
-    _check_folders(options)
+    check_folders(options.input, options.out)
     state = options.out / STATE_DIR
     key = PseudonymKey.load_or_create(options.key_file or state / KEY_FILE)
     done_path = state / DONE_FILE
@@ -381,11 +383,14 @@ def prepare(options: PrepareOptions, console: Console | None = None) -> PrepareR
         for uid, files in found.series.items():
             for folder in {f.path.parent for f in files}:
                 by_folder[folder].append(uid)
+        masks_in: dict[Path, list[Path]] = defaultdict(list)
+        for (where, _), path in found.masks.items():
+            masks_in[where].append(path)
         used_masks: set[Path] = set()
         for uid, files in progress.track(list(found.series.items()),
                                          description="Converting series"):
             folder = _common_folder([f.path for f in files])
-            masks = [p for (where, _), p in found.masks.items() if where == folder]
+            masks = masks_in.get(folder, [])
             mask = masks[0] if len(masks) == 1 and by_folder[folder] == [uid] else None
             used_masks.update([mask] if mask else [])
             preparer.items.append(preparer.dicom_series(uid, files, mask))

@@ -295,14 +295,12 @@ def datasets_prepare(
     """Turn a downloaded public dataset into a manifest in the spinefl label convention."""
     import pandas as pd
 
+    from client.prepare import check_folders
     from simulation.datasets import adapter
     from tasks.manifest import Manifest
 
     module = adapter(name)
-    if not root.is_dir():
-        raise UserError(f"{root}: dataset folder not found")
-    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
-        raise UserError(f"{out}: the output folder must not be inside the dataset {root}")
+    check_folders(root, out)
     manifest = module.prepare(root, out)
     _print_report(pd.read_csv(out / "report.csv", keep_default_na=False))
     table = Manifest.load(manifest).table

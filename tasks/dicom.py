@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +60,10 @@ class DicomFile:
     orientation: tuple[float, ...] | None
     burned_in: str
     study_date: str
-    sequence_hint: str = field(default="")
-    view: str = field(default="")
-    scanner: str = field(default="")
-    damage: str = field(default="")
+    sequence_hint: str = ""
+    view: str = ""
+    scanner: str = ""
+    damage: str = ""
 
 
 def read_header(path: Path) -> DicomFile:

@@ -25,6 +25,7 @@ is installed.)
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,10 +81,13 @@ class Release:
 
 
 def epsilon(history: list[Release], delta: float, accountant: str = "rdp") -> float:
-    """Epsilon of composing ``history`` at ``delta``, as the Opacus accountant computes it."""
+    """Epsilon of composing ``history`` at ``delta``, as the Opacus accountant computes it
+    (infinite once any step was taken without noise)."""
     steps = [(r.noise_multiplier, r.sample_rate, r.steps) for r in history if r.steps > 0]
     if not steps:
         return 0.0
+    if any(noise <= 0 for noise, _, _ in steps):
+        return math.inf
     return float(_accountant(accountant, steps).get_epsilon(delta))
 
 

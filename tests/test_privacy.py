@@ -124,6 +124,7 @@ def test_budget_check_refuses_what_would_pass_it(tmp_path):
     with pytest.raises(BudgetExceeded, match="past this hospital's max-epsilon"):
         ledger.check(round_, budget, "rdp")
     assert PrivacyLedger(tmp_path).check(Release(1.0, 0.5, 10), Budget(None, 1e-5), "rdp") > one
+    assert epsilon([round_, Release(0.0, 0.5, 1)], 1e-5) == math.inf  # a step without noise
 
 
 def test_a_patient_with_many_slices_is_one_individual(hospital, inside_a_run):
