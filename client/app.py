@@ -11,6 +11,8 @@ evaluated images) and metrics.
 Every train and evaluate request is checked against the node's policy (the
 tasks its node config accepts) and written, with the reply's hash, to the
 hospital's hash-chained audit log (``client.audit``) before the reply leaves.
+When the server runs secure aggregation, training requests arrive through
+Flower's SecAgg+ (``client.secure_aggregation``) and the reply leaves masked.
 
 With DP, the node trains with patient-level DP-SGD (``tasks.privacy``),
 records the round in its privacy ledger before replying, and refuses (an
@@ -44,6 +46,7 @@ from torch import nn
 from client.audit import AuditLog, digest_arrays, digest_config
 from client.hospital import Hospital, resolve_hospital
 from client.ledger import BudgetExceeded, PrivacyLedger
+from client.secure_aggregation import secure_aggregation
 from tasks.config import validate
 from tasks.contract import Task
 from tasks.device import select_device
@@ -183,7 +186,7 @@ def _arrays_digest(arrays: ArrayRecord) -> str:
     return digest_arrays({key: arrays[key].numpy() for key in arrays})
 
 
-@app.train()
+@app.train(mods=[secure_aggregation])
 @_audited
 def train(msg: Message, context: Context) -> Message:
     """Local training from the global weights (DP-SGD when asked); reply with the new weights."""

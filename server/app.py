@@ -1,10 +1,16 @@
 """The ServerApp: the coordinator's side of a federated run.
 
-The run config names the experiment file (``experiment``) and, in
-simulation, the virtual hospitals' folder (``partitions``). The ServerApp
-asks every node which hospital it is, then runs the strategy's rounds, every
-update validated before aggregation (``server.validation``). After
-each round a callback writes, in the experiment's output folder:
+The run config names the experiment file (``experiment``: absolute, or
+relative to the app folder, e.g. ``configs/deployment.toml``), whether to
+``resume`` after the last finished round, and, in simulation, the virtual
+hospitals' folder (``partitions``). A relative output folder is relative to
+the working folder of the SuperLink (the coordinator folder in deployment).
+The ServerApp asks every node which hospital it is, then runs the strategy's
+rounds: every update validated before aggregation (``server.validation``),
+no round waiting forever for hospitals that are gone (``server.sampling``),
+or, with ``federation.secure_aggregation``, SecAgg+ rounds in which only the
+sum of the updates is seen (``server.secure_aggregation``). After each round
+a callback writes, in the experiment's output folder:
 
 - ``federated_metrics.csv``: one row per hospital per round (training loss,
   steps, samples, time; validation Dice per structure; errors; the round's
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +37,15 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.config import load_experiment
 from server.recorder import HospitalRecorder
+from server.sampling import SamplingGuard, TooFewHospitals, wait_for_hospitals
+from server.secure_aggregation import SecureAggregation
 from server.strategies import build_strategy
 from server.validation import UpdateValidation
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.contract import Task
 from tasks.errors import UserError
 from tasks.privacy import Release, compatible, epsilon
+from tasks.protocol import KEEP_LOCAL_NORM
 from tasks.registry import task_class
 from tasks.training import seed_everything
 
@@ -44,19 +53,13 @@ app = ServerApp()
 
 ROUND_CHECKPOINT = "checkpoint_round.pt"
 METRICS = "federated_metrics.csv"
+APP_DIR = Path(__file__).resolve().parents[1]
 
 
-def wait_for_hospitals(grid: Grid, count: int, timeout: float) -> list[int]:
-    """Node ids once at least ``count`` nodes are connected; UserError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        nodes = list(grid.get_node_ids())
-        if len(nodes) >= count:
-            return nodes
-        if time.monotonic() > deadline:
-            raise UserError(f"only {len(nodes)} of the {count} hospitals the run needs "
-                            f"connected within {timeout:g} s")
-        time.sleep(0.5)
+def experiment_path(name: str) -> Path:
+    """The experiment file a run config names: absolute, or inside the app folder."""
+    path = Path(name)
+    return path if path.is_absolute() else APP_DIR / path
 
 
 def hospital_names(grid: Grid, nodes: list[int], partitions: str, timeout: float
@@ -75,15 +78,22 @@ def hospital_names(grid: Grid, nodes: list[int], partitions: str, timeout: float
     return names
 
 
-def starting_point(task: Task, experiment: dict[str, Any], out: Path) -> tuple[dict, int]:
-    """Weights to start from and the rounds already done: a resumable round checkpoint of
-    this run, else the configured initial checkpoint, else a fresh model."""
-    resume = out / ROUND_CHECKPOINT
-    if resume.is_file():
-        stored, model, payload = load_checkpoint(resume)
+def starting_point(task: Task, experiment: dict[str, Any], out: Path, resume: bool = False
+                   ) -> tuple[dict, int]:
+    """Weights to start from and the rounds already done: with ``resume``, the round
+    checkpoint of this output folder; else the configured initial checkpoint, else a fresh
+    model (an output folder holding finished rounds is then refused, not overwritten)."""
+    checkpoint = out / ROUND_CHECKPOINT
+    if resume and not checkpoint.is_file():
+        raise UserError(f"{out}: no finished round to resume from ({ROUND_CHECKPOINT})")
+    if checkpoint.is_file():
+        stored, model, payload = load_checkpoint(checkpoint)
+        if not resume:
+            raise UserError(f"{out}: holds round {payload['round']} of an earlier run; resume "
+                            "it (run config resume=true) or choose another output.dir")
         if stored.settings != task.settings:
-            raise UserError(f"{resume}: task settings differ from the experiment's")
-        log(INFO, "Resuming after round %s from %s", payload["round"], resume)
+            raise UserError(f"{checkpoint}: task settings differ from the experiment's")
+        log(INFO, "Resuming after round %s from %s", payload["round"], checkpoint)
         return model.state_dict(), int(payload["round"])
     if experiment["federation"]["init_checkpoint"]:
         path = Path(experiment["federation"]["init_checkpoint"])
@@ -125,18 +135,20 @@ def request_config(task: Task, experiment: dict[str, Any], partitions: str) -> C
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the experiment named in the run config."""
-    experiment = load_experiment(Path(str(context.run_config["experiment"])))
+    experiment = load_experiment(experiment_path(str(context.run_config["experiment"])))
     partitions = str(context.run_config.get("partitions", ""))
+    resume = bool(context.run_config.get("resume", False))
     out = Path(experiment["output"]["dir"])
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in experiment["task"].items() if k != "name"}
     task = task_class(experiment["task"]["name"])(settings)
     federation = experiment["federation"]
+    timeout = federation["round_timeout"]
 
-    nodes = wait_for_hospitals(grid, federation["min_hospitals"], federation["round_timeout"])
-    names = hospital_names(grid, nodes, partitions, federation["round_timeout"])
+    weights, done = starting_point(task, experiment, out, resume)
+    nodes = wait_for_hospitals(grid, federation["min_hospitals"], timeout)
+    names = hospital_names(grid, nodes, partitions, timeout)
     log(INFO, "Hospitals: %s", ", ".join(sorted(names.values())))
-    weights, done = starting_point(task, experiment, out)
     remaining = federation["rounds"] - done
     recorder = HospitalRecorder(build_strategy(federation, len(names)), names,
                                 round_offset=done)
@@ -168,11 +180,28 @@ def main(grid: Grid, context: Context) -> None:
 
     if remaining > 0:
         config = request_config(task, experiment, partitions)
-        strategy = UpdateValidation(recorder, federation["max_update_norm"])
-        result = strategy.start(grid, ArrayRecord(weights), num_rounds=remaining,
-                                timeout=federation["round_timeout"], train_config=config,
-                                evaluate_config=ConfigRecord(config), evaluate_fn=round_end)
-        weights = result.arrays.to_torch_state_dict() if result.arrays else weights
+        arrays = ArrayRecord(weights)
+        try:
+            if federation["secure_aggregation"]:
+                if federation["strategy"] == "fedbn":
+                    config = ConfigRecord({**config, KEEP_LOCAL_NORM: True})
+                arrays = SecureAggregation(recorder, federation).start(
+                    grid, context, arrays, remaining, timeout, config, ConfigRecord(config),
+                    round_end)
+            else:
+                strategy = SamplingGuard(
+                    UpdateValidation(recorder, federation["max_update_norm"]),
+                    federation["min_hospitals"], timeout)
+                result = strategy.start(grid, arrays, num_rounds=remaining, timeout=timeout,
+                                        train_config=config,
+                                        evaluate_config=ConfigRecord(config),
+                                        evaluate_fn=round_end)
+                arrays = result.arrays or arrays
+        except TooFewHospitals as e:
+            log(ERROR, "The run stops: %s. Finished rounds are kept in %s; when the hospitals "
+                "are back, run again with resume=true.", e, out / ROUND_CHECKPOINT)
+            raise
+        weights = arrays.to_torch_state_dict()
     model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
     save_checkpoint(out / "model.pt", task, model, round=federation["rounds"])
     log(INFO, "Final global model: %s", out / "model.pt")

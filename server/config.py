@@ -52,12 +52,21 @@ FEDERATION_KEYS = (
         "update (L2, over all weights).", minimum=0.0),
     Key("central_delta", "float", 1e-5, "Delta of the reported hospital-level epsilon.",
         minimum=0.0),
+    Key("secure_aggregation", "bool", False, "Secure aggregation (Flower's SecAgg+): the "
+        "coordinator sees only the sum of the hospitals' weights (strategy `fedavg` or "
+        "`fedbn`, at least 3 hospitals; uniform average; no per-update norm bound)."),
+    Key("secagg_clipping_range", "float", 8.0, "SecAgg+ clips every weight to [-c, c] "
+        "before quantising it; hospitals report the fraction they clipped.", minimum=0.0),
+    Key("secagg_threshold", "float", 0.6, "Fraction of a hospital's neighbours needed to "
+        "rebuild its masks when it drops out (higher: more private, less tolerant).",
+        minimum=0.0),
 )
 
 
 def experiment_schema(task: type[Task]) -> Schema:
     """The full schema of a federated experiment for one task."""
-    return {"data": RUN_KEYS["data"], "task": (TASK_NAME_KEY, *task.keys),
+    return {"data": (Key("manifest", "str", "", "Unused by a federated run: each hospital "
+                         "trains on its own manifest."),), "task": (TASK_NAME_KEY, *task.keys),
             "train": RUN_KEYS["train"], "privacy": RUN_KEYS["privacy"],
             "federation": FEDERATION_KEYS, "output": RUN_KEYS["output"]}
 
@@ -80,6 +89,21 @@ def check_combination(experiment: dict[str, dict[str, Any]], where: str) -> None
                                      or federation["fraction_train"] != 1.0):
         raise ConfigError(f"{where}: federation.central_dp needs strategy 'fedavg' and "
                           "fraction_train = 1 (every hospital, uniform average)")
+    if federation["secure_aggregation"]:
+        problem = None
+        if federation["strategy"] not in ("fedavg", "fedbn"):
+            problem = f"strategy '{federation['strategy']}' needs each update; use fedavg or fedbn"
+        elif federation["central_dp"]:
+            problem = ("central_dp clips each update at the server, which secure aggregation "
+                       "hides; use the hospitals' own DP ([privacy])")
+        elif federation["max_update_norm"] > 0:
+            problem = "max_update_norm checks each update, which secure aggregation hides"
+        elif federation["min_hospitals"] < 3:
+            problem = "min_hospitals must be at least 3 (with 2, each learns the other's update)"
+        elif not 0 < federation["secagg_threshold"] <= 1:
+            problem = "secagg_threshold must be in (0, 1]"
+        if problem:
+            raise ConfigError(f"{where}: federation.secure_aggregation: {problem}")
 
 
 def load_experiment(path: Path) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.wrapper import StrategyWrapper
+
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ", re.MULTILINE)
 
 
@@ -29,7 +31,7 @@ def concise(reason: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-class HospitalRecorder(Strategy):
+class HospitalRecorder(StrategyWrapper):
     """Delegate to ``inner``; remember each hospital's reply per round.
 
     ``names`` maps Flower node ids to hospital names (learned when the run
@@ -38,46 +40,73 @@ class HospitalRecorder(Strategy):
     """
 
     def __init__(self, inner: Strategy, names: dict[int, str], round_offset: int = 0) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.names = names
         self.round_offset = round_offset
         self.replies: dict[int, dict[str, dict[str, Any]]] = {}
+        self.sampled: dict[str, list[int]] = {}
 
     def name_of(self, node_id: int) -> str:
         """The hospital name of a node (its id where the name is not known)."""
         return self.names.get(node_id, f"node-{node_id}")
 
-    def summary(self) -> None:
-        self.inner.summary()
+    def _row(self, server_round: int, node_id: int) -> dict[str, Any]:
+        hospital = self.name_of(node_id)
+        rows = self.replies.setdefault(server_round + self.round_offset, {})
+        return rows.setdefault(hospital, {"hospital": hospital})
+
+    def record_metrics(self, server_round: int, node_id: int, prefix: str,
+                       metrics: dict[str, Any]) -> None:
+        """Keep a hospital's metrics of a (local) round as ``<prefix>_<name>``."""
+        self._row(server_round, node_id).update({f"{prefix}_{k}": v for k, v in metrics.items()})
+
+    def record_error(self, server_round: int, node_id: int, prefix: str, reason: str) -> None:
+        """Keep (and log) why a hospital did not reply in a (local) round, on one line."""
+        reason = concise(reason)
+        self._row(server_round, node_id)[f"{prefix}_error"] = reason
+        log(WARNING, "round %s: hospital %s failed in %s: %s",
+            server_round + self.round_offset, self.name_of(node_id), prefix, reason)
 
     def _record(self, server_round: int, replies: Iterable[Message], prefix: str) -> list[Message]:
+        """Record each reply under its hospital. An error the SuperLink made for a node that
+        went away carries no hospital's id: it is put down to a sampled hospital without a
+        reply; sampled hospitals with no reply at all are recorded as such."""
         replies = list(replies)
-        rows = self.replies.setdefault(server_round + self.round_offset, {})
+        sampled = self.sampled.pop(prefix, [])
+        answered = {reply.metadata.src_node_id for reply in replies}
+        silent = [node for node in sampled if node not in answered]
         for reply in replies:
-            hospital = self.name_of(reply.metadata.src_node_id)
-            row = rows.setdefault(hospital, {"hospital": hospital})
+            node = reply.metadata.src_node_id
             if reply.has_error():
-                reason = concise(reply.error.reason)
-                row[f"{prefix}_error"] = reason
-                log(WARNING, "round %s: hospital %s failed in %s: %s",
-                    server_round + self.round_offset, hospital, prefix, reason)
+                if node not in sampled and silent:
+                    node = silent.pop(0)
+                self.record_error(server_round, node, prefix, reply.error.reason)
                 continue
             for record in reply.content.metric_records.values():
-                row.update({f"{prefix}_{k}": v for k, v in record.items()})
+                self.record_metrics(server_round, node, prefix, dict(record))
+        for node in silent:
+            self.record_error(server_round, node, prefix, "no reply within the round timeout")
         return replies
+
+    def _sample(self, messages: Iterable[Message], prefix: str) -> list[Message]:
+        messages = list(messages)
+        self.sampled[prefix] = [message.metadata.dst_node_id for message in messages]
+        return messages
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        return self._sample(self.inner.configure_train(server_round, arrays, config, grid),
+                            "train")
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self._sample(self.inner.configure_evaluate(server_round, arrays, config, grid),
+                            "val")
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         recorded = self._record(server_round, replies, "train")
         return self.inner.aggregate_train(server_round, recorded)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:

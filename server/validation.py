@@ -19,6 +19,8 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.wrapper import StrategyWrapper
+
 
 def update_problem(reply: ArrayRecord, current: ArrayRecord, bound: float) -> str | None:
     """Why an update cannot be aggregated, or None when it can."""
@@ -43,16 +45,13 @@ def update_problem(reply: ArrayRecord, current: ArrayRecord, bound: float) -> st
     return None
 
 
-class UpdateValidation(Strategy):
+class UpdateValidation(StrategyWrapper):
     """Delegate to ``inner``; replace replies whose update is invalid by error replies."""
 
     def __init__(self, inner: Strategy, max_update_norm: float = 0.0) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.max_update_norm = max_update_norm
         self.current = ArrayRecord()
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -74,11 +73,3 @@ class UpdateValidation(Strategy):
                                                          f"{problem}"), metadata=reply.metadata)
             checked.append(reply)
         return self.inner.aggregate_train(server_round, checked)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
-                           ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)

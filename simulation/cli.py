@@ -32,7 +32,8 @@ hospital_app = typer.Typer(help="What a hospital runs beside its own data.",
                            no_args_is_help=True)
 datasets_app = typer.Typer(help="Public spine datasets, as downloaded, into manifests.",
                            no_args_is_help=True)
-coordinator_app = typer.Typer(help="What the coordinator runs: certificates (more to come).",
+coordinator_app = typer.Typer(help="What the coordinator runs: certificates, the "
+                              "SuperLink, admitting hospitals, launching runs.",
                               no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(config_app, name="config")
@@ -245,19 +246,108 @@ def hospital_audit(
 
 @coordinator_app.command("init")
 def coordinator_init(
-    out: Path = typer.Option(..., help="Folder for the CA and the SuperLink's certificate."),
+    out: Path = typer.Option(..., help="The coordinator folder to create (certificates, "
+                             "settings, the SuperLink's state)."),
     host: str = typer.Option(..., help="Host names and IP addresses hospitals connect to, "
                              "comma-separated (e.g. fl.example.org,10.0.0.5)."),
+    port: int = typer.Option(9093, help="The SuperLink's HTTPS port."),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS: for a test on one "
+                                  "machine only, never across a network."),
 ) -> None:
-    """Create a certificate authority and the SuperLink's TLS certificate for these hosts."""
-    from server.certificates import create_authority
+    """Create a coordinator folder: a certificate authority, the SuperLink's TLS certificate
+    for these hosts, and the settings `coordinator start/admit/run` read."""
+    from server.superlink import init_coordinator
 
-    paths = create_authority(out, [h.strip() for h in host.split(",") if h.strip()])
-    console.print(f"Certificate authority: {paths['ca.crt']} (key {paths['ca.key']}, keep it "
-                  "here)\nSuperLink certificate: " f"{paths['server.pem']} (key "
-                  f"{paths['server.key']})\nNext: give {paths['ca.crt']} to every hospital; "
-                  "start the SuperLink with --ssl-ca-certfile, --ssl-certfile and "
-                  "--ssl-keyfile set to these files.")
+    hosts = [h.strip() for h in host.split(",") if h.strip()]
+    init_coordinator(out, hosts, port, insecure)
+    trust = ("[red]no TLS (--insecure): local testing only[/]" if insecure else
+             f"certificate authority {out / 'ca.crt'} (its key {out / 'ca.key'} stays "
+             f"here), SuperLink certificate {out / 'server.pem'}")
+    console.print(f"Coordinator folder {out}: {trust}.\nNext:\n"
+                  f"  1. give {out / 'ca.crt'} and the address {hosts[0]}:{port} to every "
+                  "hospital;\n"
+                  f"  2. spinefl coordinator start --dir {out}\n"
+                  f"  3. for each hospital's node.pub: spinefl coordinator admit <node.pub> "
+                  f"--name <hospital> --dir {out}\n"
+                  f"  4. spinefl coordinator run configs/deployment.toml --dir {out}")
+
+
+@coordinator_app.command("start")
+def coordinator_start(
+    folder: Path = typer.Option(..., "--dir", help="The coordinator folder."),
+) -> None:
+    """Run the SuperLink (TLS, node authentication, no runtime installs) until stopped."""
+    from server.superlink import coordinator_env, load_coordinator, superlink_command
+    from tasks.processes import run_in_foreground
+
+    command = superlink_command(folder)
+    settings = load_coordinator(folder)
+    console.print(f"SuperLink on {settings['bind']}:{settings['port']} "
+                  f"({'no TLS' if settings['insecure'] else 'TLS'}, node authentication); "
+                  "Ctrl-C stops it.")
+    run_in_foreground(command, coordinator_env(folder), folder, "the SuperLink")
+
+
+@coordinator_app.command("admit")
+def coordinator_admit(
+    public_key: Path = typer.Argument(..., help="The hospital's node.pub."),
+    name: str = typer.Option(..., help="The hospital's name (shown in `flwr supernode ls`)."),
+    folder: Path = typer.Option(..., "--dir", help="The coordinator folder."),
+) -> None:
+    """Register a hospital's node public key with the running SuperLink."""
+    from server.superlink import admit
+
+    console.print(admit(folder, public_key, name))
+
+
+@coordinator_app.command("run")
+def coordinator_run(
+    experiment: Path = typer.Argument(..., help="Experiment config: a path inside the app "
+                                      "(e.g. configs/deployment.toml) or an absolute one."),
+    folder: Path = typer.Option(..., "--dir", help="The coordinator folder."),
+    resume: bool = typer.Option(False, help="Continue after the last finished round of the "
+                                "experiment's output folder (after a coordinator crash)."),
+) -> None:
+    """Launch a federated run on the SuperLink (`flwr run`) and stream its log."""
+    from server.superlink import CONNECTION, coordinator_env, load_coordinator, submit_run
+
+    load_coordinator(folder)
+    log = folder / "runs" / f"{experiment.stem}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    submit_run(CONNECTION, {"experiment": str(experiment), "resume": resume},
+               coordinator_env(folder), log, console.print)
+
+
+@hospital_app.command("join")
+def hospital_join(
+    superlink: str = typer.Option(..., help="The coordinator's SuperLink, host:port."),
+    data: Path = typer.Option(..., help="This hospital's prepared folder (manifest.csv)."),
+    key: Path = typer.Option(..., help="This node's private key (node.key)."),
+    ca: Path = typer.Option(None, help="The coordinator's ca.crt (TLS trust)."),
+    name: str = typer.Option("", help="The hospital's name (default: the data folder's)."),
+    max_epsilon: float = typer.Option(None, help="This hospital's privacy budget: rounds "
+                                      "that would pass it, and any training without DP, "
+                                      "are refused."),
+    delta: float = typer.Option(1e-5, help="Delta of the budget's (epsilon, delta)."),
+    accept_tasks: str = typer.Option("", help="Tasks this node serves, comma-separated "
+                                     "(default: all)."),
+    runtime_port: int = typer.Option(9094, help="Local port between the node and its "
+                                     "training processes (127.0.0.1; one per node)."),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS: for a test on one "
+                                  "machine only, never across a network."),
+) -> None:
+    """Join the federation: run this hospital's SuperNode until stopped."""
+    from client.supernode import FLOWER_HOME, Membership, supernode_command
+    from tasks.processes import flower_env, run_in_foreground
+
+    member = Membership(superlink, data, key, ca, name, max_epsilon, delta,
+                        tuple(t.strip() for t in accept_tasks.split(",") if t.strip()),
+                        runtime_port, insecure)
+    command = supernode_command(member)
+    console.print(f"Joining {superlink} as {name or data.resolve().name} "
+                  f"({'no TLS' if insecure else 'TLS'}); Ctrl-C leaves.")
+    run_in_foreground(command, flower_env((data / FLOWER_HOME).resolve()), data,
+                      "the SuperNode")
 
 
 @hospital_app.command("keys")

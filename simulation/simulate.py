@@ -202,7 +202,8 @@ def simulate(config: dict[str, dict[str, Any]], force: bool = False, resume: boo
         if any(mark in line for mark in ("[ROUND", " | ", "failed", "Final global model")):
             console.print(f"  {line.split(':', 1)[-1].strip()}")
 
-    run_federated(out / "experiment.toml", out / "hospitals", len(hospitals), federated, show)
+    run_federated(out / "experiment.toml", out / "hospitals", len(hospitals), federated, show,
+                  resume=resume)
     if not (federated / "model.pt").is_file():
         raise UserError(f"the federated run ended without a model; see {federated / 'run.log'}")
 

@@ -8,3 +8,6 @@ KEEP_LOCAL_NORM = "keep-local-norm"
 # Metric key every training reply carries with value 1: the weight of a uniform average
 # (central DP needs one hospital to move the average by at most C / n).
 UNIFORM_WEIGHT = "uniform-weight"
+# Config key (secure aggregation): the model's weight names, JSON, in the order of the
+# positional arrays SecAgg+ sums.
+WEIGHT_KEYS = "weight-keys"

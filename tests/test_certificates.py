@@ -50,7 +50,7 @@ def test_server_certificate_is_signed_by_the_ca_for_the_given_hosts(authority):
 def test_an_existing_authority_is_never_overwritten(authority):
     before = (authority / "ca.crt").read_bytes()
     assert_one_line_error(spinefl("coordinator", "init", "--out", str(authority), "--host",
-                                  "localhost"), "already holds")
+                                  "localhost"), "already a coordinator folder")
     assert (authority / "ca.crt").read_bytes() == before
 
 
@@ -108,3 +108,47 @@ def test_node_keys_are_what_flower_loads(tmp_path):
         "hospital-a\n")
     assert_one_line_error(spinefl("hospital", "keys", "--out", str(tmp_path / "keys")),
                           "already holds a node key pair")
+
+
+def test_the_superlink_and_nodes_start_with_tls_and_node_authentication(authority, tmp_path,
+                                                                        tiny_cohort):
+    from client.supernode import Membership, supernode_command
+    from server.superlink import superlink_command
+
+    command = superlink_command(authority)
+    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile",
+                 "--enable-supernode-auth", "--disable-runtime-dependency-installation"):
+        assert flag in command
+    assert "--insecure" not in command
+    assert spinefl("hospital", "keys", "--out", str(tmp_path / "keys")).returncode == 0
+    member = Membership("localhost:9093", tiny_cohort.root, tmp_path / "keys" / "node.key",
+                        authority / "ca.crt", "a", 8.0, 1e-5, ("segmentation",))
+    node = supernode_command(member)
+    assert node[node.index("--root-certificates") + 1] == str((authority / "ca.crt").resolve())
+    assert "--auth-supernode-private-key" in node and "--insecure" not in node
+    written = (tiny_cohort.root / ".spinefl" / "node-config.toml").read_text()
+    assert 'accept-tasks = "segmentation"' in written and "max-epsilon = 8.0" in written
+
+
+@pytest.mark.parametrize("problem, fragment", [
+    ("no-ca", "--ca: the coordinator's ca.crt is needed"),
+    ("open-key", "readable by others"),
+    ("bad-address", "expected host:port"),
+    ("no-manifest", "manifest"),
+])
+def test_joining_with_a_mistake_is_one_line(authority, tmp_path, tiny_cohort, problem,
+                                            fragment):
+    assert spinefl("hospital", "keys", "--out", str(tmp_path / "keys")).returncode == 0
+    key = tmp_path / "keys" / "node.key"
+    args = {"--superlink": "localhost:9093", "--ca": str(authority / "ca.crt"),
+            "--key": str(key), "--data": str(tiny_cohort.root)}
+    if problem == "no-ca":
+        del args["--ca"]
+    elif problem == "open-key":
+        key.chmod(0o644)
+    elif problem == "bad-address":
+        args["--superlink"] = "localhost"
+    else:
+        args["--data"] = str(tmp_path)
+    assert_one_line_error(spinefl("hospital", "join", *[x for pair in args.items()
+                                                         for x in pair]), fragment)

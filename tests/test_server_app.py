@@ -60,10 +60,18 @@ def test_a_stopped_run_resumes_after_its_last_finished_round(tmp_path):
     task = build(config)
     model = task.build_model()
     save_checkpoint(tmp_path / "run" / ROUND_CHECKPOINT, task, model, round=3)
-    weights, done = starting_point(task, config, tmp_path / "run")
+    weights, done = starting_point(task, config, tmp_path / "run", resume=True)
     assert done == 3
     for key, value in model.state_dict().items():
         torch.testing.assert_close(weights[key], value)
+    with pytest.raises(UserError, match="holds round 3 of an earlier run"):
+        starting_point(task, config, tmp_path / "run")  # a new run never overwrites it
+
+
+def test_resuming_needs_a_finished_round(tmp_path):
+    config = experiment(tmp_path)
+    with pytest.raises(UserError, match="no finished round to resume from"):
+        starting_point(build(config), config, tmp_path / "run", resume=True)
 
 
 @pytest.mark.parametrize("raw", [{}, {"task": {"name": "staging"}}])

@@ -11,33 +11,11 @@ from simulation.federation import run_federated
 from simulation.simulate import load_simulation, simulate, split_hospitals
 from tasks.checkpoint import load_checkpoint
 from tasks.manifest import Manifest
+from tests.flower_processes import flower_processes
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOWER_PROCESSES = ("flower-superlink", "flower-superexec", "flwr-serverapp", "flwr-simulation",
-                    "raylet", "gcs_server", "ray::")
-
-
-def flower_processes(marker: Path) -> set[tuple[int, str]]:
-    """Live Flower or Ray processes started for this test: their environment names ``marker``
-    (the test's folder, where the run's Flower home lives)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            environment = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if (state != "Z" and str(marker).encode() in environment
-                and any(name in command for name in FLOWER_PROCESSES)):
-            found.add((int(entry.name), command.strip()))
-    return found
-
-
 @pytest.fixture
 def smoke(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)

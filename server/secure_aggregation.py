@@ -1,0 +1,153 @@
+"""Rounds under secure aggregation: the coordinator sees only the sum of the updates.
+
+Flower 1.41 runs SecAgg+ (Bell et al., 2020) only on its legacy path, so each
+round's training goes through Flower's ``SecAggPlusWorkflow`` with a legacy
+FedAvg; evaluation, recording and the round-end callback are those of every
+other run. Each hospital's weights are clipped to ``[-c, c]``
+(``secagg_clipping_range``), quantised, masked with pairwise and private masks,
+and only their sum is unmasked; any ``secagg_threshold`` fraction of a node's
+neighbours can rebuild the masks of a node that drops out, so the round still
+completes. The average is uniform over the hospitals that finished (each
+weight 1). Per-hospital metrics (loss, epsilon, ...) still reach the server;
+weights do not, so per-update validation is impossible here and only the
+aggregate is checked (finite, right shapes).
+"""
+
+from __future__ import annotations
+
+import json
+import timeit
+from collections.abc import Callable
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.common import (
+    FitIns,
+    FitRes,
+    Parameters,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.logger import log
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import ClientManager, ServerConfig
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.app_utils import start_update_client_manager_thread
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.serverapp import Grid
+
+from server.recorder import HospitalRecorder
+from server.sampling import wait_for_hospitals
+from tasks.protocol import WEIGHT_KEYS
+
+
+class _RecordedSum(LegacyFedAvg):
+    """Legacy FedAvg over the unmasked sum; notes each hospital's training metrics and
+    which sampled hospitals sent no masked update."""
+
+    def __init__(self, recorder: HospitalRecorder, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.recorder = recorder
+        self.sampled: set[int] = set()
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        self.sampled = {proxy.node_id for proxy, _ in instructions}
+        return instructions
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[Any]) -> tuple[Parameters | None, dict[str, Any]]:
+        for proxy, fit in results:
+            self.recorder.record_metrics(server_round, proxy.node_id, "train", fit.metrics)
+        for failure in failures:
+            log(WARNING, "round %s: secure aggregation: %s", server_round, failure)
+        for node in self.sampled - {proxy.node_id for proxy, _ in results}:
+            self.recorder.record_error(server_round, node, "train",
+                                       "no masked update in secure aggregation (dropped out, "
+                                       "refused or failed; see the hospital's audit log)")
+        return super().aggregate_fit(server_round, results, failures)
+
+
+class SecureAggregation:
+    """Training rounds by SecAgg+, evaluation and recording as in ``Strategy.start``.
+
+    ``recorder`` wraps the Message-API strategy that evaluates and records; ``minimum``
+    hospitals must be connected for a round (waiting at most ``timeout`` s).
+    """
+
+    def __init__(self, recorder: HospitalRecorder, federation: dict[str, Any]) -> None:
+        self.recorder = recorder
+        self.federation = federation
+
+    def workflow(self, hospitals: int, timeout: float) -> SecAggPlusWorkflow:
+        """Flower's SecAgg+ workflow: shares to every other sampled hospital, a
+        ``secagg_threshold`` fraction of them needed to rebuild a dropped node's masks."""
+        return SecAggPlusWorkflow(num_shares=1.0,
+                                  reconstruction_threshold=self.federation["secagg_threshold"],
+                                  max_weight=1.0,
+                                  clipping_range=self.federation["secagg_clipping_range"],
+                                  timeout=timeout)
+
+    def start(self, grid: Grid, context: Context, arrays: ArrayRecord, num_rounds: int,
+              timeout: float, train_config: ConfigRecord, evaluate_config: ConfigRecord,
+              evaluate_fn: Callable[[int, ArrayRecord], None]) -> ArrayRecord:
+        """Run ``num_rounds`` rounds from ``arrays``; the final weights."""
+        federation = self.federation
+        keys = list(arrays.keys())
+        config = {**train_config, WEIGHT_KEYS: json.dumps(keys)}
+        strategy = _RecordedSum(
+            self.recorder, fraction_fit=federation["fraction_train"], fraction_evaluate=0.0,
+            min_fit_clients=federation["min_hospitals"],
+            min_available_clients=federation["min_hospitals"],
+            on_fit_config_fn=lambda server_round: {**config, "server-round": server_round})
+        legacy = LegacyContext(context, ServerConfig(num_rounds=num_rounds,
+                                                     round_timeout=timeout), strategy)
+        thread, stop, ready = start_update_client_manager_thread(grid, legacy.client_manager)
+        ready.wait()
+        evaluate_fn(0, arrays)
+        try:
+            for server_round in range(1, num_rounds + 1):
+                log(INFO, "[ROUND %s] secure aggregation", server_round)
+                hospitals = wait_for_hospitals(grid, federation["min_hospitals"], timeout)
+                legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({
+                    WorkflowKey.CURRENT_ROUND: server_round,
+                    WorkflowKey.START_TIME: timeit.default_timer()})
+                legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+                    ndarrays_to_parameters([arrays[k].numpy() for k in keys]), keep_input=True)
+                self.workflow(len(hospitals), timeout)(grid, legacy)
+                arrays = _named(legacy.state.array_records[MAIN_PARAMS_RECORD], arrays)
+                self._evaluate(grid, server_round, arrays, evaluate_config, timeout)
+                evaluate_fn(server_round, arrays)
+        finally:
+            stop.set()
+            thread.join()
+        return arrays
+
+    def _evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord,
+                  config: ConfigRecord, timeout: float) -> None:
+        wait_for_hospitals(grid, self.federation["min_hospitals"], timeout)
+        messages = self.recorder.configure_evaluate(server_round, arrays, config, grid)
+        replies = grid.send_and_receive(messages, timeout=timeout)
+        self.recorder.aggregate_evaluate(server_round, replies)
+
+
+def _named(summed: ArrayRecord, current: ArrayRecord) -> ArrayRecord:
+    """The unmasked average as named weights of the global model's shapes and dtypes (the
+    current weights when the round produced no finite aggregate of those shapes)."""
+    averaged = parameters_to_ndarrays(compat.arrayrecord_to_parameters(summed, keep_input=True))
+    named = {}
+    for key, value in zip(current.keys(), averaged, strict=False):
+        old = current[key].numpy()
+        if len(averaged) != len(current) or value.shape != old.shape \
+                or not np.all(np.isfinite(value)):
+            log(WARNING, "secure aggregation gave no usable aggregate; weights unchanged")
+            return current
+        named[key] = Array(np.asarray(value, dtype=old.dtype))
+    return ArrayRecord(named)

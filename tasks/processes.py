@@ -1,0 +1,120 @@
+"""Processes spinefl starts (SuperLink, SuperNodes, `flwr run`): found, watched and stopped.
+
+Every command and test that starts a Flower process stops it and everything it
+started in turn (Flower's SuperExec, ServerApp and ClientApp processes, Ray
+workers), found through /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import suppress
+from pathlib import Path
+
+import httpx
+
+from tasks.errors import UserError
+
+# Flower's executables, installed beside the running Python.
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, stack = set(), [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def stop_tree(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """Stop a process and everything below it: SIGTERM, then SIGKILL after ``grace`` s."""
+    tree = descendants(process.pid) | {process.pid}
+    for pid in tree:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.2)
+    for pid in tree:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """The environment Flower's processes run in: their own Flower home (``FLWR_HOME``) and
+    this environment's executables first on PATH (SuperLink and SuperNode start Flower's
+    helper processes by name)."""
+    return {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+            "RAY_DISABLE_USAGE_STATS": "1", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+def wait_until_healthy(port: int, process: subprocess.Popen, timeout: float,
+                       scheme: str = "http") -> None:
+    """Return once a SuperLink answers ``/health`` on 127.0.0.1:``port``; RuntimeError if it
+    exits or stays silent for ``timeout`` s (``scheme`` https: TLS, certificate not checked,
+    as this only asks whether the process is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the SuperLink exited with status {process.returncode}")
+        try:
+            if httpx.get(f"{scheme}://127.0.0.1:{port}/health", timeout=0.5,
+                         verify=False).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the SuperLink did not answer on port {port} in {timeout:g} s")
+
+
+def run_in_foreground(command: list[str], env: dict[str, str], cwd: Path, what: str) -> None:
+    """Run a long-lived Flower process until it exits or this process is stopped (Ctrl-C,
+    SIGTERM), then stop it and everything it started; UserError when it failed by itself."""
+    process = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        status = process.wait()
+    except KeyboardInterrupt:
+        status = 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop_tree(process)
+    if status != 0:
+        raise UserError(f"{what} exited with status {status} (its log is above)")

@@ -1,0 +1,29 @@
+"""Find the Flower (and Ray) processes a test started, to show none is left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",
+                    "flwr-clientapp", "flwr-simulation", "spinefl", "raylet", "gcs_server",
+                    "ray::")
+
+
+def flower_processes(marker: Path) -> set[tuple[int, str]]:
+    """Live Flower, Ray or spinefl processes started for this test: their environment or
+    command line names ``marker`` (the test's folder, where the run's Flower home lives)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            environment = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        mentioned = str(marker).encode() in environment or str(marker) in command
+        if (state != "Z" and mentioned
+                and any(name in command for name in FLOWER_PROCESSES)):
+            found.add((int(entry.name), command.strip()))
+    return found
