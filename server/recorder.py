@@ -73,8 +73,7 @@ class HospitalRecorder(StrategyWrapper):
         reply; sampled hospitals with no reply at all are recorded as such."""
         replies = list(replies)
         sampled = self.sampled.pop(prefix, [])
-        answered = {reply.metadata.src_node_id for reply in replies}
-        silent = [node for node in sampled if node not in answered]
+        silent = self.silent(sampled, {reply.metadata.src_node_id for reply in replies})
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
@@ -84,9 +83,19 @@ class HospitalRecorder(StrategyWrapper):
                 continue
             for record in reply.content.metric_records.values():
                 self.record_metrics(server_round, node, prefix, dict(record))
-        for node in silent:
-            self.record_error(server_round, node, prefix, "no reply within the round timeout")
+        self.record_silent(server_round, silent, prefix, "no reply within the round timeout")
         return replies
+
+    @staticmethod
+    def silent(sampled: Iterable[int], answered: set[int]) -> list[int]:
+        """The sampled nodes that did not answer, in sampling order."""
+        return [node for node in sampled if node not in answered]
+
+    def record_silent(self, server_round: int, nodes: Iterable[int], prefix: str,
+                      reason: str) -> None:
+        """Record the same reason for every node that sent nothing usable."""
+        for node in nodes:
+            self.record_error(server_round, node, prefix, reason)
 
     def _sample(self, messages: Iterable[Message], prefix: str) -> list[Message]:
         messages = list(messages)

@@ -54,12 +54,12 @@ class _RecordedSum(LegacyFedAvg):
     def __init__(self, recorder: HospitalRecorder, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.recorder = recorder
-        self.sampled: set[int] = set()
+        self.sampled: list[int] = []
 
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         instructions = super().configure_fit(server_round, parameters, client_manager)
-        self.sampled = {proxy.node_id for proxy, _ in instructions}
+        self.sampled = [proxy.node_id for proxy, _ in instructions]
         return instructions
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
@@ -68,25 +68,26 @@ class _RecordedSum(LegacyFedAvg):
             self.recorder.record_metrics(server_round, proxy.node_id, "train", fit.metrics)
         for failure in failures:
             log(WARNING, "round %s: secure aggregation: %s", server_round, failure)
-        for node in self.sampled - {proxy.node_id for proxy, _ in results}:
-            self.recorder.record_error(server_round, node, "train",
-                                       "no masked update in secure aggregation (dropped out, "
-                                       "refused or failed; see the hospital's audit log)")
+        answered = {proxy.node_id for proxy, _ in results}
+        self.recorder.record_silent(server_round, self.recorder.silent(self.sampled, answered),
+                                    "train", "no masked update in secure aggregation (dropped "
+                                    "out, refused or failed; see the hospital's audit log)")
         return super().aggregate_fit(server_round, results, failures)
 
 
 class SecureAggregation:
     """Training rounds by SecAgg+, evaluation and recording as in ``Strategy.start``.
 
-    ``recorder`` wraps the Message-API strategy that evaluates and records; ``minimum``
-    hospitals must be connected for a round (waiting at most ``timeout`` s).
+    ``recorder`` wraps the Message-API strategy that evaluates and records;
+    ``federation.min_hospitals`` must be connected for a round (waiting at most the round
+    timeout).
     """
 
     def __init__(self, recorder: HospitalRecorder, federation: dict[str, Any]) -> None:
         self.recorder = recorder
         self.federation = federation
 
-    def workflow(self, hospitals: int, timeout: float) -> SecAggPlusWorkflow:
+    def workflow(self, timeout: float) -> SecAggPlusWorkflow:
         """Flower's SecAgg+ workflow: shares to every other sampled hospital, a
         ``secagg_threshold`` fraction of them needed to rebuild a dropped node's masks."""
         return SecAggPlusWorkflow(num_shares=1.0,
@@ -115,13 +116,13 @@ class SecureAggregation:
         try:
             for server_round in range(1, num_rounds + 1):
                 log(INFO, "[ROUND %s] secure aggregation", server_round)
-                hospitals = wait_for_hospitals(grid, federation["min_hospitals"], timeout)
+                wait_for_hospitals(grid, federation["min_hospitals"], timeout)
                 legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({
                     WorkflowKey.CURRENT_ROUND: server_round,
                     WorkflowKey.START_TIME: timeit.default_timer()})
                 legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
                     ndarrays_to_parameters([arrays[k].numpy() for k in keys]), keep_input=True)
-                self.workflow(len(hospitals), timeout)(grid, legacy)
+                self.workflow(timeout)(grid, legacy)
                 arrays = _named(legacy.state.array_records[MAIN_PARAMS_RECORD], arrays)
                 self._evaluate(grid, server_round, arrays, evaluate_config, timeout)
                 evaluate_fn(server_round, arrays)
@@ -142,12 +143,12 @@ def _named(summed: ArrayRecord, current: ArrayRecord) -> ArrayRecord:
     """The unmasked average as named weights of the global model's shapes and dtypes (the
     current weights when the round produced no finite aggregate of those shapes)."""
     averaged = parameters_to_ndarrays(compat.arrayrecord_to_parameters(summed, keep_input=True))
-    named = {}
-    for key, value in zip(current.keys(), averaged, strict=False):
-        old = current[key].numpy()
-        if len(averaged) != len(current) or value.shape != old.shape \
-                or not np.all(np.isfinite(value)):
-            log(WARNING, "secure aggregation gave no usable aggregate; weights unchanged")
-            return current
-        named[key] = Array(np.asarray(value, dtype=old.dtype))
-    return ArrayRecord(named)
+    old = {key: current[key].numpy() for key in current}
+    usable = len(averaged) == len(old) and all(
+        value.shape == before.shape and np.all(np.isfinite(value))
+        for value, before in zip(averaged, old.values(), strict=True))
+    if not usable:
+        log(WARNING, "secure aggregation gave no usable aggregate; weights unchanged")
+        return current
+    return ArrayRecord({key: Array(np.asarray(value, dtype=before.dtype))
+                        for (key, before), value in zip(old.items(), averaged, strict=True)})

@@ -81,18 +81,15 @@ def flower_env(home: Path) -> dict[str, str]:
             "RAY_DISABLE_USAGE_STATS": "1", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
-def wait_until_healthy(port: int, process: subprocess.Popen, timeout: float,
-                       scheme: str = "http") -> None:
-    """Return once a SuperLink answers ``/health`` on 127.0.0.1:``port``; RuntimeError if it
-    exits or stays silent for ``timeout`` s (``scheme`` https: TLS, certificate not checked,
-    as this only asks whether the process is up)."""
+def wait_until_healthy(port: int, process: subprocess.Popen, timeout: float) -> None:
+    """Return once a plain-HTTP SuperLink answers ``/health`` on 127.0.0.1:``port``;
+    RuntimeError if it exits or stays silent for ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the SuperLink exited with status {process.returncode}")
         try:
-            if httpx.get(f"{scheme}://127.0.0.1:{port}/health", timeout=0.5,
-                         verify=False).is_success:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success:
                 return
         except httpx.HTTPError:
             pass
