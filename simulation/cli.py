@@ -122,18 +122,23 @@ def simulate(
 def predict(
     model: Path = typer.Option(..., help="Checkpoint written by train (model.pt)."),
     input: Path = typer.Option(..., help="NIfTI/MHA file, or a folder of them or of DICOM."),
-    out: Path = typer.Option(..., help="Folder for the predicted masks."),
+    out: Path = typer.Option(..., help="Folder for the predictions (masks or JSON records)."),
     modality: str | None = typer.Option(None, help="CT, MR or XR; read from DICOM, else "
                                         "needed when the model takes several."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     force: bool = typer.Option(False, help="Overwrite existing predictions."),
+    centroids: Path | None = typer.Option(None, help="Folder of <stem>_ctd.json vertebra "
+                                          "centroids (e.g. a labelling model's predictions), "
+                                          "for disc grading."),
 ) -> None:
     """Run a trained model on new images; outputs keep each input's exact geometry."""
     from tasks.prediction import predict as run_prediction
 
     if modality is not None and modality not in ("CT", "MR", "XR"):
         raise UserError(f"--modality must be CT, MR or XR, got '{modality}'")
-    report = run_prediction(model, input, out, modality, device, force)
+    if centroids is not None and not centroids.is_dir():
+        raise UserError(f"{centroids}: --centroids must be a folder of <stem>_ctd.json files")
+    report = run_prediction(model, input, out, modality, device, force, centroids)
     _print_table("Predictions", report)
     failed = int((report.status == "failed").sum())
     if failed:

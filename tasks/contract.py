@@ -4,14 +4,15 @@ benchmarks stay generic: nothing outside ``tasks/<name>/`` names a task.
 A task is built from its validated settings (its ``[task]`` config keys), and
 knows how to build its network, its training data from a manifest, one pass
 of local training, evaluation to a flat dict of metrics, and prediction on one
-image. Everything it needs to rebuild itself is in ``settings``, which a
-checkpoint stores.
+image (an ``Output`` that writes itself: a mask, a centroid list, grades, angles).
+Everything it needs to rebuild itself is in ``settings``, which a checkpoint stores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import pandas as pd
@@ -32,12 +33,21 @@ class Evaluation:
     per_image: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
+class Output(Protocol):
+    """A task's prediction for one image."""
+
+    def save(self, path: Path) -> None:
+        """Write the prediction to ``path`` (named with the task's ``output_suffix``)."""
+        ...
+
+
 class Task(Protocol):
     """A spine task: model, data, loss, metrics and prediction behind one interface."""
 
     name: ClassVar[str]
     keys: ClassVar[tuple[Key, ...]]
     score: ClassVar[str]  # the evaluation metric that ranks models (higher is better)
+    output_suffix: ClassVar[str]  # what a prediction's file name ends with, e.g. '_pred.nii.gz'
     settings: dict[str, Any]
 
     def __init__(self, settings: Mapping[str, Any]) -> None: ...
@@ -75,8 +85,11 @@ class Task(Protocol):
         """Metrics on every row of ``manifest``, as predict would produce them."""
         ...
 
-    def predict(self, model: nn.Module, volume: Volume, device: torch.device) -> Volume:
-        """The task's output for one image, with the input's geometry."""
+    def predict(self, model: nn.Module, volume: Volume, device: torch.device,
+                centroids: list[dict[str, Any]] | None = None) -> Output:
+        """The task's output for one image (masks keep the input's geometry; points are in its
+        voxel coordinates). ``centroids``: the image's VerSe-style vertebra centroids, for tasks
+        that work per level (disc grading); other tasks ignore them."""
         ...
 
     def describe_output(self) -> dict[str, Any]:

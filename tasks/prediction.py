@@ -1,10 +1,14 @@
 """`spinefl predict`: run a checkpoint on images and write its outputs with their geometry.
 
 Inputs are a NIfTI/MHA file, a folder of them, or a folder of DICOM series.
-Each output is a NIfTI file with exactly its input's shape and affine; a
+Each output is named after its input with the task's suffix: a mask NIfTI
+with exactly its input's shape and affine (segmentation), or a JSON record in
+its input's voxel coordinates (centroids, grades, Cobb angles); a
 ``labels.json`` beside them says what the values mean, and ``predictions.csv``
 lists every input with what happened to it. A bad input is reported and
-skipped; the others go on.
+skipped; the others go on. Tasks that work per level (disc grading) take the
+vertebra centroids of each input from ``centroids`` (a folder of
+``<stem>_ctd.json`` files, e.g. a labelling model's predictions).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from rich.progress import track
 
@@ -22,14 +25,8 @@ from tasks.checkpoint import load_checkpoint
 from tasks.device import select_device
 from tasks.dicom import load_series, scan_folder
 from tasks.errors import UserError
-from tasks.imageio import (
-    ITK_SUFFIXES,
-    NIFTI_SUFFIXES,
-    Volume,
-    has_suffix,
-    load_image,
-    save_nifti,
-)
+from tasks.imageio import ITK_SUFFIXES, NIFTI_SUFFIXES, Volume, has_suffix, load_image
+from tasks.points import read_points
 
 
 @dataclass
@@ -39,6 +36,13 @@ class Input:
     name: str
     stem: str
     load: Callable[[], Volume]
+
+    def centroids(self, folder: Path | None) -> list[dict] | None:
+        """This input's centroid list from ``folder`` (``<stem>_ctd.json``), if one is there."""
+        if folder is None:
+            return None
+        path = folder / f"{self.stem}_ctd.json"
+        return read_points(path) if path.is_file() else None
 
 
 def _stem(path: Path) -> str:
@@ -66,7 +70,8 @@ def find_inputs(path: Path) -> Iterator[Input]:
 
 
 def predict(model_path: Path, input_path: Path, out: Path, modality: str | None = None,
-            device_name: str = "auto", force: bool = False) -> pd.DataFrame:
+            device_name: str = "auto", force: bool = False,
+            centroids: Path | None = None) -> pd.DataFrame:
     """Predict every input; return the report (input, output, status, reason)."""
     task, model, _ = load_checkpoint(model_path)
     device = select_device(device_name)
@@ -78,7 +83,7 @@ def predict(model_path: Path, input_path: Path, out: Path, modality: str | None 
     out.mkdir(parents=True, exist_ok=True)
     report = []
     for item in track(inputs, description="Predicting"):
-        target = out / f"{item.stem}_pred.nii.gz"
+        target = out / f"{item.stem}{task.output_suffix}"
         entry = {"input": item.name, "output": str(target), "status": "written", "reason": ""}
         if target.exists() and not force:
             entry.update(status="skipped", reason="output exists (pass --force to overwrite)")
@@ -91,8 +96,7 @@ def predict(model_path: Path, input_path: Path, out: Path, modality: str | None 
             if volume.modality is None:
                 raise UserError(f"{item.name}: pass --modality (this model takes "
                                 f"{', '.join(trained_on)})")
-            result = task.predict(model, volume, device)
-            save_nifti(result, target, np.int16 if result.array.dtype.kind in "iu" else None)
+            task.predict(model, volume, device, item.centroids(centroids)).save(target)
         except UserError as e:
             entry.update(status="failed", reason=str(e), output="")
         report.append(entry)

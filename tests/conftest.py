@@ -32,32 +32,53 @@ LEARNING_SCANNERS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """A segmentation model trained for at most two CPU minutes (a 1.8-minute budget) on 15 patients
-    (CT at two sites, MR T1/T2 at one); returns (manifest, run result)."""
-    from tasks.training import load_run_config, train
+XRAY_SCANNER = {"name": "xr-a", "modality": "XR", "views": ["AP"], "spacing": [1.2, 1.2, 1.2],
+                "noise": 0.03, "blur": 0.8}
 
-    root = tmp_path_factory.mktemp("learning")
+
+@pytest.fixture(scope="session")
+def tiny_xray(tmp_path_factory):
+    """Six patients' AP radiographs at one site, half of them scoliotic."""
+    config = cohort_config({"cohort": {"patients": 6, "seed": 5, "scoliosis_probability": 0.5},
+                            "scanner": [XRAY_SCANNER]}, "tiny radiographs")
+    return generate(config, tmp_path_factory.mktemp("tiny-xray"))
+
+
+@pytest.fixture(scope="session")
+def learning_cohort(tmp_path_factory):
+    """Fifteen patients: CT at two sites, MR T1/T2 at one (3 held-out test patients)."""
     config = cohort_config({"cohort": {"patients": 15, "seed": 21},
                             "scanner": LEARNING_SCANNERS}, "learning cohort")
-    manifest = generate(config, root / "phantoms")
-    run_config = root / "run.toml"
+    return generate(config, tmp_path_factory.mktemp("learning"))
+
+
+def train_for(manifest, folder, task_lines: str, train_lines: str):
+    """Train a task on ``manifest`` with ``spinefl train``'s code path; returns the run result."""
+    from tasks.training import load_run_config, train
+
+    run_config = folder / "run.toml"
     run_config.write_text(f"""
 [data]
-manifest = "{root / 'phantoms' / 'manifest.csv'}"
+manifest = "{manifest.root / 'manifest.csv'}"
 [task]
-name = "segmentation"
+{task_lines}
 [train]
-epochs = 60
-batch_size = 16
-lr = 0.002
-max_minutes = 1.8
-eval_every = 3
+{train_lines}
 [output]
-dir = "{root / 'run'}"
+dir = "{folder / 'run'}"
 """)
-    return manifest, train(load_run_config(run_config))
+    return train(load_run_config(run_config))
+
+
+@pytest.fixture(scope="session")
+def trained_run(learning_cohort, tmp_path_factory):
+    """A segmentation model trained for at most two CPU minutes (a 1.8-minute budget) on the
+    learning cohort; returns (manifest, run result)."""
+    result = train_for(learning_cohort, tmp_path_factory.mktemp("segmentation"),
+                       'name = "segmentation"',
+                       "epochs = 60\nbatch_size = 16\nlr = 0.002\nmax_minutes = 1.8\n"
+                       "eval_every = 3")
+    return learning_cohort, result
 
 
 @pytest.fixture

@@ -162,7 +162,11 @@ def aasce(root: Path) -> dict:
             pixels = rng.integers(0, 255, (60, 40)).astype(np.uint8)
             (root / "data" / subset).mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(root / "data" / subset / name)
-            points = np.concatenate([np.linspace(0.4, 0.6, 68), np.linspace(0.05, 0.95, 68)])
+            # 17 stacked bodies: corners top-left, top-right, bottom-left, bottom-right.
+            tops = 0.05 + 0.053 * np.arange(17)
+            xs = np.tile([0.35, 0.65, 0.35, 0.65], 17) + 0.01 * i
+            ys = np.repeat(tops, 4) + np.tile([0.0, 0.0, 0.04, 0.04], 17)
+            points = np.concatenate([xs, ys])
             landmarks.append(points)
             angles.append([10.5 + i, 24.0 + i, 7.25])
             expected[name] = {"landmarks": points, "angles": angles[-1]}

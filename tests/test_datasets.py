@@ -147,3 +147,42 @@ def test_prepared_dataset_trains(tmp_path):
     fixtures.spider(tmp_path / "spider")
     _prepare("spider", tmp_path / "spider", tmp_path / "out")
     assert_trains(tmp_path / "out" / "manifest.csv", tmp_path, 'modalities = ["MR"]')
+
+
+def test_adapters_feed_the_spine_tasks_as_prepared(tmp_path):
+    """VerSe centroids feed labelling, SPIDER and RSNA grades feed grading, AASCE corners and
+    angles feed Cobb: straight from the prepared manifests, no further step."""
+    from tasks.cobb import CobbTask
+    from tasks.cobb.landmarks import corner_target
+    from tasks.grading import GradingTask
+    from tasks.grading.dataset import row_discs
+    from tasks.labelling import LabellingTask
+    from tests.test_tasks import default_task
+
+    def prepared(name: str, make) -> Manifest:
+        make(tmp_path / name)
+        _prepare(name if name != "rsna" else "rsna2024", tmp_path / name, tmp_path / f"{name}-out")
+        return Manifest.load(tmp_path / f"{name}-out" / "manifest.csv")
+
+    verse = prepared("verse", fixtures.verse_synthetic)
+    labelling: LabellingTask = default_task("labelling")
+    row = labelling.select(verse).rows()[0]
+    truth = labelling.truth(verse, row, load_image(verse.path(row)))
+    assert len(truth) >= 2 and all(8 <= label <= 26 for label in truth)
+
+    grading: GradingTask = default_task("grading")
+    spider = prepared("spider", fixtures.spider)
+    discs = row_discs(spider, grading.select(spider).rows()[0], grading.settings)
+    assert discs and all(d.crop.shape == (3, 64, 48) for d in discs)
+    assert any(d.grade >= 0 for d in discs)
+    rsna = prepared("rsna", fixtures.rsna)
+    rows = grading.select(rsna).rows()
+    assert rows, "RSNA rows with keypoints and stenosis grades are graded"
+    discs = row_discs(rsna, rows[0], grading.settings)
+    assert discs and any(d.severity >= 0 for d in discs)
+
+    aasce = prepared("aasce2019", fixtures.aasce)
+    cobb: CobbTask = default_task("cobb")
+    row = cobb.select(aasce).rows()[0]
+    target = corner_target(aasce, row, load_image(aasce.path(row)))
+    assert target.array.max() == 1 and target.array.mean() > 0.01

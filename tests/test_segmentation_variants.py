@@ -50,7 +50,7 @@ def test_radiographs_train_and_predict_on_their_own_grid(xray_cohort):
     row = xray_cohort.rows()[0]
     image = load_image(xray_cohort.path(row))
     image.modality = "XR"
-    predicted = task.predict(model, image, torch.device("cpu"))
+    predicted = task.predict(model, image, torch.device("cpu")).volume
     assert predicted.array.shape == image.array.shape and predicted.array.ndim == 2
     np.testing.assert_array_equal(predicted.affine, image.affine)
 
@@ -66,7 +66,7 @@ def test_unet3d_with_level_classes_trains_and_predicts_with_sliding_windows(tiny
     row = task.select(tiny_cohort.select(split="test")).rows()[0]
     image = load_image(tiny_cohort.path(row))
     image.modality = row["modality"]
-    predicted = task.predict(model, image, torch.device("cpu"))
+    predicted = task.predict(model, image, torch.device("cpu")).volume
     assert predicted.array.shape == image.array.shape
     np.testing.assert_array_equal(predicted.affine, image.affine)
     assert set(np.unique(predicted.array)) <= set(task.table.values)

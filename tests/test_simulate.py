@@ -168,3 +168,29 @@ def test_dp_simulation_records_epsilon_and_a_refusing_hospital_lets_the_round_go
     assert f"hospital {small} refused to train" in summary
     assert "per patient at hospital" in summary
     assert (run / "report" / "epsilon_per_round.png").is_file()
+
+
+def test_a_grading_federation_trains_with_patient_level_dp(smoke, tmp_path):
+    """The tasks other than segmentation go through the same real Flower federation: disc
+    grading with DP-SGD at every hospital, two rounds; every hospital reports its grading
+    metrics and epsilon, and the report ranks models by the grading score."""
+    from tasks.config import validate
+    from tasks.grading import GradingTask
+
+    smoke["task"] = {"name": "grading",
+                     **validate({}, {"task": GradingTask.keys}, "grading")["task"]}
+    smoke["federation"].update({"local_steps": 2})
+    smoke["baselines"].update({"pooled": True, "local": False})
+    smoke["privacy"].update({"enabled": True, "noise_multiplier": 1.0})
+    results = simulate(smoke)
+    assert flower_processes(tmp_path) == set()
+    rounds = pd.read_csv(tmp_path / "run" / "federated" / "federated_metrics.csv")
+    assert set(rounds.hospital) == {"ct-a", "ct-c", "mr-b"}
+    last = rounds[rounds["round"] == 2]
+    assert last["val_pfirrmann_kappa"].notna().all()
+    assert (last["train_epsilon"] > 0).all()
+    assert set(results.model) == {"federated", "pooled"}
+    assert results["pfirrmann_accuracy"].between(0, 1).all()
+    task, _, payload = load_checkpoint(tmp_path / "run" / "federated" / "model.pt")
+    assert task.name == "grading" and payload["round"] == 2
+    assert "pfirrmann_kappa" in (tmp_path / "run" / "report" / "summary.md").read_text()

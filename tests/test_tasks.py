@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,7 @@ import torch
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.config import validate
 from tasks.imageio import Volume, load_image, reorient
+from tasks.points import read_points
 from tasks.registry import TASKS
 from tasks.segmentation.classes import class_table
 from tasks.segmentation.metric import segmentation_metrics
@@ -20,11 +24,20 @@ def default_task(name: str):
     return cls(validate({}, {"task": cls.keys}, "defaults")["task"])
 
 
+@pytest.fixture
+def cohort(request, tiny_cohort, tiny_xray):
+    """The tiny cohort that has rows for the task under test (radiographs for Cobb)."""
+    task = default_task(request.node.callspec.params["name"])
+    return tiny_xray if len(task.select(tiny_xray)) else tiny_cohort
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_task_trains_on_its_own_data_and_round_trips_a_checkpoint(name, tiny_cohort, tmp_path):
+def test_task_trains_on_its_own_data_and_round_trips_a_checkpoint(name, cohort, tmp_path):
+    tiny_cohort = cohort
     task = default_task(name)
     torch.manual_seed(0)
     model = task.build_model()
+    assert len(task.select(tiny_cohort.select(split="train"))) >= 2
     batches = task.train_data(tiny_cohort.select(split="train"), batch_size=4, seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = task.train_epoch(model, batches, optimizer, torch.device("cpu"), max_steps=3)
@@ -45,15 +58,46 @@ def test_task_trains_on_its_own_data_and_round_trips_a_checkpoint(name, tiny_coh
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_prediction_has_the_input_geometry(name, tiny_cohort):
+def test_patient_level_items_are_patients_and_take_a_real_dp_step(name, cohort):
+    """With per_patient, the loader's items are patients (the DP unit); one Opacus DP-SGD step
+    on them works for every task."""
+    from tasks.privacy import PrivateRound, compatible
+
+    task = default_task(name)
+    train = task.select(cohort.select(split="train"))
+    batches = task.train_data(train, batch_size=2, seed=0, per_patient=True)
+    assert len(batches.dataset) == train.table.patient_id.nunique()
+    model = compatible(task.build_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with PrivateRound(model, optimizer, batches, 1.0, 1.0, "hooks") as step:
+        result = task.train_epoch(step.model, step.batches, step.optimizer,
+                                  torch.device("cpu"), max_steps=1)
+    assert result["train_steps"] == 1
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_prediction_is_written_in_the_input_geometry(name, cohort, tmp_path):
+    """Masks keep the input's shape and affine; point records are in its voxel coordinates."""
     task = default_task(name)
     model = task.build_model()
-    for row in task.select(tiny_cohort).rows()[:3]:
-        volume = load_image(tiny_cohort.path(row))
+    for row in task.select(cohort).rows()[:2]:
+        volume = load_image(cohort.path(row))
         volume.modality = row["modality"]
-        result = task.predict(model, volume, torch.device("cpu"))
-        assert result.array.shape == volume.array.shape
-        np.testing.assert_array_equal(result.affine, volume.affine)
+        centroids = read_points(cohort.path(row, "centroids")) if row.get("centroids") else None
+        target = tmp_path / f"{row['patient_id']}{task.output_suffix}"
+        task.predict(model, volume, torch.device("cpu"), centroids).save(target)
+        if target.name.endswith(".nii.gz"):
+            result = load_image(target)
+            assert result.array.shape == volume.array.shape
+            np.testing.assert_allclose(result.affine, volume.affine, atol=1e-5)
+        else:
+            record = json.loads(target.read_text())
+            if isinstance(record, list):  # a VerSe centroid list, in the input's axes
+                assert record[0] == {"direction": list(nib.aff2axcodes(volume.affine))}
+            else:  # grades per disc level, or the Cobb angle and its vertebrae
+                assert record
 
 
 @pytest.mark.parametrize("orientation", ["RAS", "LPS", "PIR"])

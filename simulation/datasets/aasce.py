@@ -33,16 +33,15 @@ from simulation.datasets.common import (
     Prepared,
     finish,
     split_for,
-    write_keypoints,
 )
 from tasks.dicom import radiograph_affine
 from tasks.imageio import Volume, save_nifti
 from tasks.labels import VERTEBRA_NAMES
+from tasks.points import CORNERS, write_points
 
 NAME = "aasce2019"
 DESCRIPTION = "AASCE 2019 scoliosis AP radiographs (68 vertebra corners, three Cobb angles)"
 VERTEBRAE = [VERTEBRA_NAMES[v] for v in range(8, 25)]  # T1 .. L5
-CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 LANDMARKS = len(VERTEBRAE) * len(CORNERS)
 
 
@@ -98,7 +97,7 @@ def prepare(root: Path, out: Path) -> Path:
             affine = radiograph_affine(("L", "F"), (1.0, 1.0))
             save_nifti(Volume(pixels.T.copy(), affine), image, np.float32)
             keypoints = out / "keypoints" / subset / f"{stem}.json"
-            write_keypoints(landmark_points(points, width, height), affine, keypoints)
+            write_points(landmark_points(points, width, height), affine, keypoints)
             official = "test" if subset == "test" else None
             prepared.keep(item, "JPEG", {
                 "patient_id": patient, "study_id": patient, "series_id": stem,

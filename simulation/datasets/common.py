@@ -11,7 +11,6 @@ Nothing under ``--root`` is written to.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,15 +101,6 @@ def write_mask(mask: Volume, mapping: Callable[[int], int | None], path: Path) -
         mapped[source == value] = target
     save_nifti(Volume(mapped, mask.affine), path, np.int16)
     return unmapped
-
-
-def write_keypoints(points: list[dict], affine: np.ndarray, path: Path) -> None:
-    """Labelled points in voxel coordinates, with the image's axis codes first (as VerSe)."""
-    import nibabel as nib
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    codes = list(nib.aff2axcodes(affine))
-    path.write_text(json.dumps([{"direction": codes}, *points], indent=1))
 
 
 def finish(prepared: Prepared, name: str) -> Path:

@@ -30,11 +30,11 @@ from simulation.datasets.common import (
     Prepared,
     finish,
     split_for,
-    write_keypoints,
 )
 from tasks.dicom import SeriesError, build_volume, scan_folder, series_problem
 from tasks.imageio import save_nifti
 from tasks.manifest import RSNA_CONDITIONS, format_spacing
+from tasks.points import write_points
 
 NAME = "rsna2024"
 DESCRIPTION = "RSNA 2024 lumbar spine degenerative classification (MR DICOM, severities, points)"
@@ -128,7 +128,7 @@ def prepare(root: Path, out: Path) -> Path:
             if missing:
                 notes.append(f"{missing} labelled point(s) on instances not in the series")
             path = out / "keypoints" / study / f"{series}.json"
-            write_keypoints(listed, built.volume.affine, path)
+            write_points(listed, built.volume.affine, path)
             keypoints = prepared.relative(path)
         prepared.keep(item, "DICOM series", {
             "patient_id": patient, "study_id": study, "series_id": series, "modality": "MR",

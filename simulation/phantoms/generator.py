@@ -7,6 +7,7 @@ Layout of the output folder (every file inspectable)::
     P0001/ct.nii.gz          image (CT in HU; MR t1/t2; XR xr_ap/xr_lat)
     P0001/ct_mask.nii.gz     labels in the spinefl convention
     P0001/ct_ctd.json        VerSe-style centroids, voxel coordinates of the mask
+    P0001/xr_ap_corners.json vertebral body corners (T12/L1-L5) on the AP radiograph, pixels
 
 Each patient draws from its own random stream (seed, patient number), so a
 patient's images do not depend on how many others are generated.
@@ -14,24 +15,27 @@ patient's images do not depend on how many others are generated.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from rich.progress import track
 
-from simulation.phantoms.anatomy import Anatomy, sample_anatomy
+from simulation.phantoms.anatomy import SACRUM, Anatomy, sample_anatomy
 from simulation.phantoms.config import CohortConfig, Scanner
 from simulation.phantoms.imaging import acquire, ct_hu, mr_signal, project
 from simulation.phantoms.raster import Grid, grid_around, rasterize
 from tasks.errors import UserError
 from tasks.imageio import Volume, reorient, save_nifti
+from tasks.labels import VERTEBRA_NAMES
 from tasks.manifest import DISC_LEVELS, VERTEBRAE, Manifest, format_spacing, from_records
+from tasks.points import CORNERS, to_voxels, write_points
 
 CONFIG_FILE = "phantoms.json"
 _DISC_LEVEL = dict(zip(range(19, 25), DISC_LEVELS, strict=True))
+RSNA_LEVELS = DISC_LEVELS[1:]
 _VERTEBRA = dict(zip(range(19, 25), VERTEBRAE, strict=True))
 
 
@@ -74,22 +78,41 @@ def splits_of_patients(sites: list[Scanner], fractions: tuple[float, ...], seed:
 
 
 def centroids(anatomy: Anatomy, affine: np.ndarray) -> list[dict[str, Any]]:
-    """VerSe-style centroid list: a direction entry, then one entry per vertebra (voxel coords)."""
-    inverse = np.linalg.inv(affine)
-    entries: list[dict[str, Any]] = [{"direction": list(nib.aff2axcodes(affine))}]
+    """One VerSe-style centroid entry per vertebra, in voxel coordinates of ``affine``."""
+    voxels = to_voxels(np.array([pose.center for pose in anatomy.poses]), affine)
+    return [{"label": vertebra.label, "X": round(float(x), 3), "Y": round(float(y), 3),
+             "Z": round(float(z), 3)}
+            for vertebra, (x, y, z) in zip(anatomy.vertebrae, voxels, strict=True)]
+
+
+def body_corners(anatomy: Anatomy, affine: np.ndarray) -> list[dict[str, Any]]:
+    """The four corners of each vertebral body (sacrum excluded) on an AP projection whose
+    pixels ``affine`` maps, AASCE style: label, corner (top = superior endplate, left =
+    smaller X) and pixel coordinates X, Y."""
+    points: list[dict[str, Any]] = []
     for vertebra, pose in zip(anatomy.vertebrae, anatomy.poses, strict=True):
-        x, y, z = (inverse @ np.append(pose.center, 1.0))[:3]
-        entries.append({"label": vertebra.label, "X": round(float(x), 3),
-                        "Y": round(float(y), 3), "Z": round(float(z), 3)})
-    return entries
+        if vertebra.label == SACRUM:
+            continue
+        half_width = vertebra.a * pose.frame[:, 0]
+        half_height = vertebra.height / 2 * pose.frame[:, 2]
+        sides = (-half_width, half_width) if half_width[0] > 0 else (half_width, -half_width)
+        for corner, (side, height) in zip(CORNERS, itertools.product(
+                (half_height, -half_height), sides), strict=True):
+            x, y, _ = to_voxels((pose.center + side + height)[None], affine)[0]
+            points.append({"label": VERTEBRA_NAMES[vertebra.label], "corner": corner,
+                           "X": round(float(x), 3), "Y": round(float(y), 3)})
+    return points
 
 
 def patient_labels(anatomy: Anatomy) -> dict[str, str]:
-    """Manifest label columns for a patient: grades, herniations, fractures, Cobb, osteoporosis."""
+    """Manifest label columns for a patient: grades, stenosis, herniations, fractures, Cobb,
+    osteoporosis."""
     row = {"cobb_angle": f"{anatomy.cobb:.2f}", "osteoporosis": str(anatomy.osteoporosis).lower()}
     for disc in anatomy.discs:
         row[f"pfirrmann_{_DISC_LEVEL[disc.upper]}"] = str(disc.grade)
         row[f"herniation_{_DISC_LEVEL[disc.upper]}"] = str(disc.herniation > 0).lower()
+        if _DISC_LEVEL[disc.upper] in RSNA_LEVELS:
+            row[f"spinal_canal_stenosis_{_DISC_LEVEL[disc.upper]}"] = str(anatomy.stenosis(disc))
     for vertebra in anatomy.vertebrae:
         if vertebra.label in _VERTEBRA:
             row[f"fracture_{_VERTEBRA[vertebra.label]}"] = str(vertebra.fracture)
@@ -102,7 +125,7 @@ def _write_3d(folder: Path, stem: str, image: np.ndarray, labels: np.ndarray, gr
     mask = reorient(Volume(labels, grid.affine), scanner.orientation)
     save_nifti(stored, folder / f"{stem}.nii.gz", dtype)
     save_nifti(mask, folder / f"{stem}_mask.nii.gz", np.int16)
-    (folder / f"{stem}_ctd.json").write_text(json.dumps(centroids(anatomy, mask.affine)))
+    write_points(centroids(anatomy, mask.affine), mask.affine, folder / f"{stem}_ctd.json")
     return f"{stem}.nii.gz", f"{stem}_mask.nii.gz", f"{stem}_ctd.json"
 
 
@@ -159,11 +182,16 @@ def render_patient(index: int, scanner: Scanner, config: CohortConfig,
             image, label_map = project(hu, labels, axis, grid.spacing[axis])
             image = acquire(image, scanner.effects, rng)
             stem = f"xr_{view.lower()}"
-            save_nifti(_projection_volume(image, grid, axis), folder / f"{stem}.nii.gz", np.float32)
+            projection = _projection_volume(image, grid, axis)
+            save_nifti(projection, folder / f"{stem}.nii.gz", np.float32)
             save_nifti(_projection_volume(label_map, grid, axis), folder / f"{stem}_mask.nii.gz",
                        np.int16)
             detector = tuple(grid.spacing[i] for i in range(3) if i != axis)
             row("XR", "", view, (f"{stem}.nii.gz", f"{stem}_mask.nii.gz", ""), detector)
+            if view == "AP":
+                corners = body_corners(anatomy, projection.affine)
+                write_points(corners, projection.affine, folder / f"{stem}_corners.json")
+                rows[-1]["keypoints"] = f"{folder.name}/{stem}_corners.json"
     return rows
 
 

@@ -9,6 +9,8 @@ import numpy as np
 from tasks.labels import CANAL, STRUCTURES, disc_label, label_name, structure_of
 
 LEVEL_VERTEBRAE = (19, 20, 21, 22, 23, 24, 26)
+# T1-T12, L1-L5 and the sacrum: the vertebrae a labelling model names.
+NAMED_VERTEBRAE = (*range(8, 25), 26)
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class ClassTable:
 
 
 def class_table(scheme: str) -> ClassTable:
-    """The class table of a label scheme ('structures' or 'levels')."""
+    """The class table of a label scheme: 'structures' (vertebra, disc, canal), 'levels' (every
+    vertebra and disc level T12-S plus the canal) or 'vertebrae' (T1-L5 and the sacrum)."""
     lookup = np.zeros(256, dtype=np.int64)
     if scheme == "structures":
         for value in range(1, 256):
@@ -53,7 +56,10 @@ def class_table(scheme: str) -> ClassTable:
                 lookup[value] = STRUCTURES.index(structure) + 1
         names = ("background", *STRUCTURES)
         return ClassTable(names, (0, 1, 2, 3), names, lookup)
-    values = (*LEVEL_VERTEBRAE, *(disc_label(v) for v in LEVEL_VERTEBRAE[:-1]), CANAL)
+    if scheme == "vertebrae":
+        values: tuple[int, ...] = NAMED_VERTEBRAE
+    else:
+        values = (*LEVEL_VERTEBRAE, *(disc_label(v) for v in LEVEL_VERTEBRAE[:-1]), CANAL)
     for index, value in enumerate(values, start=1):
         lookup[value] = index
     names = ("background", *(label_name(v) for v in values))

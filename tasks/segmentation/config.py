@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tasks.config import Key
 
 
@@ -36,3 +38,9 @@ KEYS = (
     Key("augment", "bool", True, "Random intensity scale/shift, noise and flips in training."),
     Key("hd95", "bool", False, "Also report the 95th-percentile Hausdorff distance (mm; slower)."),
 )
+
+
+def network_keys(defaults: dict[str, object], names: tuple[str, ...]) -> tuple[Key, ...]:
+    """The segmentation keys ``names`` with other ``defaults``, for tasks built on its network."""
+    by_name = {key.name: key for key in KEYS}
+    return tuple(replace(by_name[n], default=defaults.get(n, by_name[n].default)) for n in names)

@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.imageio import load_image
+from tasks.imageio import Volume, load_image
 from tasks.manifest import Manifest
 from tasks.segmentation.classes import ClassTable
 from tasks.segmentation.transforms import Prepared, augmentation, prepare
 
+Target = Callable[[Manifest, dict[str, str], Volume], Volume]
+
+
+def mask_target(manifest: Manifest, row: dict[str, str], image: Volume) -> Volume:
+    """The training target of a row: its mask file."""
+    return load_image(manifest.path(row, "mask"))
+
 
 def prepare_rows(manifest: Manifest, settings: dict[str, Any], table: ClassTable,
+                 target: Target = mask_target,
                  description: str = "Preparing images") -> list[Prepared]:
-    """Every row's image and mask in network space (loaded once, kept in memory)."""
+    """Every row's image and target label map (its mask, unless ``target`` makes one from the
+    row and image) in network space, loaded once and kept in memory."""
     prepared = []
     for row in track(manifest.rows(), description=description, transient=True):
         image = load_image(manifest.path(row))
-        mask = load_image(manifest.path(row, "mask"))
-        prepared.append(prepare(image, row["modality"], settings, mask, table.to_classes))
+        labels = target(manifest, row, image)
+        prepared.append(prepare(image, row["modality"], settings, labels, table.to_classes))
     return prepared
 
 

@@ -19,6 +19,7 @@ from tasks.errors import UserError
 from tasks.imageio import Volume, load_image
 from tasks.labels import STRUCTURES
 from tasks.manifest import Manifest
+from tasks.outputs import MaskOutput
 from tasks.segmentation.classes import class_table
 from tasks.segmentation.config import KEYS
 from tasks.segmentation.dataset import prepare_rows, train_loader
@@ -35,6 +36,7 @@ class SegmentationTask:
     name: ClassVar[str] = "segmentation"
     keys: ClassVar[tuple[Key, ...]] = KEYS
     score: ClassVar[str] = "dice_mean"
+    output_suffix: ClassVar[str] = "_pred.nii.gz"
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
@@ -83,20 +85,26 @@ class SegmentationTask:
         return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
                 "train_steps": float(len(losses))}
 
-    def _classes(self, model: nn.Module, volume: Volume, modality: str,
-                 device: torch.device) -> np.ndarray:
+    def classes(self, model: nn.Module, volume: Volume, modality: str,
+                device: torch.device) -> np.ndarray:
+        """Predicted class indices on the input's own grid."""
         prepared = prepare(volume, modality, self.settings)
         scores = score_image(model, prepared.image, self.spatial_dims, self.divisor,
                              self.settings["patch_size"][: self.spatial_dims], device)
         return restore(scores, prepared)
 
-    def predict(self, model: nn.Module, volume: Volume, device: torch.device) -> Volume:
-        modality = volume.modality
-        if modality not in self.settings["modalities"]:
-            raise UserError(f"modality {modality!r} is not one this model was trained on "
-                             f"({', '.join(self.settings['modalities'])})")
-        classes = self._classes(model, volume, modality, device)
-        return Volume(self.table.to_values(classes), volume.affine, modality)
+    def check_modality(self, volume: Volume) -> str:
+        """The volume's modality, refused unless the model was trained on it."""
+        if volume.modality not in self.settings["modalities"]:
+            raise UserError(f"modality {volume.modality!r} is not one this model was trained "
+                            f"on ({', '.join(self.settings['modalities'])})")
+        return volume.modality
+
+    def predict(self, model: nn.Module, volume: Volume, device: torch.device,
+                centroids: list[dict[str, Any]] | None = None) -> MaskOutput:
+        modality = self.check_modality(volume)
+        classes = self.classes(model, volume, modality, device)
+        return MaskOutput(Volume(self.table.to_values(classes), volume.affine, modality))
 
     def evaluate(self, model: nn.Module, manifest: Manifest, device: torch.device) -> Evaluation:
         rows = []
@@ -104,7 +112,7 @@ class SegmentationTask:
             start = time.perf_counter()
             image = load_image(manifest.path(row))
             truth = self.table.to_classes(load_image(manifest.path(row, "mask")).array)
-            predicted = self._classes(model, image, row["modality"], device)
+            predicted = self.classes(model, image, row["modality"], device)
             metrics = segmentation_metrics(predicted, truth, self.table, image.spacing,
                                            self.settings["hd95"])
             rows.append({"patient_id": row["patient_id"], "image": row["image"],

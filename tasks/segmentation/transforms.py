@@ -26,13 +26,16 @@ class Prepared:
     ``image``: (1, X, Y, Z) for 3D or (1, U, V) for radiographs, float32;
     ``classes``: same spatial shape, int64 class indices (None without a mask);
     ``orientation``: the input's axis orientation (nibabel ornt); ``shape``: the
-    network-space grid's size before resampling, i.e. the input's in RAS order.
+    network-space grid's size before resampling, i.e. the input's in RAS order;
+    ``affine``: network-space index (x, y, z, 1) -> world mm, as the input's affine
+    (for a radiograph, index (u, v, 0, 1)).
     """
 
     image: torch.Tensor
     classes: torch.Tensor | None
     orientation: np.ndarray
     shape: tuple[int, ...]
+    affine: np.ndarray
 
 
 def intensity_transform(modality: str, ct_window: list[float]) -> mt.Transform:
@@ -65,6 +68,22 @@ def _canonical_spacing(volume: Volume, orientation: np.ndarray) -> tuple[float, 
     return tuple(spacing[int(axis)] for axis in np.argsort(orientation[:, 0]))
 
 
+def _network_affine(volume: Volume, canonical_shape: tuple[int, ...],
+                    size: tuple[int, ...]) -> np.ndarray:
+    """Index -> world affine of the resampled canonical grid (pixel centres kept aligned, as
+    linear resizing with align_corners=False does)."""
+    canonical = volume.affine
+    if not volume.is_projection:
+        current = nib.orientations.io_orientation(volume.affine)
+        transform = nib.orientations.ornt_transform(current, RAS)
+        canonical = volume.affine @ nib.orientations.inv_ornt_aff(transform, volume.array.shape)
+    scale = np.eye(4)
+    for axis, (before, after) in enumerate(zip(canonical_shape, size, strict=True)):
+        scale[axis, axis] = before / after
+        scale[axis, 3] = 0.5 * before / after - 0.5
+    return canonical @ scale
+
+
 def prepare(volume: Volume, modality: str, settings: dict[str, Any],
             mask: Volume | None = None, classes_of=None) -> Prepared:
     """Image (and mask, as class indices via ``classes_of``) in network space."""
@@ -83,7 +102,8 @@ def prepare(volume: Volume, modality: str, settings: dict[str, Any],
         mask_array, _ = _canonical(mask)
         values = torch.as_tensor(classes_of(np.ascontiguousarray(mask_array)))[None]
         classes = mt.Resize(size, mode="nearest")(values.float()).as_tensor()[0].long()
-    return Prepared(image, classes, orientation, tuple(array.shape))
+    return Prepared(image, classes, orientation, tuple(array.shape),
+                    _network_affine(volume, tuple(array.shape), size))
 
 
 def restore(scores: torch.Tensor, prepared: Prepared) -> np.ndarray:

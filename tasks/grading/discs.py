@@ -1,0 +1,67 @@
+"""Where each disc level is, in world mm, from whatever the data carry.
+
+In order of preference: a VerSe-style centroid list (a disc lies midway between
+the centroids of its two vertebrae), a mask (the same, from each vertebra
+label's centre), or RSNA keypoints (the mean of the series' points labelled with
+the level: the spinal canal point on sagittal T2, the left and right foramina on
+sagittal T1, whose mean is near the midline).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tasks.imageio import Volume, load_image
+from tasks.manifest import DISC_LEVELS, Manifest
+from tasks.points import read_points, to_world
+
+SACRUM = 26
+# Upper vertebra (VerSe value) of each disc level, T12/L1 (19) to L5/S1 (24).
+UPPER = dict(zip(DISC_LEVELS, range(19, 25), strict=True))
+
+
+def _lower(upper: int) -> int:
+    return SACRUM if upper == 24 else upper + 1
+
+
+def centres_between(vertebrae: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """Disc level -> midpoint of the world centroids of the level's two vertebrae."""
+    return {level: (vertebrae[upper] + vertebrae[_lower(upper)]) / 2
+            for level, upper in UPPER.items() if upper in vertebrae and _lower(upper) in vertebrae}
+
+
+def centres_from_centroids(points: list[dict[str, Any]], affine: np.ndarray
+                           ) -> dict[str, np.ndarray]:
+    """Disc centres from a centroid list in voxel coordinates of the image ``affine`` maps."""
+    labelled = [p for p in points if "label" in p]
+    world = to_world(labelled, affine)
+    return centres_between({int(p["label"]): world[i] for i, p in enumerate(labelled)})
+
+
+def _mask_vertebrae(mask: Volume) -> dict[int, np.ndarray]:
+    found = {}
+    for value in {*UPPER.values(), SACRUM}:
+        index = np.argwhere(mask.array == value)
+        if len(index):
+            found[value] = (mask.affine @ np.r_[index.mean(axis=0), 1.0])[:3]
+    return found
+
+
+def disc_centres(manifest: Manifest, row: dict[str, str], image: Volume
+                 ) -> dict[str, np.ndarray]:
+    """Disc level -> world centre for a manifest row (centroids, else mask, else keypoints)."""
+    if row.get("centroids"):
+        return centres_from_centroids(read_points(manifest.path(row, "centroids")),
+                                      image.affine)
+    if row.get("mask"):
+        return centres_between(_mask_vertebrae(load_image(manifest.path(row, "mask"))))
+    if row.get("keypoints"):
+        points = [p for p in read_points(manifest.path(row, "keypoints"))
+                  if p.get("level") in UPPER]
+        world = to_world(points, image.affine)
+        levels = [p["level"] for p in points]
+        return {level: world[[i for i, name in enumerate(levels) if name == level]].mean(axis=0)
+                for level in dict.fromkeys(levels)}
+    return {}

@@ -1,0 +1,186 @@
+"""The disc grading task: per disc level, Pfirrmann-like degeneration (1-5) and spinal canal
+stenosis as RSNA 2024 grades it (normal/mild, moderate, severe), from sagittal crops."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tasks.config import Key
+from tasks.contract import Evaluation
+from tasks.device import autocast
+from tasks.errors import UserError
+from tasks.grading.config import KEYS
+from tasks.grading.dataset import Disc, crops, disc_loader, prepare_discs, row_discs
+from tasks.grading.discs import centres_from_centroids
+from tasks.grading.loss import SEVERITY_WEIGHTS, grading_loss
+from tasks.grading.metric import (
+    accuracy,
+    any_severe_log_loss,
+    quadratic_kappa,
+    weighted_log_loss,
+)
+from tasks.grading.model import GRADES, SEVERITIES, build_network
+from tasks.imageio import Volume
+from tasks.manifest import Manifest
+from tasks.outputs import RecordOutput
+from tasks.points import to_voxels
+
+SEVERITY_NAMES = ("normal/mild", "moderate", "severe")
+
+
+class GradingTask:
+    """Grade every disc level: degeneration 1-5 and canal stenosis, with a MONAI DenseNet."""
+
+    name: ClassVar[str] = "grading"
+    keys: ClassVar[tuple[Key, ...]] = KEYS
+    score: ClassVar[str] = "pfirrmann_kappa"
+    output_suffix: ClassVar[str] = "_grades.json"
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = dict(settings)
+
+    def select(self, manifest: Manifest) -> Manifest:
+        """Rows of the task's modalities with disc positions (centroids, mask or keypoints)
+        and at least one Pfirrmann or canal stenosis label."""
+        table = manifest.select(modality=tuple(self.settings["modalities"])).table
+        located = np.zeros(len(table), dtype=bool)
+        for column in ("centroids", "mask", "keypoints"):
+            if column in table:
+                located |= (table[column] != "").to_numpy()
+        graded = [c for c in table.columns
+                  if c.startswith(("pfirrmann_", "spinal_canal_stenosis_"))]
+        labelled = (table[graded] != "").any(axis=1).to_numpy() if graded else located & False
+        return Manifest(table[located & labelled].reset_index(drop=True), manifest.root)
+
+    def build_model(self) -> nn.Module:
+        return build_network(self.settings)
+
+    def train_data(self, manifest: Manifest, batch_size: int, seed: int,
+                   per_patient: bool = False) -> DataLoader:
+        rows = self.select(manifest)
+        patients = list(rows.table.patient_id) if per_patient else None
+        return disc_loader(prepare_discs(rows, self.settings), self.settings, batch_size, seed,
+                           patients)
+
+    def train_epoch(self, model: nn.Module, batches: Iterable[Any],
+                    optimizer: torch.optim.Optimizer, device: torch.device,
+                    max_steps: int | None = None,
+                    penalty: Callable[[nn.Module], torch.Tensor] | None = None
+                    ) -> dict[str, float]:
+        model.train()
+        losses = []
+        for step, batch in enumerate(batches):
+            if max_steps is not None and step >= max_steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                logits = model(batch["image"].to(device))
+            loss = grading_loss(logits.float(), batch["grade"].to(device),
+                                batch["severity"].to(device))
+            if penalty is not None:
+                loss = loss + penalty(model)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "train_steps": float(len(losses))}
+
+    @torch.no_grad()
+    def probabilities(self, model: nn.Module, images: torch.Tensor, device: torch.device
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 5) Pfirrmann and (N, 3) stenosis probabilities of (N, 3, H, W) crops."""
+        model.eval()
+        with autocast(device):
+            logits = model(images.to(device)).float().cpu()
+        return (torch.softmax(logits[:, :GRADES], 1).numpy(),
+                torch.softmax(logits[:, GRADES:], 1).numpy())
+
+    def predict(self, model: nn.Module, volume: Volume, device: torch.device,
+                centroids: list[dict[str, Any]] | None = None) -> RecordOutput:
+        if volume.modality not in self.settings["modalities"]:
+            raise UserError(f"modality {volume.modality!r} is not one this model was trained "
+                            f"on ({', '.join(self.settings['modalities'])})")
+        if not centroids:
+            raise UserError("disc grading needs the image's vertebra centroids: pass "
+                            "--centroids with a <stem>_ctd.json for it (e.g. from a "
+                            "labelling model)")
+        centres = centres_from_centroids(centroids, volume.affine)
+        if not centres:
+            raise UserError("the centroids hold no two neighbouring vertebrae T12-S")
+        found = crops(volume, volume.modality, centres, self.settings)
+        grades, severities = self.probabilities(model, torch.stack(list(found.values())),
+                                                device)
+        record = {}
+        for i, level in enumerate(found):
+            x, y, z = to_voxels(centres[level][None], volume.affine)[0]
+            record[level] = {
+                "X": round(float(x), 2), "Y": round(float(y), 2), "Z": round(float(z), 2),
+                "pfirrmann": int(grades[i].argmax()) + 1,
+                "pfirrmann_probabilities": [round(float(p), 4) for p in grades[i]],
+                "spinal_canal_stenosis": SEVERITY_NAMES[int(severities[i].argmax())],
+                "spinal_canal_stenosis_probabilities": [round(float(p), 4)
+                                                        for p in severities[i]]}
+        return RecordOutput(record)
+
+    def evaluate(self, model: nn.Module, manifest: Manifest, device: torch.device) -> Evaluation:
+        rows, discs = [], []
+        for row in self.select(manifest).rows():
+            start = time.perf_counter()
+            found: list[Disc] = row_discs(manifest, row, self.settings)
+            if not found:
+                continue
+            grades, severities = self.probabilities(
+                model, torch.stack([d.crop for d in found]), device)
+            for d, g, s in zip(found, grades, severities, strict=True):
+                discs.append({"study": row["study_id"], "grade": d.grade,
+                              "severity": d.severity, "grade_p": g, "severity_p": s})
+            known = [(d.grade, int(g.argmax())) for d, g in zip(found, grades, strict=True)
+                     if d.grade >= 0]
+            rows.append({"patient_id": row["patient_id"], "image": row["image"],
+                         "modality": row["modality"], "site": row["site"],
+                         "discs": len(found), "pfirrmann_accuracy": float(
+                             np.mean([t == p for t, p in known])) if known else float("nan"),
+                         "seconds": time.perf_counter() - start})
+        return Evaluation(self._metrics(discs), pd.DataFrame(rows))
+
+    def _metrics(self, discs: list[dict[str, Any]]) -> dict[str, float]:
+        metrics = dict.fromkeys(self.metric_names(), float("nan"))
+        graded = [d for d in discs if d["grade"] >= 0]
+        if graded:
+            truth = np.array([d["grade"] for d in graded])
+            predicted = np.array([d["grade_p"].argmax() for d in graded])
+            metrics["pfirrmann_accuracy"] = accuracy(predicted, truth)
+            metrics["pfirrmann_kappa"] = quadratic_kappa(predicted, truth, GRADES)
+            metrics["pfirrmann_majority"] = float(np.bincount(truth).max() / len(truth))
+        stenosis = [d for d in discs if d["severity"] >= 0]
+        if stenosis:
+            truth = np.array([d["severity"] for d in stenosis])
+            probabilities = np.array([d["severity_p"] for d in stenosis])
+            metrics["stenosis_accuracy"] = accuracy(probabilities.argmax(1), truth)
+            metrics["stenosis_kappa"] = quadratic_kappa(probabilities.argmax(1), truth,
+                                                        SEVERITIES)
+            metrics["stenosis_log_loss"] = weighted_log_loss(probabilities, truth,
+                                                             SEVERITY_WEIGHTS)
+            metrics["stenosis_any_severe_log_loss"] = any_severe_log_loss(
+                probabilities[:, 2], np.array([d["study"] for d in stenosis]), truth)
+            metrics["stenosis_majority"] = float(np.bincount(truth).max() / len(truth))
+        return metrics
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("pfirrmann_kappa", "pfirrmann_accuracy", "pfirrmann_majority",
+                "stenosis_accuracy", "stenosis_kappa", "stenosis_log_loss",
+                "stenosis_any_severe_log_loss", "stenosis_majority")
+
+    def describe_output(self) -> dict[str, Any]:
+        return {"task": self.name, "format": "per disc level (t12_l1 ... l5_s1): its centre "
+                "X, Y, Z in voxel coordinates of the input, the Pfirrmann grade 1-5 and the "
+                "spinal canal stenosis (normal/mild, moderate, severe), each with its "
+                "probabilities"}

@@ -1,0 +1,33 @@
+"""What a task's prediction writes: a mask with its input's geometry, or a JSON record."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.imageio import Volume, save_nifti
+
+
+@dataclass
+class MaskOutput:
+    """A predicted label map on the input's grid (integers written as int16)."""
+
+    volume: Volume
+
+    def save(self, path: Path) -> None:
+        kind = self.volume.array.dtype.kind
+        save_nifti(self.volume, path, np.int16 if kind in "iu" else None)
+
+
+@dataclass
+class RecordOutput:
+    """A predicted record (centroid list, grades, angles) written as JSON."""
+
+    record: Any
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.record, indent=1))

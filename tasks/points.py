@@ -1,0 +1,59 @@
+"""Labelled point files: VerSe-style centroid lists and keypoint lists.
+
+A file is a JSON list whose first entry is ``{"direction": [axis codes]}``
+and whose other entries carry voxel coordinates ``X``, ``Y`` (and ``Z`` for
+3D images) of the image they belong to, plus labels (``label`` for a
+vertebra's VerSe value; ``level``, ``condition`` or ``corner`` for keypoints).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from tasks.errors import UserError
+
+AXES = ("X", "Y", "Z")
+# Vertebral body corners on an AP radiograph, in AASCE's order.
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+def write_points(points: list[dict[str, Any]], affine: np.ndarray, path: Path) -> None:
+    """Write labelled points (voxel coordinates of the image ``affine`` belongs to), with the
+    image's axis codes first, as VerSe does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    codes = list(nib.aff2axcodes(affine))
+    path.write_text(json.dumps([{"direction": codes}, *points], indent=1))
+
+
+def read_points(path: Path) -> list[dict[str, Any]]:
+    """The point entries of a centroid or keypoint file (the direction entry dropped)."""
+    try:
+        entries = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable point file ({e})") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise UserError(f"{path}: a point file is a JSON list of objects")
+    points = [e for e in entries if "direction" not in e]
+    for number, point in enumerate(points, start=1):
+        if not {"X", "Y"} <= set(point):
+            raise UserError(f"{path}: point {number} has no X and Y coordinates")
+    return points
+
+
+def to_world(points: list[dict[str, Any]], affine: np.ndarray) -> np.ndarray:
+    """(N, 3) world coordinates in mm of points given in voxel coordinates of an image.
+
+    A radiograph's points have X and Y only; its affine maps (X, Y, 0)."""
+    voxels = np.array([[float(p.get(a, 0.0)) for a in AXES] + [1.0] for p in points])
+    return (affine @ voxels.T).T[:, :3] if len(points) else np.zeros((0, 3))
+
+
+def to_voxels(world: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(N, 3) voxel coordinates of (N, 3) world points (the inverse of ``to_world``)."""
+    homogeneous = np.c_[world, np.ones(len(world))]
+    return (np.linalg.inv(affine) @ homogeneous.T).T[:, :3]
