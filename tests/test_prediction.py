@@ -85,3 +85,36 @@ def test_a_bad_file_in_a_batch_is_reported_and_the_rest_goes_on(trained_run, tmp
                     "--out", str(tmp_path / "out"), "--modality", "CT")
     assert "skipped" in set(pd.read_csv(tmp_path / "out" / "predictions.csv").status)
     assert again.returncode == 0
+
+
+def test_grading_predictions_take_the_centroids_a_labelling_model_writes(tiny_cohort, tmp_path):
+    """`spinefl predict` chains the tasks: a centroid folder (what labelling writes) gives the
+    grading model its disc levels; an image without centroids is reported, the rest written."""
+    import json
+    import shutil
+
+    from tasks.checkpoint import save_checkpoint
+    from tests.test_tasks import default_task
+
+    task = default_task("grading")
+    save_checkpoint(tmp_path / "grading.pt", task, task.build_model(), epoch=0)
+    images, centroids = tmp_path / "images", tmp_path / "ctd"
+    images.mkdir()
+    centroids.mkdir()
+    rows = tiny_cohort.select(modality="CT").rows()[:2]
+    for row in rows:
+        shutil.copy(tiny_cohort.path(row), images / f"{row['patient_id']}.nii.gz")
+    first = rows[0]["patient_id"]
+    shutil.copy(tiny_cohort.path(rows[0], "centroids"), centroids / f"{first}_ctd.json")
+    done = spinefl("predict", "--model", str(tmp_path / "grading.pt"), "--input", str(images),
+                   "--centroids", str(centroids), "--modality", "CT", "--out",
+                   str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    report = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    status = dict(zip(report.input.map(lambda p: p.split("/")[-1]), report.status, strict=True))
+    assert status == {f"{rows[0]['patient_id']}.nii.gz": "written",
+                      f"{rows[1]['patient_id']}.nii.gz": "failed"}
+    assert "--centroids" in report[report.status == "failed"].reason.iloc[0]
+    grades = json.loads((tmp_path / "out" / f"{rows[0]['patient_id']}_grades.json").read_text())
+    assert "l4_l5" in grades and 1 <= grades["l4_l5"]["pfirrmann"] <= 5
+    assert sum(grades["l4_l5"]["pfirrmann_probabilities"]) == pytest.approx(1, abs=1e-3)
