@@ -2,7 +2,7 @@
 
 Layout of the output folder (every file inspectable)::
 
-    phantoms.json            the validated cohort config that made it
+    phantoms.json            the validated cohort config that made it, and the generator version
     manifest.csv             one row per image (see docs/manifest.md)
     P0001/ct.nii.gz          image (CT in HU; MR t1/t2; XR xr_ap/xr_lat)
     P0001/ct_mask.nii.gz     labels in the spinefl convention
@@ -34,6 +34,9 @@ from tasks.manifest import DISC_LEVELS, VERTEBRAE, Manifest, format_spacing, fro
 from tasks.points import CORNERS, to_voxels, write_points
 
 CONFIG_FILE = "phantoms.json"
+# Raised whenever what the generator writes for a config changes (2: AP body corners, canal
+# stenosis columns, herniations up to 12 mm), so a folder made by an older one is not reused.
+GENERATOR_VERSION = 2
 _DISC_LEVEL = dict(zip(range(19, 25), DISC_LEVELS, strict=True))
 RSNA_LEVELS = DISC_LEVELS[1:]
 _VERTEBRA = dict(zip(range(19, 25), VERTEBRAE, strict=True))
@@ -201,7 +204,8 @@ def generate(config: CohortConfig, out: Path, force: bool = False) -> Manifest:
     An ``out`` already holding this exact cohort is left as it is; one holding
     anything else is refused unless ``force``.
     """
-    record = json.dumps(config.raw, indent=2, sort_keys=True)
+    record = json.dumps({**config.raw, "generator": GENERATOR_VERSION}, indent=2,
+                        sort_keys=True)
     manifest_path = out / "manifest.csv"
     if out.exists() and any(out.iterdir()):
         previous = out / CONFIG_FILE
