@@ -29,6 +29,7 @@ from tasks.grading.metric import (
 )
 from tasks.grading.model import GRADES, SEVERITIES, build_network
 from tasks.imageio import Volume
+from tasks.local_epoch import train_steps
 from tasks.manifest import Manifest
 from tasks.outputs import RecordOutput
 from tasks.points import to_voxels
@@ -75,23 +76,12 @@ class GradingTask:
                     max_steps: int | None = None,
                     penalty: Callable[[nn.Module], torch.Tensor] | None = None
                     ) -> dict[str, float]:
-        model.train()
-        losses = []
-        for step, batch in enumerate(batches):
-            if max_steps is not None and step >= max_steps:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                logits = model(batch["image"].to(device))
-            loss = grading_loss(logits.float(), batch["grade"].to(device),
+        def batch_loss(net: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            logits = net(batch["image"].to(device))
+            return grading_loss(logits.float(), batch["grade"].to(device),
                                 batch["severity"].to(device))
-            if penalty is not None:
-                loss = loss + penalty(model)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
-                "train_steps": float(len(losses))}
+
+        return train_steps(model, batches, optimizer, device, batch_loss, max_steps, penalty)
 
     @torch.no_grad()
     def probabilities(self, model: nn.Module, images: torch.Tensor, device: torch.device

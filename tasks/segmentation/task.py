@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader
 
 from tasks.config import Key
 from tasks.contract import Evaluation
-from tasks.device import autocast
 from tasks.errors import UserError
 from tasks.imageio import Volume, load_image
 from tasks.labels import STRUCTURES
+from tasks.local_epoch import train_steps
 from tasks.manifest import Manifest
 from tasks.outputs import MaskOutput
 from tasks.segmentation.classes import class_table
@@ -68,22 +68,11 @@ class SegmentationTask:
                     max_steps: int | None = None,
                     penalty: Callable[[nn.Module], torch.Tensor] | None = None
                     ) -> dict[str, float]:
-        model.train()
-        losses = []
-        for step, batch in enumerate(batches):
-            if max_steps is not None and step >= max_steps:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                logits = model(batch["image"].to(device))
-                loss = self.loss(logits.float(), batch["label"].to(device))
-            if penalty is not None:
-                loss = loss + penalty(model)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
-                "train_steps": float(len(losses))}
+        def batch_loss(net: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            logits = net(batch["image"].to(device))
+            return self.loss(logits.float(), batch["label"].to(device))
+
+        return train_steps(model, batches, optimizer, device, batch_loss, max_steps, penalty)
 
     def classes(self, model: nn.Module, volume: Volume, modality: str,
                 device: torch.device) -> np.ndarray:
