@@ -195,7 +195,8 @@ def train(config: dict[str, dict[str, Any]], force: bool = False,
                 evaluation = task.evaluate(model, val_rows, device)
                 row.update({f"val_{k}": v for k, v in evaluation.metrics.items()})
                 score = evaluation.metrics.get(task.score, float("nan"))
-                if not best or score > best.get(f"val_{task.score}", -np.inf):
+                # On a tie the later (longer trained) model wins.
+                if not best or score >= best.get(f"val_{task.score}", -np.inf):
                     best = dict(row)
                     save_checkpoint(out / "model.pt", task, model, epoch=epoch,
                                     metrics=evaluation.metrics)

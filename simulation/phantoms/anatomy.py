@@ -112,13 +112,14 @@ class Anatomy:
     poses: tuple[Pose, ...] = field(default=(), compare=False)
 
     def stenosis(self, disc: Disc) -> int:
-        """Canal stenosis at a disc level as RSNA grades it (0 normal/mild, 1 moderate,
-        2 severe): the herniation's intrusion into the canal's antero-posterior diameter,
-        under a third, up to two thirds, or more."""
+        """Canal stenosis at a disc level on RSNA's scale (0 normal/mild, 1 moderate,
+        2 severe), the phantoms' rule: the herniation's intrusion into the canal's
+        antero-posterior diameter under 30%, up to 40%, or more (phantom herniations
+        reach 21-47% of the diameter)."""
         if disc.herniation <= 0:
             return 0
         compromise = (disc.herniation + 1.0) / (2 * self.canal[1])
-        return 0 if compromise < 1 / 3 else 1 if compromise < 2 / 3 else 2
+        return 0 if compromise < 0.3 else 1 if compromise < 0.4 else 2
 
     def endplate_tilts(self) -> np.ndarray:
         """Coronal tilt (degrees) of each vertebra's endplates as seen on an AP view."""
@@ -153,7 +154,7 @@ def sample_anatomy(rng: np.random.Generator, cohort: CohortSettings) -> Anatomy:
         height = base * DISC_HEIGHT_BY_GRADE[grade] * rng.uniform(0.92, 1.08)
         herniation = 0.0
         if grade >= 3 and rng.random() < cohort.herniation_probability * (1 + level / 3):
-            herniation = rng.uniform(3.0, 12.0) * s
+            herniation = rng.uniform(3.0, 6.0) * s
         discs.append(Disc(upper.label, lower.label, height, grade, herniation))
 
     cobb = 0.0

@@ -34,8 +34,8 @@ from tasks.manifest import DISC_LEVELS, VERTEBRAE, Manifest, format_spacing, fro
 from tasks.points import CORNERS, to_voxels, write_points
 
 CONFIG_FILE = "phantoms.json"
-# Raised whenever what the generator writes for a config changes (2: AP body corners, canal
-# stenosis columns, herniations up to 12 mm), so a folder made by an older one is not reused.
+# Raised whenever what the generator writes for a config changes (2: AP body corners and
+# canal stenosis columns), so a folder made by an older one is not reused.
 GENERATOR_VERSION = 2
 _DISC_LEVEL = dict(zip(range(19, 25), DISC_LEVELS, strict=True))
 RSNA_LEVELS = DISC_LEVELS[1:]
