@@ -55,14 +55,15 @@ def main() -> None:
                       *(f"{row[m]:.3f}" for m in metrics))
     console.print(shown)
 
-    figure, axes = plt.subplots(1, len(metrics[:3]), figsize=(5 * len(metrics[:3]), 4))
-    for axis, metric in zip(list(getattr(axes, "flat", [axes])), metrics[:3], strict=True):
+    shown_metrics = metrics[:3]
+    figure, axes = plt.subplots(1, len(shown_metrics), figsize=(5 * len(shown_metrics), 4),
+                                squeeze=False)
+    for axis, metric in zip(axes[0], shown_metrics, strict=True):
         pivot = results.pivot_table(index="hospital", columns="model", values=metric)
         pivot[[m for m in MODELS if m in pivot]].plot.bar(ax=axis, rot=0, legend=False)
         axis.set(title=metric, xlabel="")
         axis.grid(axis="y", alpha=0.3)
-    axes_list = list(getattr(axes, "flat", [axes]))
-    axes_list[-1].legend(title="model", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[0, -1].legend(title="model", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(out / "report" / "all_metrics.png", dpi=100)
     console.print(f"Written: {out / 'report' / 'all_metrics.csv'}, "

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.config import Key
+from tasks.errors import UserError
 from tasks.imageio import Volume
 from tasks.manifest import Manifest
 
@@ -31,6 +32,14 @@ class Evaluation:
 
     metrics: dict[str, float]
     per_image: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def accepted_modality(volume: Volume, modalities: list[str]) -> str:
+    """The volume's modality, refused (one line) unless the model was trained on it."""
+    if volume.modality not in modalities:
+        raise UserError(f"modality {volume.modality!r} is not one this model was trained on "
+                        f"({', '.join(modalities)})")
+    return volume.modality
 
 
 class Output(Protocol):

@@ -18,6 +18,7 @@ VERTEBRA_NAMES: dict[int, str] = {
 }
 DISC_OFFSET = 100
 CANAL = 200
+SACRUM = 26
 
 STRUCTURES = ("vertebra", "disc", "canal")
 

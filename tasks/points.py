@@ -1,4 +1,5 @@
-"""Labelled point files: VerSe-style centroid lists and keypoint lists.
+"""Labelled points: VerSe-style centroid and keypoint files, and the centres of labelled
+regions of a label map.
 
 A file is a JSON list whose first entry is ``{"direction": [axis codes]}``
 and whose other entries carry voxel coordinates ``X``, ``Y`` (and ``Z`` for
@@ -14,6 +15,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from tasks.errors import UserError
 
@@ -57,3 +59,29 @@ def to_voxels(world: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """(N, 3) voxel coordinates of (N, 3) world points (the inverse of ``to_world``)."""
     homogeneous = np.c_[world, np.ones(len(world))]
     return (np.linalg.inv(affine) @ homogeneous.T).T[:, :3]
+
+
+def largest_parts(labels: np.ndarray, affine: np.ndarray, values: tuple[int, ...],
+                  min_voxels: float = 0.0) -> list[tuple[int, np.ndarray, int]]:
+    """(value, world centre of mass, voxels) of the largest connected part of each label value
+    in ``values``; values absent or smaller than ``min_voxels`` are left out."""
+    found = []
+    for value in values:
+        parts, count = ndimage.label(labels == value)
+        if count == 0:
+            continue
+        sizes = np.bincount(parts.ravel())[1:]
+        largest = int(np.argmax(sizes)) + 1
+        if sizes[largest - 1] < max(min_voxels, 1):
+            continue
+        index = np.array(ndimage.center_of_mass(parts == largest))
+        point = np.r_[index, np.zeros(3 - len(index)), 1.0]
+        found.append((value, (affine @ point)[:3], int(sizes[largest - 1])))
+    return found
+
+
+def label_centroids(labels: np.ndarray, affine: np.ndarray, values: tuple[int, ...],
+                    min_voxels: float = 0.0) -> dict[int, np.ndarray]:
+    """Value -> world centre of its largest part (see ``largest_parts``)."""
+    return {value: centre for value, centre, _ in largest_parts(labels, affine, values,
+                                                                min_voxels)}

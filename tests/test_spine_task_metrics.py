@@ -21,14 +21,9 @@ from tasks.grading.metric import (
     weighted_log_loss,
 )
 from tasks.imageio import load_image
-from tasks.labelling.centroids import (
-    centroid_list,
-    consecutive_labels,
-    label_centroids,
-    read_centroids,
-)
+from tasks.labelling.centroids import centroid_list, consecutive_labels, read_centroids
 from tasks.labelling.metric import identification, pool, rates
-from tasks.points import read_points
+from tasks.points import label_centroids, read_points
 
 
 def _point(z: float) -> np.ndarray:

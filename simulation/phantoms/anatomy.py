@@ -22,10 +22,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from tasks.labels import disc_label
-
-SACRUM = 26
-
+from tasks.labels import SACRUM, disc_label
 
 
 class Tissue(IntEnum):

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from tasks.imageio import Volume, load_image
+from tasks.labels import SACRUM
 from tasks.manifest import DISC_LEVELS, Manifest
-from tasks.points import read_points, to_world
+from tasks.points import label_centroids, read_points, to_world
 
-SACRUM = 26
 # Upper vertebra (VerSe value) of each disc level, T12/L1 (19) to L5/S1 (24).
 UPPER = dict(zip(DISC_LEVELS, range(19, 25), strict=True))
 
@@ -40,15 +40,6 @@ def centres_from_centroids(points: list[dict[str, Any]], affine: np.ndarray
     return centres_between({int(p["label"]): world[i] for i, p in enumerate(labelled)})
 
 
-def _mask_vertebrae(mask: Volume) -> dict[int, np.ndarray]:
-    found = {}
-    for value in {*UPPER.values(), SACRUM}:
-        index = np.argwhere(mask.array == value)
-        if len(index):
-            found[value] = (mask.affine @ np.r_[index.mean(axis=0), 1.0])[:3]
-    return found
-
-
 def disc_centres(manifest: Manifest, row: dict[str, str], image: Volume
                  ) -> dict[str, np.ndarray]:
     """Disc level -> world centre for a manifest row (centroids, else mask, else keypoints)."""
@@ -56,7 +47,9 @@ def disc_centres(manifest: Manifest, row: dict[str, str], image: Volume
         return centres_from_centroids(read_points(manifest.path(row, "centroids")),
                                       image.affine)
     if row.get("mask"):
-        return centres_between(_mask_vertebrae(load_image(manifest.path(row, "mask"))))
+        mask = load_image(manifest.path(row, "mask"))
+        return centres_between(label_centroids(mask.array, mask.affine,
+                                               (*UPPER.values(), SACRUM)))
     if row.get("keypoints"):
         points = [p for p in read_points(manifest.path(row, "keypoints"))
                   if p.get("level") in UPPER]

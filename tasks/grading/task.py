@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.config import Key
-from tasks.contract import Evaluation
+from tasks.contract import Evaluation, accepted_modality
 from tasks.device import autocast
 from tasks.errors import UserError
 from tasks.grading.config import KEYS
@@ -58,7 +58,8 @@ class GradingTask:
                 located |= (table[column] != "").to_numpy()
         graded = [c for c in table.columns
                   if c.startswith(("pfirrmann_", "spinal_canal_stenosis_"))]
-        labelled = (table[graded] != "").any(axis=1).to_numpy() if graded else located & False
+        labelled = ((table[graded] != "").any(axis=1).to_numpy() if graded
+                    else np.zeros(len(table), dtype=bool))
         return Manifest(table[located & labelled].reset_index(drop=True), manifest.root)
 
     def build_model(self) -> nn.Module:
@@ -95,9 +96,7 @@ class GradingTask:
 
     def predict(self, model: nn.Module, volume: Volume, device: torch.device,
                 centroids: list[dict[str, Any]] | None = None) -> RecordOutput:
-        if volume.modality not in self.settings["modalities"]:
-            raise UserError(f"modality {volume.modality!r} is not one this model was trained "
-                            f"on ({', '.join(self.settings['modalities'])})")
+        accepted_modality(volume, self.settings["modalities"])
         if not centroids:
             raise UserError("disc grading needs the image's vertebra centroids: pass "
                             "--centroids with a <stem>_ctd.json for it (e.g. from a "

@@ -7,38 +7,11 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from tasks.points import to_voxels, to_world
 from tasks.segmentation.classes import NAMED_VERTEBRAE
 
 Centroids = dict[int, np.ndarray]  # VerSe label -> world position in mm
-
-
-def largest_parts(labels: np.ndarray, affine: np.ndarray, values: tuple[int, ...],
-                  min_voxels: float = 0.0) -> list[tuple[int, np.ndarray, int]]:
-    """(value, world centre of mass, voxels) of the largest connected part of each label value
-    in ``values``; values absent or smaller than ``min_voxels`` are left out."""
-    found = []
-    for value in values:
-        parts, count = ndimage.label(labels == value)
-        if count == 0:
-            continue
-        sizes = np.bincount(parts.ravel())[1:]
-        largest = int(np.argmax(sizes)) + 1
-        if sizes[largest - 1] < max(min_voxels, 1):
-            continue
-        index = np.array(ndimage.center_of_mass(parts == largest))
-        point = np.r_[index, np.zeros(3 - len(index)), 1.0]
-        found.append((value, (affine @ point)[:3], int(sizes[largest - 1])))
-    return found
-
-
-def label_centroids(labels: np.ndarray, affine: np.ndarray, values: tuple[int, ...],
-                    min_voxels: float = 0.0) -> Centroids:
-    """Value -> world centre of its largest part (see ``largest_parts``)."""
-    return {value: centre for value, centre, _ in largest_parts(labels, affine, values,
-                                                                min_voxels)}
 
 
 def consecutive_labels(found: list[tuple[int, np.ndarray, int]],

@@ -20,21 +20,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.config import Key
-from tasks.contract import Evaluation
+from tasks.contract import Evaluation, accepted_modality
 from tasks.imageio import Volume, load_image
 from tasks.labelling.centroids import (
     Centroids,
     centroid_list,
     consecutive_labels,
-    label_centroids,
-    largest_parts,
     read_centroids,
 )
 from tasks.labelling.config import KEYS
 from tasks.labelling.metric import identification, pool, rates
 from tasks.manifest import Manifest
 from tasks.outputs import RecordOutput
-from tasks.points import read_points
+from tasks.points import label_centroids, largest_parts, read_points
 from tasks.segmentation.classes import NAMED_VERTEBRAE
 from tasks.segmentation.dataset import prepare_rows, train_loader
 from tasks.segmentation.inference import score_image
@@ -96,7 +94,7 @@ class LabellingTask:
 
     def predict(self, model: nn.Module, volume: Volume, device: torch.device,
                 centroids: list[dict[str, Any]] | None = None) -> RecordOutput:
-        modality = self.levels.check_modality(volume)
+        modality = accepted_modality(volume, self.settings["modalities"])
         found = self.centroids(model, volume, modality, device)
         return RecordOutput(centroid_list(found, volume.affine))
 

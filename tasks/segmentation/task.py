@@ -13,8 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.config import Key
-from tasks.contract import Evaluation
-from tasks.errors import UserError
+from tasks.contract import Evaluation, accepted_modality
 from tasks.imageio import Volume, load_image
 from tasks.labels import STRUCTURES
 from tasks.local_epoch import train_steps
@@ -82,16 +81,9 @@ class SegmentationTask:
                              self.settings["patch_size"][: self.spatial_dims], device)
         return restore(scores, prepared)
 
-    def check_modality(self, volume: Volume) -> str:
-        """The volume's modality, refused unless the model was trained on it."""
-        if volume.modality not in self.settings["modalities"]:
-            raise UserError(f"modality {volume.modality!r} is not one this model was trained "
-                            f"on ({', '.join(self.settings['modalities'])})")
-        return volume.modality
-
     def predict(self, model: nn.Module, volume: Volume, device: torch.device,
                 centroids: list[dict[str, Any]] | None = None) -> MaskOutput:
-        modality = self.check_modality(volume)
+        modality = accepted_modality(volume, self.settings["modalities"])
         classes = self.classes(model, volume, modality, device)
         return MaskOutput(Volume(self.table.to_values(classes), volume.affine, modality))
 

@@ -68,14 +68,13 @@ def _canonical_spacing(volume: Volume, orientation: np.ndarray) -> tuple[float, 
     return tuple(spacing[int(axis)] for axis in np.argsort(orientation[:, 0]))
 
 
-def _network_affine(volume: Volume, canonical_shape: tuple[int, ...],
+def _network_affine(volume: Volume, orientation: np.ndarray, canonical_shape: tuple[int, ...],
                     size: tuple[int, ...]) -> np.ndarray:
     """Index -> world affine of the resampled canonical grid (pixel centres kept aligned, as
     linear resizing with align_corners=False does)."""
     canonical = volume.affine
     if not volume.is_projection:
-        current = nib.orientations.io_orientation(volume.affine)
-        transform = nib.orientations.ornt_transform(current, RAS)
+        transform = nib.orientations.ornt_transform(orientation, RAS)
         canonical = volume.affine @ nib.orientations.inv_ornt_aff(transform, volume.array.shape)
     scale = np.eye(4)
     for axis, (before, after) in enumerate(zip(canonical_shape, size, strict=True)):
@@ -103,7 +102,7 @@ def prepare(volume: Volume, modality: str, settings: dict[str, Any],
         values = torch.as_tensor(classes_of(np.ascontiguousarray(mask_array)))[None]
         classes = mt.Resize(size, mode="nearest")(values.float()).as_tensor()[0].long()
     return Prepared(image, classes, orientation, tuple(array.shape),
-                    _network_affine(volume, tuple(array.shape), size))
+                    _network_affine(volume, orientation, tuple(array.shape), size))
 
 
 def restore(scores: torch.Tensor, prepared: Prepared) -> np.ndarray:
