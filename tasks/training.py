@@ -43,6 +43,7 @@ from tasks.privacy import (
     planned_noise,
 )
 from tasks.registry import TASKS, task_class
+from tasks.schedule import cosine_lr, run_share, set_lr
 
 RUN_KEYS: Schema = {
     "data": (
@@ -54,6 +55,10 @@ RUN_KEYS: Schema = {
         Key("batch_size", "int", 16, "Samples per step (with DP: expected patients per step).",
             minimum=1),
         Key("lr", "float", 1e-3, "Adam learning rate.", minimum=0.0),
+        Key("schedule", "str", "constant", "`constant` learning rate, or `cosine`: decayed to "
+            "0 along a half cosine over the run (epochs, or the time budget if that ends "
+            "first), so the last models are settled rather than the luck of one step.",
+            choices=("constant", "cosine")),
         Key("weight_decay", "float", 1e-5, "Adam weight decay.", minimum=0.0),
         Key("seed", "int", 0, "Seed of initialisation, sampling and augmentation."),
         Key("device", "str", "auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda`, "
@@ -186,6 +191,9 @@ def train(config: dict[str, dict[str, Any]], force: bool = False,
             else:
                 row.update(task.train_epoch(model, batches, optimizer, device))
             elapsed = time.perf_counter() - started
+            if run["schedule"] == "cosine":
+                share = run_share(epoch, run["epochs"], elapsed, 60 * run["max_minutes"])
+                set_lr(optimizer, cosine_lr(run["lr"], share))
             # Stop when one more epoch (at the mean pace so far, validation included)
             # would end past the budget.
             over_time = run["max_minutes"] > 0 and elapsed * (epoch + 1) / epoch > 60 * run[

@@ -21,9 +21,11 @@ from tasks.grading.metric import (
     weighted_log_loss,
 )
 from tasks.imageio import load_image
-from tasks.labelling.centroids import centroid_list, consecutive_labels, read_centroids
+from tasks.labelling.centroids import centroid_list, read_centroids
 from tasks.labelling.metric import identification, pool, rates
+from tasks.labelling.sequence import arc_lengths, decode, typical_step
 from tasks.points import label_centroids, read_points
+from tasks.segmentation.classes import NAMED_VERTEBRAE
 
 
 def _point(z: float) -> np.ndarray:
@@ -161,15 +163,62 @@ def test_phantom_body_corners_and_their_label_maps_give_the_true_cobb_angle(seed
                                                                  abs=0.01)
 
 
-def test_detections_are_named_as_one_consecutive_run():
-    def at(z):
-        return np.array([0.0, 0.0, float(z)])
+LUMBAR = (19, 20, 21, 22, 23, 24, 26)  # T12, L1-L5, sacrum
 
-    # Head to feet: T12 called L1 (a doubled L1), L2 missed, L3, L4, then two parts of L5.
-    found = [(20, at(100), 500), (20, at(70), 900), (22, at(10), 900), (23, at(-20), 900),
-             (24, at(-50), 900), (24, at(-55), 100), (26, at(-85), 2000)]
-    named = consecutive_labels(found)
-    assert sorted(named) == [19, 20, 22, 23, 24, 26]
-    np.testing.assert_allclose(named[19], at(100))
-    np.testing.assert_allclose(named[24], at(-50.5))
-    assert consecutive_labels([]) == {}
+
+def _spine(called: tuple[int, ...] = LUMBAR, tilt: float = 0.0
+           ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """Level probabilities (one-hot, NAMED_VERTEBRAE order) of a straight spine on a 4 mm
+    grid, tilted by ``tilt`` degrees towards +y: 28 mm vertebrae (the sacrum 48 mm) with
+    8 mm discs, each vertebra called ``called[i]`` (0: missed). Returns the levels, the
+    grid's affine and each true vertebra's world centre."""
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    x, y, z = np.meshgrid(*(np.arange(n) * 4.0 for n in (20, 60, 80)), indexing="ij")
+    angle = np.radians(tilt)
+    axis = np.array([0.0, np.sin(angle), -np.cos(angle)])  # head to feet
+    top = np.array([40.0, 120.0 - 140.0 * np.sin(angle), 300.0])
+    rel = np.stack([x, y, z], axis=-1) - top
+    along = rel @ axis
+    across = np.linalg.norm(rel - along[..., None] * axis, axis=-1)
+    levels = np.zeros((len(NAMED_VERTEBRAE), *x.shape))
+    centres = {}
+    start = 0.0
+    for true, call in zip(LUMBAR, called, strict=True):
+        height = 48.0 if true == 26 else 28.0
+        inside = (along >= start) & (along < start + height) & (across < 22.0)
+        if call:
+            levels[NAMED_VERTEBRAE.index(call)][inside] = 1.0
+        centres[true] = top + (start + height / 2) * axis
+        start += height + 8.0
+    return levels, affine, centres
+
+
+@pytest.mark.parametrize("tilt", [0.0, 30.0])
+def test_decoding_names_a_clean_prediction_at_its_centres(tilt):
+    levels, affine, centres = _spine(tilt=tilt)
+    found = decode(levels, NAMED_VERTEBRAE, affine, min_voxels=16)
+    assert sorted(found) == sorted(centres)
+    for label, centre in centres.items():
+        assert np.linalg.norm(found[label] - centre) < 3.0, (label, found[label], centre)
+
+
+@pytest.mark.parametrize("tilt", [0.0, 30.0])
+def test_decoding_counts_from_the_sacrum_when_the_network_misnames_the_top(tilt):
+    # T12 called L1, L1 and L2 both called L2 (one region over two vertebrae), L4 missed.
+    levels, affine, centres = _spine((20, 21, 21, 22, 0, 24, 26), tilt)
+    found = decode(levels, NAMED_VERTEBRAE, affine, min_voxels=16)
+    assert sorted(found) == [19, 20, 21, 22, 24, 26]
+    for label in found:
+        assert np.linalg.norm(found[label] - centres[label]) < 6.0, label
+    assert decode(np.zeros_like(levels), NAMED_VERTEBRAE, affine) == {}
+
+
+def test_spine_step_and_arc_length():
+    period = np.tile([1.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 3.0, 1.0], 8)
+    assert typical_step(period, 4.0) == pytest.approx(9.0, abs=0.3)
+    assert typical_step(period[:20], 4.0) is None
+    # A straight line of voxels 45 degrees off the axis: arc length is distance along it.
+    index = np.array([[5.0, k, 20.0 - k] for k in range(15)])
+    arc = arc_lengths(index, np.ones(len(index)), np.diag([2.0, 2.0, 2.0, 1.0]))
+    np.testing.assert_allclose(arc - arc[0], np.arange(15) * 2.0 * np.sqrt(2.0), atol=1e-6)
+

@@ -25,18 +25,18 @@ def _held_out(manifest, result):
     return task.evaluate(model, test, CPU)
 
 
-def test_labelling_names_most_vertebrae_of_held_out_ct(learning_cohort, tmp_path):
-    """Two CPU minutes of training identify most held-out CT vertebrae. The issue's target,
-    0.9, is not reached reliably at this budget: six runs gave 0.57-1.0 (see issue 7's
-    note); this asserts the floor all of them held."""
+def test_labelling_identifies_nine_in_ten_held_out_ct_vertebrae(learning_cohort, tmp_path):
+    """80 epochs (a fixed count with a cosine schedule, so every machine trains the same
+    model; about 2.5 CPU minutes here) identify at least 90% of the held-out CT vertebrae,
+    VerSe's way (right label, within 20 mm)."""
     result = train_for(learning_cohort, tmp_path, """name = "labelling"
-modalities = ["CT", "MR"]""", "epochs = 200\nbatch_size = 2\nlr = 0.005\nmax_minutes = 2.0\n"
-                       "eval_every = 5")
+modalities = ["CT", "MR"]""", "epochs = 80\nbatch_size = 2\nlr = 0.005\nschedule = \"cosine\"\n"
+                       "eval_every = 10")
     evaluation = _held_out(learning_cohort, result)
     ct = evaluation.per_image[evaluation.per_image.modality == "CT"]
     assert len(ct) >= 2 and ct.vertebrae.sum() >= 12
-    assert ct.identified.sum() / ct.vertebrae.sum() >= 0.5, ct.to_string()
-    assert ct.distance_sum.sum() / ct.matched.sum() < 20.0
+    assert ct.identified.sum() / ct.vertebrae.sum() >= 0.9, ct.to_string()
+    assert ct.distance_sum.sum() / ct.matched.sum() < 12.0, ct.to_string()
 
 
 def test_grading_beats_the_majority_class_on_held_out_discs(tmp_path):

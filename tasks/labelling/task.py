@@ -1,10 +1,11 @@
-"""The labelling task: a 3D U-Net segments each vertebra level at coarse resolution, whole
-spine in view; each level's largest predicted part is a vertebra, and these are named as one
-run of consecutive vertebrae that agrees with the network's labels most.
+"""The labelling task: a 3D U-Net scores each vertebra level at coarse resolution, whole
+spine in view; the scores, read along the spine, are decoded into one run of consecutive
+vertebrae (tasks/labelling/sequence.py) whose centroids are the output.
 
-The network sees the whole lumbar spine in one patch (4 mm voxels by default), so
-it can count levels from the sacrum; centroids are read off the network-space
-label map and written in the input's voxel coordinates, VerSe style.
+The network sees the whole lumbar spine in one patch (4 mm voxels by default) and is
+trained with random shifts and rescaling, so it names levels by counting from the sacrum,
+not by where they sit in the patch; centroids are written in the input's voxel
+coordinates, VerSe style.
 """
 
 from __future__ import annotations
@@ -22,17 +23,13 @@ from torch.utils.data import DataLoader
 from tasks.config import Key
 from tasks.contract import Evaluation, accepted_modality
 from tasks.imageio import Volume, load_image
-from tasks.labelling.centroids import (
-    Centroids,
-    centroid_list,
-    consecutive_labels,
-    read_centroids,
-)
+from tasks.labelling.centroids import Centroids, centroid_list, read_centroids
 from tasks.labelling.config import KEYS
 from tasks.labelling.metric import identification, pool, rates
+from tasks.labelling.sequence import decode
 from tasks.manifest import Manifest
 from tasks.outputs import RecordOutput
-from tasks.points import label_centroids, largest_parts, read_points
+from tasks.points import label_centroids, read_points
 from tasks.segmentation.classes import NAMED_VERTEBRAE
 from tasks.segmentation.dataset import prepare_rows, train_loader
 from tasks.segmentation.inference import score_image
@@ -80,10 +77,9 @@ class LabellingTask:
         prepared = prepare(volume, modality, self.levels.settings)
         scores = score_image(model, prepared.image, 3, self.levels.divisor,
                              self.settings["patch_size"], device)
-        classes = self.levels.table.to_values(scores.argmax(0).numpy())
         voxel = float(np.prod(self.settings["spacing"]))
-        return consecutive_labels(largest_parts(classes, prepared.affine, NAMED_VERTEBRAE,
-                                                self.settings["min_volume"] / voxel))
+        return decode(scores[1:].numpy(), self.levels.table.values[1:], prepared.affine,
+                      self.settings["min_volume"] / voxel)
 
     def truth(self, manifest: Manifest, row: dict[str, str], image: Volume) -> Centroids:
         """Ground-truth centroids: the row's centroid file, else each mask label's centre."""

@@ -36,6 +36,11 @@ KEYS = (
     Key("patch_size", "list[int]", [96, 96, 64], "Training patch (2D uses the first two).",
         length=3, minimum=16),
     Key("augment", "bool", True, "Random intensity scale/shift, noise and flips in training."),
+    Key("shift", "list[float]", [0.0, 0.0, 0.0], "Largest random translation (mm per axis) "
+        "of a training sample within its patch; keeps a network that sees whole spines from "
+        "naming structures by where they sit in the patch.", length=3, minimum=0.0),
+    Key("zoom", "float", 0.0, "Largest random rescaling of a training sample (0.15: "
+        "0.85-1.15 times), for patients of other sizes.", minimum=0.0),
     Key("hd95", "bool", False, "Also report the 95th-percentile Hausdorff distance (mm; slower)."),
 )
 

@@ -45,11 +45,14 @@ class SampleDataset(Dataset):
     """Training samples: every axial slice (2D; a radiograph is one slice) or one random patch
     per image (3D). Items are {'image': (1, *patch), 'label': (1, *patch)}."""
 
-    def __init__(self, prepared: list[Prepared], spatial_dims: int, patch: list[int],
-                 augment: bool) -> None:
+    def __init__(self, prepared: list[Prepared], spatial_dims: int, settings: dict[str, Any]
+                 ) -> None:
         self.prepared = prepared
         self.spatial_dims = spatial_dims
-        self.transform = augmentation(tuple(patch[:spatial_dims]), augment)
+        shift = [mm / s for mm, s in zip(settings["shift"], settings["spacing"], strict=True)]
+        self.transform = augmentation(tuple(settings["patch_size"][:spatial_dims]),
+                                      settings["augment"], tuple(shift[:spatial_dims]),
+                                      settings["zoom"])
         self.index = [(i, z) for i, p in enumerate(prepared)
                       for z in range(_slices(p, spatial_dims))]
 
@@ -98,7 +101,7 @@ def train_loader(prepared: list[Prepared], settings: dict[str, Any], batch_size:
     samples (``PatientDataset``), for patient-level DP.
     """
     spatial_dims = 2 if settings["network"] == "unet2d" else 3
-    dataset = SampleDataset(prepared, spatial_dims, settings["patch_size"], settings["augment"])
+    dataset = SampleDataset(prepared, spatial_dims, settings)
     dataset.transform.set_random_state(seed=seed)
     if patients is not None:
         per_patient = PatientDataset(dataset, patients, seed)

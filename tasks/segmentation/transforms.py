@@ -116,13 +116,20 @@ def restore(scores: torch.Tensor, prepared: Prepared) -> np.ndarray:
     return np.ascontiguousarray(nib.orientations.apply_orientation(classes, back))
 
 
-def augmentation(patch: tuple[int, ...], augment: bool) -> mt.Compose:
-    """Training transforms on {'image': (1, *S), 'label': (1, *S)}: pad, random crop, then
-    (if ``augment``) random flips, intensity scale/shift and noise."""
+def augmentation(patch: tuple[int, ...], augment: bool,
+                 shift: tuple[float, ...] = (), zoom: float = 0.0) -> mt.Compose:
+    """Training transforms on {'image': (1, *S), 'label': (1, *S)}: pad, random crop, then a
+    random translation by up to ``shift`` voxels per axis and rescaling by up to ``zoom``
+    (e.g. 0.15: 0.85-1.15x) where either is set, then (if ``augment``) random flips,
+    intensity scale/shift and noise."""
     steps: list[mt.Transform] = [
         mt.SpatialPadd(["image", "label"], patch),
         mt.RandSpatialCropd(["image", "label"], patch, random_size=False),
     ]
+    if any(shift) or zoom:
+        steps.append(mt.RandAffined(["image", "label"], prob=1.0, translate_range=shift,
+                                    scale_range=(zoom,) * len(patch),
+                                    mode=("bilinear", "nearest"), padding_mode="zeros"))
     if augment:
         steps += [
             mt.RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
