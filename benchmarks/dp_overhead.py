@@ -24,10 +24,11 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from client.privacy import PrivateRound  # noqa: E402
+from client.trainer import LocalTrainer  # noqa: E402
 from tasks.device import select_device  # noqa: E402
-from tasks.privacy import GRAD_SAMPLE_MODES, PrivateRound, compatible  # noqa: E402
 from tasks.registry import task_class  # noqa: E402
-from tasks.training import load_run_config  # noqa: E402
+from tasks.run_config import GRAD_SAMPLE_MODES, load_run_config  # noqa: E402
 
 
 class Slices(torch.utils.data.Dataset):
@@ -52,10 +53,11 @@ def seconds_per_step(task, loader, device, steps: int, mode: str | None,
                      channels_last: bool = False) -> float:
     """Median seconds of one training step, after two warm-up steps."""
     torch.manual_seed(0)
-    model = compatible(task.build_model()).to(device)
+    model = task.build_model().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    trainer = LocalTrainer(task, model, {"lr": 1e-3, "schedule": "constant", "weight_decay": 0.0},
+                           device, run_epochs=1)
     times: list[float] = []
 
     def run(private_model, batches, private_optimizer) -> None:
@@ -66,7 +68,7 @@ def seconds_per_step(task, loader, device, steps: int, mode: str | None,
                     batch = {**batch, "image": batch["image"].contiguous(
                         memory_format=torch.channels_last)}
                 start = time.perf_counter()
-                task.train_epoch(private_model, [batch], private_optimizer, device)
+                trainer.steps(private_model, private_optimizer, [batch], None, None)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 if done >= 2:
@@ -76,9 +78,9 @@ def seconds_per_step(task, loader, device, steps: int, mode: str | None,
                     return
 
     if mode is None:
-        run(model, loader, optimizer)
+        run(model, loader, trainer.optimizer)
     else:
-        with PrivateRound(model, optimizer, loader, 1.0, 1.0, mode) as private:
+        with PrivateRound(model, trainer.optimizer, loader, 1.0, 1.0, mode) as private:
             run(private.model, private.batches, private.optimizer)
     return sorted(times)[len(times) // 2]
 

@@ -33,8 +33,9 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from simulation.config import load_simulation  # noqa: E402
 from simulation.report import markdown_table  # noqa: E402
-from simulation.simulate import load_simulation, simulate  # noqa: E402
+from simulation.simulate import simulate  # noqa: E402
 
 EPSILONS = (8.0, 4.0, 1.0)
 

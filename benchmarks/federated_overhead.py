@@ -21,13 +21,15 @@ import tomli_w
 import torch
 from rich.console import Console
 
+from client.trainer import LocalTrainer
 from simulation.federation import run_federated
 from simulation.phantoms.config import load_cohort_config
 from simulation.phantoms.generator import generate
 from simulation.simulate import split_hospitals
 from tasks.config import validate
+from tasks.evaluation import evaluate
 from tasks.registry import task_class
-from tasks.training import RUN_KEYS
+from tasks.run_config import RUN_KEYS
 
 
 def main() -> None:
@@ -60,13 +62,12 @@ def main() -> None:
     device = torch.device("cpu")
     compute = 0.0
     for _, hospital in hospitals:
-        model = task.build_model()
-        optimizer = torch.optim.Adam(model.parameters(), lr=train["lr"])
+        trainer = LocalTrainer(task, task.build_model(), train, device, run_epochs=1)
         batches = task.train_data(hospital.select(split="train"), train["batch_size"], 0)
-        task.train_epoch(model, batches, optimizer, device, max_steps=2)  # warm-up
+        trainer.fit(batches, 1, max_steps=2)  # warm-up
         started = time.perf_counter()
-        task.train_epoch(model, batches, optimizer, device, max_steps=args.steps)
-        task.evaluate(model, task.select(hospital.select(split="val")), device)
+        trainer.fit(batches, 1, max_steps=args.steps)
+        evaluate(task, trainer.model, task.select(hospital.select(split="val")), device)
         compute += time.perf_counter() - started
 
     table = pd.DataFrame([{"federated round (s)": round(federated, 2),

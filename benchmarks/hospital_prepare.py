@@ -27,8 +27,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.imageio import Volume  # noqa: E402
 from tests.dicom_series import write_series  # noqa: E402
+
+from tasks.imageio import Volume  # noqa: E402
 
 
 def build_export(folder: Path, series: int, slices: int) -> int:

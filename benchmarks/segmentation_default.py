@@ -21,10 +21,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from client.training import train
 from simulation.phantoms.config import load_cohort_config
 from simulation.phantoms.generator import generate
 from tasks.checkpoint import load_checkpoint
-from tasks.training import load_run_config, train
+from tasks.evaluation import evaluate
+from tasks.run_config import load_run_config
 
 STRUCTURES = ("dice_vertebra", "dice_disc", "dice_canal", "dice_mean")
 
@@ -45,7 +47,7 @@ def main() -> None:
     result = train(config, force=True, console=console)
     task, model, payload = load_checkpoint(result.folder / "model.pt")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    evaluation = task.evaluate(model.to(device), manifest.select(split="test"), device)
+    evaluation = evaluate(task, model.to(device), manifest.select(split="test"), device)
 
     per_image = evaluation.per_image
     per_image["group"] = per_image["modality"] + " " + per_image["site"]

@@ -22,8 +22,9 @@ import matplotlib.pyplot as plt
 from rich.console import Console
 from rich.table import Table
 
+from simulation.config import load_simulation
 from simulation.report import MODELS
-from simulation.simulate import load_simulation, simulate
+from simulation.simulate import simulate
 from tasks.registry import task_class
 
 

@@ -2,11 +2,13 @@
 
 In deployment the node config names the data (``data-path``: a prepared
 folder holding ``manifest.csv``), optionally the hospital (``hospital-name``),
-its privacy budget (``max-epsilon``, ``delta``) and the tasks it accepts
-(``accept-tasks``, comma-separated; all when absent). In simulation the node
-config's ``partition-id`` picks a virtual hospital from the partitions folder
-the server names in its message config (``partitions``: ``hospitals.json``
-listing each hospital's name, manifest and budget). The privacy ledger lives
+its privacy budget (``max-epsilon``, ``delta``), the tasks it accepts
+(``accept-tasks``, comma-separated; all when absent) and the device it trains
+on (``device``: ``auto``, ``cpu``, ``cuda[:N]``; the hospital's choice, never
+the coordinator's). In simulation the node config's ``partition-id`` picks a
+virtual hospital from the partitions folder the server names in its message
+config (``partitions``: ``hospitals.json`` listing each hospital's name,
+manifest, budget and device). The privacy ledger lives
 in the hospital's data folder.
 """
 
@@ -35,6 +37,7 @@ class Hospital:
     manifest_path: Path
     budget: Budget = NO_LIMIT
     accepted_tasks: tuple[str, ...] | None = None
+    device: str = "auto"
 
     @property
     def folder(self) -> Path:
@@ -57,13 +60,13 @@ def resolve_hospital(node_config: dict[str, Any], message_config: dict[str, Any]
         tasks = tuple(t.strip() for t in str(accepted).split(",") if t.strip()) \
             if accepted is not None else None
         return Hospital(name, folder / "manifest.csv", _budget(node_config, "max-epsilon"),
-                        tasks)
+                        tasks, str(node_config.get("device", "auto")))
     if "partition-id" in node_config and message_config.get("partitions"):
         listing = Path(str(message_config["partitions"])) / "hospitals.json"
         hospitals = json.loads(listing.read_text())
         entry = hospitals[int(node_config["partition-id"])]
         return Hospital(entry["name"], listing.parent / entry["manifest"],
-                        _budget(entry, "max_epsilon"))
+                        _budget(entry, "max_epsilon"), device=entry.get("device", "auto"))
     raise UserError("node config has no data-path (and no simulation partition): "
                     "start the node with --node-config 'data-path=\"<prepared folder>\"'")
 

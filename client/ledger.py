@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.privacy import Release, accountant_state, epsilon
 from tasks.errors import UserError
-from tasks.privacy import Release, accountant_state, epsilon
 
 LEDGER_FILE = "privacy_ledger.json"
 LOCK_FILE = ".privacy_ledger.lock"

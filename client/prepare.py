@@ -40,8 +40,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from client.deidentify import deidentify
-from client.pseudonyms import PseudonymKey
-from tasks.dicom import (
+from client.dicom import (
     DICOM_MODALITIES,
     DicomFile,
     SeriesError,
@@ -50,6 +49,7 @@ from tasks.dicom import (
     read_header,
     series_problem,
 )
+from client.pseudonyms import PseudonymKey
 from tasks.errors import UserError
 from tasks.imageio import (
     ITK_SUFFIXES,

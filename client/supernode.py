@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
+from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.manifest import Manifest
 from tasks.processes import BIN
@@ -43,6 +44,7 @@ class Membership:
     accept_tasks: tuple[str, ...] = ()
     runtime_port: int = 9094
     insecure: bool = False
+    device: str = "auto"
 
 
 def check_membership(member: Membership) -> None:
@@ -64,6 +66,7 @@ def check_membership(member: Membership) -> None:
         raise UserError(f"--max-epsilon {member.max_epsilon:g}: must be > 0")
     if not 0 < member.delta < 1:
         raise UserError(f"--delta {member.delta:g}: must be in (0, 1)")
+    select_device(member.device)
     if member.insecure:
         return
     if member.ca is None:
@@ -80,7 +83,7 @@ def write_node_config(member: Membership) -> Path:
     data = member.data.resolve()
     config: dict[str, object] = {"data-path": str(data),
                                  "hospital-name": member.name or data.name,
-                                 "delta": member.delta}
+                                 "delta": member.delta, "device": member.device}
     if member.max_epsilon is not None:
         config["max-epsilon"] = member.max_epsilon
     if member.accept_tasks:

@@ -24,6 +24,7 @@ At the end ``model.pt`` holds the final global model, usable by
 from __future__ import annotations
 
 import json
+import math
 import time
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
@@ -39,15 +40,13 @@ from server.config import load_experiment
 from server.recorder import HospitalRecorder
 from server.sampling import SamplingGuard, TooFewHospitals, wait_for_hospitals
 from server.secure_aggregation import SecureAggregation
-from server.strategies import build_strategy
+from server.strategies import build_strategy, request_hints
 from server.validation import UpdateValidation
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.contract import Task
 from tasks.errors import UserError
-from tasks.privacy import Release, compatible, epsilon
-from tasks.protocol import KEEP_LOCAL_NORM
-from tasks.registry import task_class
-from tasks.training import seed_everything
+from tasks.run_config import LOCAL_TRAIN_KEYS, task_from_config
+from tasks.seeding import seed_everything
 
 app = ServerApp()
 
@@ -102,28 +101,30 @@ def starting_point(task: Task, experiment: dict[str, Any], out: Path, resume: bo
             raise UserError(f"{path}: its task settings differ from the experiment's [task]")
         return model.state_dict(), 0
     seed_everything(experiment["train"]["seed"])
-    return global_model(task, experiment).state_dict(), 0
-
-
-def global_model(task: Task, experiment: dict[str, Any]) -> torch.nn.Module:
-    """The task's network, made Opacus-compatible when the hospitals train with DP."""
-    model = task.build_model()
-    return compatible(model) if experiment["privacy"]["enabled"] else model
+    return task.build_model().state_dict(), 0
 
 
 def central_epsilon(federation: dict[str, Any], rounds: int) -> float:
     """Hospital-level epsilon of central DP after ``rounds`` releases (every hospital every
     round, so no sampling amplification: sample rate 1), by the Opacus RDP accountant."""
-    release = Release(federation["central_noise_multiplier"], 1.0, rounds)
-    return epsilon([release], federation["central_delta"])
+    from opacus.accountants import RDPAccountant
+
+    sigma = federation["central_noise_multiplier"]
+    if sigma <= 0:
+        return math.inf
+    accountant = RDPAccountant()
+    accountant.history = [(sigma, 1.0, rounds)]
+    return float(accountant.get_epsilon(federation["central_delta"]))
 
 
 def request_config(task: Task, experiment: dict[str, Any], partitions: str) -> ConfigRecord:
-    """What every hospital needs to train and evaluate: task, local training, partitions."""
+    """What every hospital needs to train and evaluate: task, the local training keys a
+    hospital honours (never the device: that is the hospital's own), DP, partitions."""
     federation = experiment["federation"]
     return ConfigRecord({
         "task": json.dumps({"name": task.name, "settings": task.settings}),
-        "train": json.dumps(experiment["train"]),
+        "train": json.dumps({key.name: experiment["train"][key.name]
+                             for key in LOCAL_TRAIN_KEYS}),
         "privacy": json.dumps(experiment["privacy"]),
         "local-epochs": federation["local_epochs"],
         "local-steps": federation["local_steps"],
@@ -140,8 +141,7 @@ def main(grid: Grid, context: Context) -> None:
     resume = bool(context.run_config.get("resume", False))
     out = Path(experiment["output"]["dir"])
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in experiment["task"].items() if k != "name"}
-    task = task_class(experiment["task"]["name"])(settings)
+    task = task_from_config(experiment)
     federation = experiment["federation"]
     timeout = federation["round_timeout"]
 
@@ -152,7 +152,7 @@ def main(grid: Grid, context: Context) -> None:
     remaining = federation["rounds"] - done
     recorder = HospitalRecorder(build_strategy(federation, len(names)), names,
                                 round_offset=done)
-    model = global_model(task, experiment)
+    model = task.build_model()
     clock = {"last": time.perf_counter()}
 
     def round_end(server_round: int, arrays: ArrayRecord) -> None:
@@ -183,8 +183,7 @@ def main(grid: Grid, context: Context) -> None:
         arrays = ArrayRecord(weights)
         try:
             if federation["secure_aggregation"]:
-                if federation["strategy"] == "fedbn":
-                    config = ConfigRecord({**config, KEEP_LOCAL_NORM: True})
+                config = ConfigRecord({**config, **request_hints(federation)})
                 arrays = SecureAggregation(recorder, federation).start(
                     grid, context, arrays, remaining, timeout, config, ConfigRecord(config),
                     round_end)

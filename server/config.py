@@ -1,9 +1,11 @@
 """The federated experiment config: what the coordinator's run is.
 
-It is a run config (``tasks.training.RUN_KEYS``: data, task, train, output)
-plus a ``[federation]`` section. ``train`` holds the hospitals' local
-optimisation (batch size, learning rate, seed, device) and ``train.epochs``
-the epochs of the pooled and local-only baselines.
+The second link of the config chain (``tasks.run_config``): a run config plus
+a ``[federation]`` section, with the checks of federation and privacy settings
+that do not go together. ``train`` holds the hospitals' local optimisation
+(``LOCAL_TRAIN_KEYS``, sent to every hospital) and the keys only runs on one
+machine use (``train.epochs`` of the pooled and local-only baselines, their
+device and time budget), which are never sent.
 """
 
 from __future__ import annotations
@@ -11,9 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.config import ConfigError, Key, Schema, load_toml
+from tasks.config import ConfigError, Key, Schema
 from tasks.contract import Task
-from tasks.training import RUN_KEYS, TASK_NAME_KEY, validate_for_task
+from tasks.run_config import (
+    RUN_CHECKS,
+    RUN_KEYS,
+    TASK_NAME_KEY,
+    Check,
+    load_config,
+    validate_config,
+)
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "fedbn")
 
@@ -38,8 +47,9 @@ FEDERATION_KEYS = (
         minimum=0.0),
     Key("trim_beta", "float", 0.2, "Fraction trimmed at each end by FedTrimmedAvg (< 0.5).",
         minimum=0.0),
-    Key("init_checkpoint", "str", "", "Start from this checkpoint's weights (transfer "
-        "learning); its task settings must match [task]."),
+    Key("init_checkpoint", "path", "", "Start from this checkpoint's weights (transfer "
+        "learning; relative to the config file's folder); its task settings must match "
+        "[task]."),
     Key("max_update_norm", "float", 0.0, "Updates (new weights minus global) whose L2 norm "
         "is above this are refused before aggregation, like non-finite or misshapen ones "
         "(0 = no norm bound).", minimum=0.0),
@@ -71,13 +81,6 @@ def experiment_schema(task: type[Task]) -> Schema:
             "federation": FEDERATION_KEYS, "output": RUN_KEYS["output"]}
 
 
-def validate_experiment(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
-    """Validate a parsed experiment (defaults filled), settings that do not go together too."""
-    experiment = validate_for_task(raw, experiment_schema, where)
-    check_combination(experiment, where)
-    return experiment
-
-
 def check_combination(experiment: dict[str, dict[str, Any]], where: str) -> None:
     """Refuse federation and privacy settings that cannot be honoured together."""
     federation, privacy = experiment["federation"], experiment["privacy"]
@@ -106,6 +109,14 @@ def check_combination(experiment: dict[str, dict[str, Any]], where: str) -> None
             raise ConfigError(f"{where}: federation.secure_aggregation: {problem}")
 
 
+EXPERIMENT_CHECKS: tuple[Check, ...] = (*RUN_CHECKS, check_combination)
+
+
+def validate_experiment(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """Validate a parsed experiment (defaults filled), settings that do not go together too."""
+    return validate_config(raw, experiment_schema, EXPERIMENT_CHECKS, where)
+
+
 def load_experiment(path: Path) -> dict[str, dict[str, Any]]:
     """Read and validate an experiment file."""
-    return validate_experiment(load_toml(path), str(path))
+    return load_config(path, experiment_schema, EXPERIMENT_CHECKS)

@@ -11,7 +11,7 @@ metric, 1), so that one hospital moves the average by at most C / n.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
@@ -32,15 +32,23 @@ from tasks.protocol import KEEP_LOCAL_NORM, UNIFORM_WEIGHT
 class FedBN(FedAvg):
     """FedAvg where every hospital keeps its own normalisation parameters (Li et al., 2021)."""
 
+    hints: ClassVar[dict[str, bool]] = {KEEP_LOCAL_NORM: True}
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        marked = ConfigRecord({**config, KEEP_LOCAL_NORM: True})
+        marked = ConfigRecord({**config, **self.hints})
         return super().configure_train(server_round, arrays, marked, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        marked = ConfigRecord({**config, KEEP_LOCAL_NORM: True})
+        marked = ConfigRecord({**config, **self.hints})
         return super().configure_evaluate(server_round, arrays, marked, grid)
+
+
+def request_hints(federation: dict[str, Any]) -> dict[str, bool]:
+    """What the configured strategy adds to every request it configures, for rounds that
+    another mechanism sends (secure aggregation)."""
+    return dict(FedBN.hints) if federation["strategy"] == "fedbn" else {}
 
 
 def build_strategy(federation: dict[str, Any], hospitals: int = 0) -> Strategy:

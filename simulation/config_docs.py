@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 from server.config import FEDERATION_KEYS
+from simulation.config import SIMULATION_KEYS
 from simulation.phantoms.config import SCANNER_SCHEMA
 from simulation.phantoms.config import SCHEMA as COHORT_SCHEMA
-from simulation.simulate import SIMULATION_KEYS
 from tasks.config import schema_markdown
 from tasks.registry import TASKS
-from tasks.training import RUN_KEYS, TASK_NAME_KEY
+from tasks.run_config import RUN_KEYS, TASK_NAME_KEY
 
 HEADER = """# Configuration reference
 
 Generated from the schemas in the code by `spinefl config docs`; a test keeps
 this file and the code in step. Every key is validated when a config is
 loaded: an unknown key, a wrong type or a value out of range is refused with
-the file and the key named.
+the file and the key named, and so are settings that do not go together,
+before anything is written. A `path` key names something the run reads and is
+relative to the folder of the config file that gives it (an option on the
+command line, like `--manifest`, is relative to the working folder); output
+folders (`output.dir`, `phantoms.dir`) are relative to the working folder.
+In `[train]`, a federation sends the hospitals only `batch_size`, `lr`,
+`schedule`, `weight_decay` and `seed`; the other keys are for runs on one
+machine (a hospital's device is its own node config's `device`).
 
 """
 

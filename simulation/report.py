@@ -39,7 +39,8 @@ def comparison(results: pd.DataFrame, score: str) -> pd.DataFrame:
 
 def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataFrame,
                  config: dict[str, Any], folder: Path) -> Path:
-    """Write results.csv, comparison.csv, dice_per_round.png, comparison.png and summary.md."""
+    """Write results.csv, comparison.csv, <score>_per_round.png (the task's score),
+    comparison.png and summary.md."""
     folder.mkdir(parents=True, exist_ok=True)
     score = task_class(config["task"]["name"]).score
     results.to_csv(folder / "results.csv", index=False)
@@ -57,7 +58,8 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
     axis.legend()
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(folder / "dice_per_round.png", dpi=100)
+    per_round = f"{score}_per_round.png"
+    figure.savefig(folder / per_round, dpi=100)
     plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -80,7 +82,7 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
         "## Hospitals", "", markdown_table(hospitals), "",
         f"## Test {score} per hospital", "", markdown_table(table), "",
         *privacy_lines,
-        "Plots: `dice_per_round.png`, `comparison.png`. Per-image metrics of every model: "
+        f"Plots: `{per_round}`, `comparison.png`. Per-image metrics of every model: "
         "`results.csv`; per-hospital metrics of every round: "
         "`../federated/federated_metrics.csv`.", "",
     ]

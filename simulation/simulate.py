@@ -25,70 +25,19 @@ import tomli_w
 import torch
 from rich.console import Console
 
+from client.training import claim_run_folder, train
 from server.app import ROUND_CHECKPOINT
-from server.config import FEDERATION_KEYS
 from simulation import partition
 from simulation.federation import run_federated
 from simulation.phantoms.config import cohort_config
 from simulation.phantoms.generator import generate
 from simulation.report import write_report
 from tasks.checkpoint import load_checkpoint
-from tasks.config import Key, load_toml
-from tasks.contract import Task
+from tasks.config import load_toml
 from tasks.device import select_device
 from tasks.errors import UserError
+from tasks.evaluation import evaluate
 from tasks.manifest import Manifest
-from tasks.training import RUN_KEYS, TASK_NAME_KEY, claim_run_folder, train, validate_for_task
-
-METHODS = ("site", "iid", "dirichlet", "quantity", "modality")
-
-SIMULATION_KEYS = {
-    "phantoms": (
-        Key("enabled", "bool", True, "Generate phantoms (else use data.manifest as it is)."),
-        Key("config", "str", "", "Cohort config (TOML); empty for the embedded default."),
-        Key("dir", "str", "data/phantoms", "Where the phantoms are written (reused when the "
-            "same cohort is already there)."),
-    ),
-    "partition": (
-        Key("method", "str", "site", "`site`: one hospital per site (natural split); `iid`; "
-            "`dirichlet` (skew over `column`); `quantity` (sizes up to `ratio` apart); "
-            "`modality` (hospital i takes patients imaged only with `mixes[i]`).",
-            choices=METHODS),
-        Key("hospitals", "int", 3, "Number of hospitals (ignored by `site`).", minimum=1),
-        Key("column", "str", "site", "Manifest column the Dirichlet skew is over."),
-        Key("alpha", "float", 0.5, "Dirichlet concentration (small = strong skew).",
-            minimum=0.0),
-        Key("ratio", "float", 10.0, "Largest / smallest hospital for `quantity`.", minimum=1.0),
-        Key("mixes", "list[str]", ["MR", "CT", "CT+MR"], "Modalities of each hospital for "
-            "`modality`, `+`-joined (e.g. one hospital only MR, one only CT)."),
-        Key("seed", "int", 0, "Seed of the partition."),
-    ),
-    "baselines": (
-        Key("pooled", "bool", True, "Train on all hospitals' data pooled."),
-        Key("local", "bool", True, "Train each hospital on its own data alone."),
-    ),
-    "hospitals": (
-        Key("max_epsilon", "float", 0.0, "Each virtual hospital's own privacy budget (its "
-            "node config's `max-epsilon`): rounds past it are refused; 0 = no limit.",
-            minimum=0.0),
-        Key("delta", "float", 1e-5, "Each virtual hospital's delta (its node config's "
-            "`delta`).", minimum=0.0),
-    ),
-}
-
-
-def simulation_schema(task: type[Task]) -> dict[str, tuple[Key, ...]]:
-    """The schema of a simulate config for one task."""
-    return {"data": (Key("manifest", "str", "", "Manifest to partition when phantoms are off."),),
-            **SIMULATION_KEYS, "task": (TASK_NAME_KEY, *task.keys),
-            "train": RUN_KEYS["train"], "privacy": RUN_KEYS["privacy"],
-            "federation": FEDERATION_KEYS, "output": RUN_KEYS["output"]}
-
-
-def load_simulation(path: Path | None) -> dict[str, dict[str, Any]]:
-    """A validated simulate config (``configs/federated.toml`` when ``path`` is None)."""
-    path = path or Path(__file__).resolve().parents[1] / "configs" / "federated.toml"
-    return validate_for_task(load_toml(path), simulation_schema, str(path))
 
 
 def _safe(name: str) -> str:
@@ -98,7 +47,7 @@ def _safe(name: str) -> str:
 def split_hospitals(manifest: Manifest, settings: dict[str, Any], folder: Path,
                     budget: dict[str, Any] | None = None) -> list[tuple[str, Manifest]]:
     """Partition ``manifest`` and write each hospital's manifest (paths made absolute) and,
-    in ``hospitals.json``, its name, manifest and privacy budget (``[hospitals]``)."""
+    in ``hospitals.json``, its name, manifest, privacy budget (``[hospitals]``) and device."""
     method = settings["method"]
     if method == "site":
         parts = partition.by_site(manifest)
@@ -125,6 +74,7 @@ def split_hospitals(manifest: Manifest, settings: dict[str, Any], folder: Path,
         entry = {"name": name, "manifest": f"{_safe(name)}/manifest.csv"}
         if budget:
             entry["delta"] = budget["delta"]
+            entry["device"] = budget.get("device", "auto")
             if budget["max_epsilon"] > 0:
                 entry["max_epsilon"] = budget["max_epsilon"]
         listing.append(entry)
@@ -155,7 +105,7 @@ def evaluate_on_hospitals(model_path: Path, hospitals: list[tuple[str, Manifest]
         if len(test) == 0:
             continue
         rows.append({"hospital": name, "test_images": len(test),
-                     **task.evaluate(model, test, device).metrics})
+                     **evaluate(task, model, test, device).metrics})
     return rows
 
 
@@ -179,12 +129,10 @@ def simulate(config: dict[str, dict[str, Any]], force: bool = False, resume: boo
         raw = load_toml(Path(cohort_path)) if cohort_path else {}
         cohort = cohort_config(raw, cohort_path or "default cohort")
         manifest = generate(cohort, Path(config["phantoms"]["dir"]))
-    elif config["data"]["manifest"]:
-        manifest = Manifest.load(Path(config["data"]["manifest"]))
     else:
-        raise UserError("set [phantoms] enabled = true or data.manifest")
+        manifest = Manifest.load(Path(config["data"]["manifest"]))
     hospitals = split_hospitals(manifest, config["partition"], out / "hospitals",
-                                config["hospitals"])
+                                {**config["hospitals"], "device": config["train"]["device"]})
     summary = pd.read_csv(out / "hospitals" / "summary.csv")
     console.print(summary.to_string(index=False))
 

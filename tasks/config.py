@@ -27,8 +27,10 @@ class ConfigError(UserError):
 class Key:
     """One config key: its name, type, default and meaning.
 
-    ``kind`` is one of ``int``, ``float``, ``str``, ``bool``, ``list[int]``,
-    ``list[float]``, ``list[str]``. ``choices`` restricts values (each element
+    ``kind`` is one of ``int``, ``float``, ``str``, ``bool``, ``path``, ``list[int]``,
+    ``list[float]``, ``list[str]``. A ``path`` is a string naming something the run reads;
+    a relative one is resolved against the folder of the config file that gives it (an empty
+    one stays empty). ``choices`` restricts values (each element
     for lists); ``minimum`` bounds numbers (each element for lists); ``length``
     fixes a list's length; ``check`` returns a problem description or None.
     A ``required`` key has no default and must be given.
@@ -51,6 +53,7 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "int": (int,),
     "float": (int, float),
     "str": (str,),
+    "path": (str,),
     "bool": (bool,),
 }
 
@@ -94,8 +97,11 @@ def _unknown(where: str, name: str, known: list[str]) -> ConfigError:
     return ConfigError(f"{where}: unknown key '{name}'{hint}")
 
 
-def validate(raw: Mapping[str, Any], schema: Schema, where: str) -> dict[str, dict[str, Any]]:
-    """Check ``raw`` (parsed TOML) against ``schema``; return every section with defaults filled.
+def validate(raw: Mapping[str, Any], schema: Schema, where: str,
+             base: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Check ``raw`` (parsed TOML) against ``schema``; return every section with defaults filled
+    and relative ``path`` values given in ``raw`` resolved against ``base`` (the config file's
+    folder; None leaves them as they are).
 
     Raises ConfigError naming ``where`` (the file) and the dotted key.
     """
@@ -118,6 +124,8 @@ def validate(raw: Mapping[str, Any], schema: Schema, where: str) -> dict[str, di
                     values[key.name] = check_value(key, body[key.name])
                 except ValueError as e:
                     raise ConfigError(f"{where}: {section}.{key.name} {e}") from None
+                if key.kind == "path" and base is not None and values[key.name]:
+                    values[key.name] = str(base / values[key.name])
             elif key.required:
                 raise ConfigError(
                     f"{where}: missing required key {section}.{key.name} ({key.help})")

@@ -2,15 +2,18 @@
 benchmarks stay generic: nothing outside ``tasks/<name>/`` names a task.
 
 A task is built from its validated settings (its ``[task]`` config keys), and
-knows how to build its network, its training data from a manifest, one pass
-of local training, evaluation to a flat dict of metrics, and prediction on one
-image (an ``Output`` that writes itself: a mask, a centroid list, grades, angles).
-Everything it needs to rebuild itself is in ``settings``, which a checkpoint stores.
+knows how to build its network, its training data from a manifest, the loss of
+one batch (the loop is the one local trainer's, ``client.trainer``), how to
+score one image and pool those scores into its metrics (the loop over images is
+``tasks.evaluation``'s), and prediction on one image (an ``Output`` that writes
+itself: a mask, a centroid list, grades, angles), with the extra inputs it
+declares. Everything it needs to rebuild itself is in ``settings``, which a
+checkpoint stores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -24,6 +27,15 @@ from tasks.config import Key
 from tasks.errors import UserError
 from tasks.imageio import Volume
 from tasks.manifest import Manifest
+
+
+@dataclass
+class ImageScore:
+    """One evaluated image: its row of the per-image table, and what the task pools over
+    images into its metrics (counts, every disc's probabilities, angles)."""
+
+    metrics: dict[str, Any]
+    detail: Any = None
 
 
 @dataclass
@@ -57,6 +69,9 @@ class Task(Protocol):
     keys: ClassVar[tuple[Key, ...]]
     score: ClassVar[str]  # the evaluation metric that ranks models (higher is better)
     output_suffix: ClassVar[str]  # what a prediction's file name ends with, e.g. '_pred.nii.gz'
+    # Extra inputs prediction takes per image, by name, with the suffix of the JSON file that
+    # holds each beside the image's stem (e.g. {"centroids": "_ctd.json"}); usually empty.
+    inputs: ClassVar[dict[str, str]]
     settings: dict[str, Any]
 
     def __init__(self, settings: Mapping[str, Any]) -> None: ...
@@ -74,31 +89,31 @@ class Task(Protocol):
         """A loader of training batches (one pass = one local epoch); ``len(loader.dataset)``
         is the number of training samples a hospital reports. With ``per_patient`` the
         dataset has one item per patient, each access drawing one of that patient's samples
-        at random (what patient-level DP-SGD needs: see ``tasks.privacy``)."""
+        at random (what patient-level DP-SGD needs: see ``client.privacy``)."""
         ...
 
-    def train_epoch(self, model: nn.Module, batches: Iterable[Any],
-                    optimizer: torch.optim.Optimizer, device: torch.device,
-                    max_steps: int | None = None,
-                    penalty: Callable[[nn.Module], torch.Tensor] | None = None
-                    ) -> dict[str, float]:
-        """One pass of local training (at most ``max_steps`` steps), adding ``penalty(model)``
-        to each step's loss when given (e.g. FedProx); returns e.g. the mean loss."""
+    def batch_loss(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+        """The loss of one training batch (a scalar; under mixed precision on CUDA)."""
         ...
 
     def metric_names(self) -> tuple[str, ...]:
-        """The keys ``evaluate`` always returns (NaN where a metric is undefined)."""
+        """The keys ``summarise`` always returns (NaN where a metric is undefined)."""
         ...
 
-    def evaluate(self, model: nn.Module, manifest: Manifest, device: torch.device) -> Evaluation:
-        """Metrics on every row of ``manifest``, as predict would produce them."""
+    def score_image(self, model: nn.Module, manifest: Manifest, row: dict[str, str],
+                    device: torch.device) -> ImageScore | None:
+        """One row's image scored as predict would see it (None: nothing to score in it)."""
+        ...
+
+    def summarise(self, scores: list[ImageScore]) -> dict[str, float]:
+        """The task's metrics over scored images (pooled or averaged as the metric defines)."""
         ...
 
     def predict(self, model: nn.Module, volume: Volume, device: torch.device,
-                centroids: list[dict[str, Any]] | None = None) -> Output:
+                extra: Mapping[str, Any]) -> Output:
         """The task's output for one image (masks keep the input's geometry; points are in its
-        voxel coordinates). ``centroids``: the image's VerSe-style vertebra centroids, for tasks
-        that work per level (disc grading); other tasks ignore them."""
+        voxel coordinates). ``extra``: the image's declared ``inputs`` that were found, by
+        name (e.g. its VerSe-style vertebra centroids for disc grading)."""
         ...
 
     def describe_output(self) -> dict[str, Any]:

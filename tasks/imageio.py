@@ -50,15 +50,11 @@ def has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
 
 
 def load_image(path: Path | str) -> Volume:
-    """Read a NIfTI or MetaImage file, or a folder holding one DICOM series."""
+    """Read a NIfTI or MetaImage file (DICOM is read at the hospital: ``client.dicom``)."""
     path = Path(path)
     if path.is_dir():
-        from tasks.dicom import load_series, scan_folder
-
-        series, _ = scan_folder(path)
-        if len(series) != 1:
-            raise ImageError(f"{path}: expected one DICOM series, found {len(series)}")
-        return load_series(next(iter(series.values())))
+        raise ImageError(f"{path}: a folder, not an image file (DICOM series are read by "
+                         "`spinefl predict` and `spinefl hospital prepare`)")
     if not path.is_file():
         raise ImageError(f"{path}: file not found")
     if has_suffix(path, NIFTI_SUFFIXES):

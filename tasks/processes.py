@@ -1,5 +1,9 @@
 """Processes spinefl starts (SuperLink, SuperNodes, `flwr run`): found, watched and stopped.
 
+The hospital's commands (a SuperNode) and the coordinator's (a SuperLink, `flwr run`)
+both start Flower processes; under the one-way imports this shared room is the one
+place both can use.
+
 Every command and test that starts a Flower process stops it and everything it
 started in turn (Flower's SuperExec, ServerApp and ClientApp processes, Ray
 workers), found through /proc.

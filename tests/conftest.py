@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 from simulation.phantoms.config import cohort_config
 from simulation.phantoms.generator import generate
-
-CT_MR_SCANNERS = [
-    {"name": "ct-a", "modality": "CT", "spacing": [1.5, 1.5, 2.0], "fov": 120.0, "noise": 15.0},
-    {"name": "mr-b", "modality": "MR", "sequences": ["T2"], "spacing": [1.5, 1.5, 3.0],
-     "fov": 120.0, "scale": 800.0, "noise": 0.03, "bias": 0.2},
-    {"name": "ct-c", "modality": "CT", "spacing": [1.2, 1.2, 2.5], "fov": 120.0, "noise": 30.0,
-     "offset": -20.0, "orientation": "LPS"},
-]
+from tasks.imageio import Volume
+from tests.helpers.cohorts import CT_MR_SCANNERS, LEARNING_SCANNERS, XRAY_SCANNER
+from tests.helpers.training import train_for
 
 
 @pytest.fixture(scope="session")
@@ -23,17 +19,6 @@ def tiny_cohort(tmp_path_factory):
     config = cohort_config({"cohort": {"patients": 9, "seed": 3}, "scanner": CT_MR_SCANNERS},
                            "tiny cohort")
     return generate(config, tmp_path_factory.mktemp("tiny"))
-
-
-LEARNING_SCANNERS = [
-    {**CT_MR_SCANNERS[0]},
-    {**CT_MR_SCANNERS[1], "sequences": ["T1", "T2"]},
-    {**CT_MR_SCANNERS[2]},
-]
-
-
-XRAY_SCANNER = {"name": "xr-a", "modality": "XR", "views": ["AP"], "spacing": [1.2, 1.2, 1.2],
-                "noise": 0.03, "blur": 0.8}
 
 
 @pytest.fixture(scope="session")
@@ -50,24 +35,6 @@ def learning_cohort(tmp_path_factory):
     config = cohort_config({"cohort": {"patients": 15, "seed": 21},
                             "scanner": LEARNING_SCANNERS}, "learning cohort")
     return generate(config, tmp_path_factory.mktemp("learning"))
-
-
-def train_for(manifest, folder, task_lines: str, train_lines: str):
-    """Train a task on ``manifest`` with ``spinefl train``'s code path; returns the run result."""
-    from tasks.training import load_run_config, train
-
-    run_config = folder / "run.toml"
-    run_config.write_text(f"""
-[data]
-manifest = "{manifest.root / 'manifest.csv'}"
-[task]
-{task_lines}
-[train]
-{train_lines}
-[output]
-dir = "{folder / 'run'}"
-""")
-    return train(load_run_config(run_config))
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +55,11 @@ def inside_a_run():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
+
+
+@pytest.fixture
+def permuted_volume() -> Volume:
+    rng = np.random.default_rng(0)
+    affine = np.array([[0.0, 0.0, 2.5, -40.0], [-0.8, 0.0, 0.0, 60.0], [0.0, -0.8, 0.0, 120.0],
+                       [0, 0, 0, 1]])
+    return Volume(rng.integers(-1000, 1500, (12, 10, 6)).astype(np.float32), affine)

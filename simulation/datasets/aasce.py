@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from client.dicom import radiograph_affine
 from simulation.datasets.common import (
     DatasetError,
     Prepared,
     finish,
     split_for,
 )
-from tasks.dicom import radiograph_affine
 from tasks.imageio import Volume, save_nifti
 from tasks.labels import VERTEBRA_NAMES
 from tasks.points import CORNERS, write_points

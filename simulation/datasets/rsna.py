@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from client.dicom import SeriesError, build_volume, scan_folder, series_problem
 from simulation.datasets.common import (
     DatasetError,
     Prepared,
     finish,
     split_for,
 )
-from tasks.dicom import SeriesError, build_volume, scan_folder, series_problem
 from tasks.imageio import save_nifti
 from tasks.manifest import RSNA_CONDITIONS, format_spacing
 from tasks.points import write_points

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from tasks.blocks.settings import network_keys
 from tasks.config import Key
-from tasks.segmentation.config import network_keys
 
 KEYS = (
     *network_keys({"channels": [16, 32, 64, 128], "spacing": [1.5, 1.5, 1.5],

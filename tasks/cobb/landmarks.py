@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.path import Path as Polygon
 
+from tasks.blocks.classes import ClassTable
 from tasks.errors import UserError
 from tasks.imageio import Volume
 from tasks.labels import VERTEBRA_NAMES
 from tasks.manifest import Manifest
 from tasks.points import CORNERS, read_points
-from tasks.segmentation.classes import ClassTable
 
 _ORDER = {name: value for value, name in VERTEBRA_NAMES.items()}
 BODY = ClassTable(("background", "body"), (0, 1), ("background", "vertebra"),

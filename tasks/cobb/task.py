@@ -4,31 +4,27 @@ largest angle between two endplates is the Cobb angle."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tasks.blocks.dataset import prepare_rows, train_loader
+from tasks.blocks.segmenter import Segmenter
 from tasks.cobb.config import KEYS
 from tasks.cobb.geometry import Body, angle_between, bodies, cobb_angle
 from tasks.cobb.landmarks import BODY, corner_target
 from tasks.cobb.metric import circular_mae, smape
 from tasks.config import Key
-from tasks.contract import Evaluation
+from tasks.contract import ImageScore
 from tasks.errors import UserError
 from tasks.imageio import Volume, load_image
 from tasks.manifest import Manifest
 from tasks.outputs import RecordOutput
 from tasks.points import to_voxels
-from tasks.segmentation.dataset import prepare_rows, train_loader
-from tasks.segmentation.inference import score_image
-from tasks.segmentation.task import SegmentationTask
-from tasks.segmentation.transforms import prepare
 
 
 class CobbTask:
@@ -38,12 +34,12 @@ class CobbTask:
     keys: ClassVar[tuple[Key, ...]] = KEYS
     score: ClassVar[str] = "cobb_within"
     output_suffix: ClassVar[str] = "_cobb.json"
+    inputs: ClassVar[dict[str, str]] = {}
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
-        self.segmenter = SegmentationTask({**self.settings, "network": "unet2d",
-                                           "modalities": ["XR"], "labels": "structures",
-                                           "ct_window": [0.0, 1.0], "hd95": False})
+        self.segmenter = Segmenter({**self.settings, "network": "unet2d", "modalities": ["XR"],
+                                    "labels": "structures", "ct_window": [0.0, 1.0]})
 
     def select(self, manifest: Manifest) -> Manifest:
         """AP radiographs with body corners (keypoints) and a Cobb angle."""
@@ -64,27 +60,22 @@ class CobbTask:
         patients = list(rows.table.patient_id) if per_patient else None
         return train_loader(prepared, self.segmenter.settings, batch_size, seed, patients)
 
-    def train_epoch(self, model: nn.Module, batches: Iterable[Any],
-                    optimizer: torch.optim.Optimizer, device: torch.device,
-                    max_steps: int | None = None,
-                    penalty: Callable[[nn.Module], torch.Tensor] | None = None
-                    ) -> dict[str, float]:
-        return self.segmenter.train_epoch(model, batches, optimizer, device, max_steps, penalty)
+    def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                   device: torch.device) -> torch.Tensor:
+        return self.segmenter.batch_loss(model, batch, device)
 
     def measure(self, model: nn.Module, volume: Volume, device: torch.device
                 ) -> tuple[list[Body], np.ndarray]:
         """The bodies found (mm of the network grid) and that grid's index -> world affine."""
         if not volume.is_projection:
             raise UserError("the Cobb task takes 2D radiographs (AP view)")
-        prepared = prepare(volume, "XR", self.segmenter.settings)
-        scores = score_image(model, prepared.image, 2, self.segmenter.divisor,
-                             self.settings["patch_size"][:2], device)
+        scores, prepared = self.segmenter.scores(model, volume, "XR", device)
         spacing = tuple(float(np.linalg.norm(prepared.affine[:3, i])) for i in range(2))
         found = bodies(scores.argmax(0).numpy() == 1, spacing, self.settings["min_area"])
         return found, prepared.affine @ np.diag([1 / spacing[0], 1 / spacing[1], 1.0, 1.0])
 
     def predict(self, model: nn.Module, volume: Volume, device: torch.device,
-                centroids: list[dict[str, Any]] | None = None) -> RecordOutput:
+                extra: Mapping[str, Any]) -> RecordOutput:
         found, affine = self.measure(model, volume, device)
 
         def pixels(points: np.ndarray) -> list[list[float]]:
@@ -98,26 +89,21 @@ class CobbTask:
             "vertebrae": [{"centre": pixels(body.centre[None])[0], "tilt": round(body.tilt, 2),
                            "corners": pixels(body.corners)} for body in found]})
 
-    def evaluate(self, model: nn.Module, manifest: Manifest, device: torch.device) -> Evaluation:
-        rows = []
-        for row in self.select(manifest).rows():
-            start = time.perf_counter()
-            found, _ = self.measure(model, load_image(manifest.path(row)), device)
-            predicted, truth = cobb_angle([b.tilt for b in found]), float(row["cobb_angle"])
-            error = angle_between(predicted, truth)
-            rows.append({"patient_id": row["patient_id"], "image": row["image"],
-                         "modality": "XR", "site": row["site"], "cobb_true": truth,
-                         "cobb_predicted": predicted, "cobb_error": error,
-                         "cobb_within": float(error <= self.settings["tolerance"]),
-                         "vertebrae": len(found), "seconds": time.perf_counter() - start})
-        per_image = pd.DataFrame(rows)
-        metrics = dict.fromkeys(self.metric_names(), float("nan"))
-        if rows:
-            predicted, truth = per_image.cobb_predicted.to_numpy(), per_image.cobb_true.to_numpy()
-            metrics.update({"cobb_within": float(per_image.cobb_within.mean()),
-                            "cobb_mae": circular_mae(predicted, truth),
-                            "cobb_smape": smape(predicted[:, None], truth[:, None])})
-        return Evaluation(metrics, per_image)
+    def score_image(self, model: nn.Module, manifest: Manifest, row: dict[str, str],
+                    device: torch.device) -> ImageScore:
+        found, _ = self.measure(model, load_image(manifest.path(row)), device)
+        predicted, truth = cobb_angle([b.tilt for b in found]), float(row["cobb_angle"])
+        error = angle_between(predicted, truth)
+        return ImageScore({"cobb_true": truth, "cobb_predicted": predicted, "cobb_error": error,
+                           "cobb_within": float(error <= self.settings["tolerance"]),
+                           "vertebrae": len(found)})
+
+    def summarise(self, scores: list[ImageScore]) -> dict[str, float]:
+        predicted = np.array([s.metrics["cobb_predicted"] for s in scores])
+        truth = np.array([s.metrics["cobb_true"] for s in scores])
+        return {"cobb_within": float(np.mean([s.metrics["cobb_within"] for s in scores])),
+                "cobb_mae": circular_mae(predicted, truth),
+                "cobb_smape": smape(predicted[:, None], truth[:, None])}
 
     def metric_names(self) -> tuple[str, ...]:
         return ("cobb_within", "cobb_mae", "cobb_smape")

@@ -18,12 +18,12 @@ import torch
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.blocks.dataset import PatientDataset
+from tasks.blocks.transforms import prepare
 from tasks.grading.discs import disc_centres
 from tasks.imageio import Volume, load_image
 from tasks.manifest import Manifest
 from tasks.points import to_voxels
-from tasks.segmentation.dataset import PatientDataset
-from tasks.segmentation.transforms import prepare
 
 
 @dataclass

@@ -3,18 +3,16 @@ stenosis as RSNA 2024 grades it (normal/mild, moderate, severe), from sagittal c
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.config import Key
-from tasks.contract import Evaluation, accepted_modality
+from tasks.contract import ImageScore, accepted_modality
 from tasks.device import autocast
 from tasks.errors import UserError
 from tasks.grading.config import KEYS
@@ -29,7 +27,6 @@ from tasks.grading.metric import (
 )
 from tasks.grading.model import GRADES, SEVERITIES, build_network
 from tasks.imageio import Volume
-from tasks.local_epoch import train_steps
 from tasks.manifest import Manifest
 from tasks.outputs import RecordOutput
 from tasks.points import to_voxels
@@ -44,6 +41,7 @@ class GradingTask:
     keys: ClassVar[tuple[Key, ...]] = KEYS
     score: ClassVar[str] = "pfirrmann_kappa"
     output_suffix: ClassVar[str] = "_grades.json"
+    inputs: ClassVar[dict[str, str]] = {"centroids": "_ctd.json"}
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
@@ -72,17 +70,11 @@ class GradingTask:
         return disc_loader(prepare_discs(rows, self.settings), self.settings, batch_size, seed,
                            patients)
 
-    def train_epoch(self, model: nn.Module, batches: Iterable[Any],
-                    optimizer: torch.optim.Optimizer, device: torch.device,
-                    max_steps: int | None = None,
-                    penalty: Callable[[nn.Module], torch.Tensor] | None = None
-                    ) -> dict[str, float]:
-        def batch_loss(net: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            logits = net(batch["image"].to(device))
-            return grading_loss(logits.float(), batch["grade"].to(device),
-                                batch["severity"].to(device))
-
-        return train_steps(model, batches, optimizer, device, batch_loss, max_steps, penalty)
+    def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                   device: torch.device) -> torch.Tensor:
+        logits = model(batch["image"].to(device))
+        return grading_loss(logits.float(), batch["grade"].to(device),
+                            batch["severity"].to(device))
 
     @torch.no_grad()
     def probabilities(self, model: nn.Module, images: torch.Tensor, device: torch.device
@@ -95,8 +87,9 @@ class GradingTask:
                 torch.softmax(logits[:, GRADES:], 1).numpy())
 
     def predict(self, model: nn.Module, volume: Volume, device: torch.device,
-                centroids: list[dict[str, Any]] | None = None) -> RecordOutput:
+                extra: Mapping[str, Any]) -> RecordOutput:
         accepted_modality(volume, self.settings["modalities"])
+        centroids = extra.get("centroids")
         if not centroids:
             raise UserError("disc grading needs the image's vertebra centroids: pass "
                             "--centroids with a <stem>_ctd.json for it (e.g. from a "
@@ -119,26 +112,23 @@ class GradingTask:
                                                         for p in severities[i]]}
         return RecordOutput(record)
 
-    def evaluate(self, model: nn.Module, manifest: Manifest, device: torch.device) -> Evaluation:
-        rows, discs = [], []
-        for row in self.select(manifest).rows():
-            start = time.perf_counter()
-            found: list[Disc] = row_discs(manifest, row, self.settings)
-            if not found:
-                continue
-            grades, severities = self.probabilities(
-                model, torch.stack([d.crop for d in found]), device)
-            for d, g, s in zip(found, grades, severities, strict=True):
-                discs.append({"study": row["study_id"], "grade": d.grade,
-                              "severity": d.severity, "grade_p": g, "severity_p": s})
-            known = [(d.grade, int(g.argmax())) for d, g in zip(found, grades, strict=True)
-                     if d.grade >= 0]
-            rows.append({"patient_id": row["patient_id"], "image": row["image"],
-                         "modality": row["modality"], "site": row["site"],
-                         "discs": len(found), "pfirrmann_accuracy": float(
-                             np.mean([t == p for t, p in known])) if known else float("nan"),
-                         "seconds": time.perf_counter() - start})
-        return Evaluation(self._metrics(discs), pd.DataFrame(rows))
+    def score_image(self, model: nn.Module, manifest: Manifest, row: dict[str, str],
+                    device: torch.device) -> ImageScore | None:
+        found: list[Disc] = row_discs(manifest, row, self.settings)
+        if not found:
+            return None
+        grades, severities = self.probabilities(model, torch.stack([d.crop for d in found]),
+                                                device)
+        discs = [{"study": row["study_id"], "grade": d.grade, "severity": d.severity,
+                  "grade_p": g, "severity_p": s}
+                 for d, g, s in zip(found, grades, severities, strict=True)]
+        known = [(d.grade, int(g.argmax())) for d, g in zip(found, grades, strict=True)
+                 if d.grade >= 0]
+        accuracy_ = float(np.mean([t == p for t, p in known])) if known else float("nan")
+        return ImageScore({"discs": len(found), "pfirrmann_accuracy": accuracy_}, discs)
+
+    def summarise(self, scores: list[ImageScore]) -> dict[str, float]:
+        return self._metrics([disc for s in scores for disc in s.detail])
 
     def _metrics(self, discs: list[dict[str, Any]]) -> dict[str, float]:
         metrics = dict.fromkeys(self.metric_names(), float("nan"))

@@ -7,8 +7,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from tasks.blocks.classes import NAMED_VERTEBRAE
 from tasks.points import to_voxels, to_world
-from tasks.segmentation.classes import NAMED_VERTEBRAE
 
 Centroids = dict[int, np.ndarray]  # VerSe label -> world position in mm
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from tasks.blocks.settings import network_keys
 from tasks.config import Key
-from tasks.segmentation.config import network_keys
 
 KEYS = (
     Key("modalities", "list[str]", ["CT", "MR"], "Manifest modalities this model trains on "

@@ -10,18 +10,18 @@ coordinates, VerSe style.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tasks.blocks.classes import NAMED_VERTEBRAE
+from tasks.blocks.segmenter import Segmenter
 from tasks.config import Key
-from tasks.contract import Evaluation, accepted_modality
+from tasks.contract import ImageScore, accepted_modality
 from tasks.imageio import Volume, load_image
 from tasks.labelling.centroids import Centroids, centroid_list, read_centroids
 from tasks.labelling.config import KEYS
@@ -30,11 +30,6 @@ from tasks.labelling.sequence import decode
 from tasks.manifest import Manifest
 from tasks.outputs import RecordOutput
 from tasks.points import label_centroids, read_points
-from tasks.segmentation.classes import NAMED_VERTEBRAE
-from tasks.segmentation.dataset import prepare_rows, train_loader
-from tasks.segmentation.inference import score_image
-from tasks.segmentation.task import SegmentationTask
-from tasks.segmentation.transforms import prepare
 
 
 class LabellingTask:
@@ -44,39 +39,31 @@ class LabellingTask:
     keys: ClassVar[tuple[Key, ...]] = KEYS
     score: ClassVar[str] = "id_rate"
     output_suffix: ClassVar[str] = "_ctd.json"
+    inputs: ClassVar[dict[str, str]] = {}
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
-        self.levels = SegmentationTask({**self.settings, "network": "unet3d",
-                                        "labels": "vertebrae", "hd95": False})
+        self.levels = Segmenter({**self.settings, "network": "unet3d", "labels": "vertebrae"})
 
     def select(self, manifest: Manifest) -> Manifest:
         """Rows of the task's modalities with a mask (the training target)."""
-        return self.levels.select(manifest)
+        return self.levels.masked_rows(manifest)
 
     def build_model(self) -> nn.Module:
         return self.levels.build_model()
 
     def train_data(self, manifest: Manifest, batch_size: int, seed: int,
                    per_patient: bool = False) -> DataLoader:
-        rows = self.select(manifest)
-        prepared = prepare_rows(rows, self.levels.settings, self.levels.table)
-        patients = list(rows.table.patient_id) if per_patient else None
-        return train_loader(prepared, self.levels.settings, batch_size, seed, patients)
+        return self.levels.train_data(self.select(manifest), batch_size, seed, per_patient)
 
-    def train_epoch(self, model: nn.Module, batches: Iterable[Any],
-                    optimizer: torch.optim.Optimizer, device: torch.device,
-                    max_steps: int | None = None,
-                    penalty: Callable[[nn.Module], torch.Tensor] | None = None
-                    ) -> dict[str, float]:
-        return self.levels.train_epoch(model, batches, optimizer, device, max_steps, penalty)
+    def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                   device: torch.device) -> torch.Tensor:
+        return self.levels.batch_loss(model, batch, device)
 
     def centroids(self, model: nn.Module, volume: Volume, modality: str,
                   device: torch.device) -> Centroids:
         """Predicted world positions (mm) of the vertebrae found in ``volume``."""
-        prepared = prepare(volume, modality, self.levels.settings)
-        scores = score_image(model, prepared.image, 3, self.levels.divisor,
-                             self.settings["patch_size"], device)
+        scores, prepared = self.levels.scores(model, volume, modality, device)
         voxel = float(np.prod(self.settings["spacing"]))
         return decode(scores[1:].numpy(), self.levels.table.values[1:], prepared.affine,
                       self.settings["min_volume"] / voxel)
@@ -89,33 +76,23 @@ class LabellingTask:
         return label_centroids(mask.array, mask.affine, NAMED_VERTEBRAE)
 
     def predict(self, model: nn.Module, volume: Volume, device: torch.device,
-                centroids: list[dict[str, Any]] | None = None) -> RecordOutput:
+                extra: Mapping[str, Any]) -> RecordOutput:
         modality = accepted_modality(volume, self.settings["modalities"])
         found = self.centroids(model, volume, modality, device)
         return RecordOutput(centroid_list(found, volume.affine))
 
-    def evaluate(self, model: nn.Module, manifest: Manifest, device: torch.device) -> Evaluation:
-        rows = []
-        for row in self.select(manifest).rows():
-            start = time.perf_counter()
-            image = load_image(manifest.path(row))
-            counts = identification(self.centroids(model, image, row["modality"], device),
-                                    self.truth(manifest, row, image), self.settings["radius"])
-            rows.append({"patient_id": row["patient_id"], "image": row["image"],
-                         "modality": row["modality"], "site": row["site"], **counts,
-                         **rates(counts), "seconds": time.perf_counter() - start})
-        metrics = dict.fromkeys(self.metric_names(), float("nan"))
-        if rows:
-            metrics.update(pool(rows))
-            for modality in self.settings["modalities"]:
-                chosen = [r for r in rows if r["modality"] == modality]
-                if chosen:
-                    metrics[f"id_rate_{modality}"] = pool(chosen)["id_rate"]
-        return Evaluation(metrics, pd.DataFrame(rows))
+    def score_image(self, model: nn.Module, manifest: Manifest, row: dict[str, str],
+                    device: torch.device) -> ImageScore:
+        image = load_image(manifest.path(row))
+        counts = identification(self.centroids(model, image, row["modality"], device),
+                                self.truth(manifest, row, image), self.settings["radius"])
+        return ImageScore({**counts, **rates(counts)})
+
+    def summarise(self, scores: list[ImageScore]) -> dict[str, float]:
+        return pool([s.metrics for s in scores])
 
     def metric_names(self) -> tuple[str, ...]:
-        return ("id_rate", "localisation_mm",
-                *(f"id_rate_{m}" for m in self.settings["modalities"]))
+        return ("id_rate", "localisation_mm")
 
     def describe_output(self) -> dict[str, Any]:
         return {"task": self.name, "format": "VerSe centroid list: a direction entry, then "

@@ -7,8 +7,8 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.networks.utils import one_hot
 
+from tasks.blocks.classes import ClassTable
 from tasks.labels import STRUCTURES
-from tasks.segmentation.classes import ClassTable
 
 
 def segmentation_metrics(predicted: np.ndarray, truth: np.ndarray, table: ClassTable,

@@ -1,0 +1,179 @@
+"""The one local trainer. `spinefl train`, the simulation's pooled and local-only
+baselines and the ClientApp's rounds all train through ``LocalTrainer``; a task
+gives only its batch loss (``Task.batch_loss``), its data and its evaluation.
+
+The trainer owns: the optimizer (Adam), epochs or a step limit, the learning-rate
+schedule over the whole run (which may span federated rounds: ``run_epochs`` and
+``epochs_done`` place this call in it), a time budget, the evaluation cadence,
+mixed precision on CUDA, patient-level DP-SGD (``client.privacy.PrivateRound``
+around the epochs, with a given noise multiplier) and an extra loss term
+(FedProx's proximal term).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from client.privacy import PrivateRound, Release, epsilon
+from tasks.contract import Evaluation, Task
+from tasks.device import autocast
+
+Penalty = Callable[[nn.Module], torch.Tensor]
+Evaluate = Callable[[nn.Module], Evaluation]
+EpochEnd = Callable[[dict[str, float], Evaluation | None], None]
+
+
+def run_share(epochs_done: int, run_epochs: int, elapsed: float, budget: float) -> float:
+    """Share (0-1) of a run behind after ``epochs_done`` of ``run_epochs``: by epochs, or by
+    time (``elapsed`` of ``budget`` seconds; 0 = no budget) if the budget runs out first."""
+    share = epochs_done / run_epochs
+    if budget > 0:
+        share = max(share, elapsed / budget)
+    return min(share, 1.0)
+
+
+def cosine_lr(base: float, share: float) -> float:
+    """``base`` decayed to 0 along a half cosine, ``share`` (0-1) of the way through."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * share))
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """DP-SGD for one call of ``fit``: the noise multiplier (already planned for the run's
+    budget), the clipping norm, how Opacus computes per-patient gradients, and the delta and
+    accountant of the epsilon each epoch's row reports (spent by this call)."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    grad_sample_mode: str
+    delta: float
+    accountant: str
+
+
+@dataclass
+class Fit:
+    """What one call of ``fit`` did: one row per epoch (``train_loss``, ``train_steps``,
+    ``lr``, ``val_*`` metrics when evaluated, ``epsilon`` under DP), the task's steps taken,
+    the DP release (or None), and whether the time budget ended it."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    release: Release | None = None
+    out_of_time: bool = False
+
+    @property
+    def loss(self) -> float:
+        """The last epoch's mean training loss."""
+        return self.epochs[-1]["train_loss"] if self.epochs else float("nan")
+
+
+class LocalTrainer:
+    """Local training of one model on one dataset for part or all of a run.
+
+    ``settings`` are the ``[train]`` keys a hospital honours (``tasks.run_config.
+    LOCAL_TRAIN_KEYS``: lr, schedule, weight decay); the optimizer lives as long as the
+    trainer (a whole pooled run; one federated round at a hospital).
+    """
+
+    def __init__(self, task: Task, model: nn.Module, settings: Mapping[str, Any],
+                 device: torch.device, *, run_epochs: int, epochs_done: int = 0,
+                 max_minutes: float = 0.0) -> None:
+        self.task, self.model, self.device = task, model.to(device), device
+        self.base_lr = float(settings["lr"])
+        self.schedule = str(settings["schedule"])
+        self.run_epochs, self.epochs_done = run_epochs, epochs_done
+        self.budget = 60.0 * max_minutes
+        self.started = time.perf_counter()
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.base_lr,
+                                          weight_decay=settings["weight_decay"])
+        self._schedule_lr()
+
+    def _schedule_lr(self) -> None:
+        """Set the learning rate for the next epoch: the schedule's, at the share of the run
+        behind (epochs done, or the time budget spent)."""
+        if self.schedule != "cosine":
+            return
+        share = run_share(self.epochs_done, self.run_epochs,
+                          time.perf_counter() - self.started, self.budget)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cosine_lr(self.base_lr, share)
+
+    def fit(self, batches: Any, epochs: int, *, max_steps: int | None = None,
+            penalty: Penalty | None = None, dp: DPSettings | None = None,
+            evaluate: Evaluate | None = None, eval_every: int = 1,
+            on_epoch_end: EpochEnd | None = None) -> Fit:
+        """Train ``epochs`` passes over ``batches`` (at most ``max_steps`` steps in all).
+
+        ``evaluate(model)`` runs every ``eval_every`` epochs and after the last, its metrics
+        going into the row as ``val_<name>``; ``on_epoch_end(row, evaluation)`` then sees
+        each epoch's row (and that evaluation, or None) while the model holds that epoch's
+        weights. The run stops before an epoch that
+        would end past the time budget at the pace so far.
+        """
+        fit = Fit()
+        if dp is None:
+            self._epochs(self.model, self.optimizer, batches, epochs, max_steps, penalty, fit,
+                         evaluate, eval_every, on_epoch_end, None)
+            return fit
+        with PrivateRound(self.model, self.optimizer, batches, dp.noise_multiplier,
+                          dp.max_grad_norm, dp.grad_sample_mode, max_steps=max_steps) as private:
+            self._epochs(private.model, private.optimizer, private.batches, epochs, max_steps,
+                         penalty, fit, evaluate, eval_every, on_epoch_end, (private, dp))
+        fit.release = private.release
+        return fit
+
+    def _epochs(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any,
+                epochs: int, max_steps: int | None, penalty: Penalty | None, fit: Fit,
+                evaluate: Evaluate | None, eval_every: int, on_epoch_end: EpochEnd | None,
+                private: tuple[PrivateRound, DPSettings] | None) -> None:
+        for epoch in range(1, epochs + 1):
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            left = None if max_steps is None else max_steps - fit.steps
+            losses = self.steps(model, optimizer, batches, left, penalty)
+            fit.steps += len(losses)
+            self.epochs_done += 1
+            self._schedule_lr()
+            row = {"train_loss": float(np.mean(losses)) if losses else float("nan"),
+                   "train_steps": float(len(losses)), "lr": lr}
+            if private is not None:
+                round_, dp = private
+                row["epsilon"] = epsilon([round_.spent()], dp.delta, dp.accountant)
+            elapsed = time.perf_counter() - self.started
+            fit.out_of_time = self.budget > 0 and elapsed * (epoch + 1) / epoch > self.budget
+            steps_done = (max_steps is not None and fit.steps >= max_steps) or (
+                private is not None and private[0].steps_left == 0)
+            last = epoch == epochs or fit.out_of_time or steps_done
+            evaluation = None
+            if evaluate is not None and (epoch % eval_every == 0 or last):
+                evaluation = evaluate(self.model)
+                row.update({f"val_{k}": v for k, v in evaluation.metrics.items()})
+            if on_epoch_end is not None:
+                on_epoch_end(row, evaluation)
+            fit.epochs.append(row)
+            if last:
+                break
+    def steps(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any,
+               max_steps: int | None, penalty: Penalty | None) -> list[float]:
+        """One pass of optimiser steps on the task's batch loss (mixed precision on CUDA)."""
+        model.train()
+        losses: list[float] = []
+        for step, batch in enumerate(batches):
+            if max_steps is not None and step >= max_steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device):
+                loss = self.task.batch_loss(model, batch, self.device)
+            if penalty is not None:
+                loss = loss + penalty(model)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        return losses

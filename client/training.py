@@ -1,0 +1,137 @@
+"""Pooled (centralised) training of any task on a manifest: `spinefl train`.
+
+This is also the 'pooled' baseline that federated runs are compared with.
+A run folder holds, for a person to inspect::
+
+    config.toml          the resolved config (every default filled in)
+    metrics.csv          one row per epoch: training loss, validation metrics, time
+    metrics.png          the same as curves
+    checkpoint_last.pt   weights, optimizer and epoch of the latest epoch
+    model.pt             the best model by the task's score (what `spinefl predict` takes)
+    val_per_image.csv    the best model's metrics per validation image
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tomli_w
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from client.privacy import planned_noise
+from client.trainer import DPSettings, LocalTrainer
+from tasks.checkpoint import save_checkpoint
+from tasks.contract import Evaluation
+from tasks.device import select_device
+from tasks.errors import UserError
+from tasks.evaluation import evaluate
+from tasks.manifest import Manifest
+from tasks.plots import plot_history
+from tasks.run_config import task_from_config
+from tasks.seeding import seed_everything
+
+
+def claim_run_folder(out: Path, force: bool) -> None:
+    """Create ``out``; refuse a folder that already holds files unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise UserError(f"{out}: already holds another run ({held}, ...); "
+                        "choose another output folder or pass --force to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class RunResult:
+    """Where a run's outputs are and how it ended."""
+
+    folder: Path
+    history: pd.DataFrame
+    best: dict[str, float]
+
+
+def train(config: dict[str, dict[str, Any]], force: bool = False,
+          console: Console | None = None) -> RunResult:
+    """Train the configured task on the manifest's train split, validating on its val split."""
+    console = console or Console()
+    out = Path(config["output"]["dir"])
+    manifest = Manifest.load(Path(config["data"]["manifest"]))
+    task = task_from_config(config)
+    train_rows = task.select(manifest.select(split="train"))
+    val_rows = task.select(manifest.select(split="val"))
+    if len(train_rows) == 0:
+        raise UserError(f"{config['data']['manifest']}: no training rows for this task "
+                        f"(split 'train', with labels, of the task's modalities)")
+    claim_run_folder(out, force)
+    (out / "config.toml").write_text(tomli_w.dumps(config))
+
+    run, privacy = config["train"], config["privacy"]
+    seed_everything(run["seed"])
+    device = select_device(run["device"])
+    model = task.build_model()
+    trainer = LocalTrainer(task, model, run, device, run_epochs=run["epochs"],
+                           max_minutes=run["max_minutes"])
+    batches = task.train_data(train_rows, run["batch_size"], run["seed"],
+                              per_patient=privacy["enabled"])
+    console.print(f"Training [bold]{task.name}[/] on {len(train_rows)} images "
+                  f"({len(val_rows)} for validation) on {device}")
+    dp = None
+    if privacy["enabled"]:
+        rate = 1.0 / len(batches)
+        noise = planned_noise(privacy, rate, run["epochs"] * len(batches), privacy["delta"])
+        dp = DPSettings(noise, privacy["max_grad_norm"], privacy["grad_sample_mode"],
+                        privacy["delta"], privacy["accountant"])
+        console.print(f"DP-SGD: {len(batches.dataset)} patients, sample rate {rate:.4g}, "
+                      f"noise multiplier {noise:.4g}, clipping norm {privacy['max_grad_norm']:g}")
+
+    score = f"val_{task.score}"
+    history: list[dict[str, float]] = []
+    best: dict[str, float] = {}
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}"))
+
+    def validate(net: torch.nn.Module) -> Evaluation:
+        return evaluate(task, net, val_rows, device)
+
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("epochs", total=run["epochs"], status="")
+
+        def epoch_end(row: dict[str, float], evaluation: Evaluation | None) -> None:
+            nonlocal best
+            row = {"epoch": len(history) + 1, **row}
+            if evaluation is not None and (not best or row[score] >= best.get(score, -np.inf)):
+                # On a tie the later (longer trained) model wins.
+                best = dict(row)
+                save_checkpoint(out / "model.pt", task, model, epoch=row["epoch"],
+                                metrics=evaluation.metrics)
+                evaluation.per_image.to_csv(out / "val_per_image.csv", index=False)
+            row["seconds"] = time.perf_counter() - trainer.started
+            history.append(row)
+            pd.DataFrame(history).to_csv(out / "metrics.csv", index=False)
+            save_checkpoint(out / "checkpoint_last.pt", task, model, epoch=row["epoch"],
+                            optimizer=trainer.optimizer.state_dict())
+            status = f"loss {row['train_loss']:.3f}"
+            if score in row:
+                status += f"  val {task.score} {row[score]:.3f}"
+            progress.update(bar, advance=1, status=status)
+
+        fit = trainer.fit(batches, run["epochs"], dp=dp,
+                          evaluate=validate if len(val_rows) else None,
+                          eval_every=run["eval_every"], on_epoch_end=epoch_end)
+    if fit.out_of_time:
+        console.print(f"Stopped after epoch {len(history)}: time budget of "
+                      f"{run['max_minutes']:g} min reached")
+    if not best:  # no validation rows: the last model is the model
+        save_checkpoint(out / "model.pt", task, model, epoch=history[-1]["epoch"], metrics={})
+    frame = pd.DataFrame(history)
+    plot_history(frame, out / "metrics.png", score)
+    return RunResult(out, frame, best)

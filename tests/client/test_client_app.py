@@ -1,0 +1,113 @@
+"""The ClientApp driven with real Flower messages: FedBN, FedProx and a hospital's data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+from client.app import app
+from client.model_state import norm_state_keys, proximal_penalty
+from client.trainer import cosine_lr
+from tasks.config import ConfigError, validate
+from tasks.segmentation import SegmentationTask
+
+SETTINGS = {"channels": [8, 16], "norm_affine": True, "spacing": [4.0, 4.0, 4.0],
+            "patch_size": [32, 32, 32]}
+TRAIN = {"batch_size": 4, "lr": 0.0, "weight_decay": 0.0, "seed": 0}
+
+
+@pytest.fixture
+def hospital(tiny_cohort, tmp_path):
+    """A prepared hospital folder as a node's data-path (one site of the tiny cohort)."""
+    tiny_cohort.select(site="ct-a").with_absolute_paths(tmp_path).save(tmp_path / "manifest.csv")
+    return tmp_path
+
+
+def task() -> SegmentationTask:
+    return SegmentationTask(validate({"task": SETTINGS}, {"task": SegmentationTask.keys},
+                                     "test")["task"])
+
+
+def request(state: dict, **config) -> Message:
+    content = RecordDict({
+        "arrays": ArrayRecord(state),
+        "config": ConfigRecord({"task": json.dumps({"name": "segmentation",
+                                                    "settings": task().settings}),
+                                "train": json.dumps({**TRAIN, **config.pop("train", {})}),
+                                "local-epochs": 1, "local-steps": 1, **config}),
+    })
+    return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def test_fedbn_keeps_each_hospitals_normalisation_and_takes_the_rest(hospital, inside_a_run):
+    context = Context(run_id=1, node_id=1, node_config={"data-path": str(hospital)},
+                      state=RecordDict(), run_config={})
+    torch.manual_seed(0)
+    model = task().build_model()
+    norms = norm_state_keys(model)
+    assert norms, "norm_affine gives the network normalisation parameters"
+    first = app(request(model.state_dict(), **{"keep-local-norm": True},
+                        train={"lr": 0.05}), context)
+    trained = first.content["arrays"].to_torch_state_dict()
+    # The next global model: everything different, as after averaging with other hospitals.
+    incoming = {k: v + 1.0 if v.is_floating_point() else v for k, v in trained.items()}
+    kept = app(request(incoming, **{"keep-local-norm": True}), context)
+    state = kept.content["arrays"].to_torch_state_dict()  # lr 0: what the node loaded
+    for key in state:
+        expected = trained[key] if key in norms else incoming[key]
+        torch.testing.assert_close(state[key], expected, msg=key)
+    plain = app(request(incoming), context).content["arrays"].to_torch_state_dict()
+    for key in norms:
+        torch.testing.assert_close(plain[key], incoming[key])
+    assert first.content["metrics"]["num-examples"] > 4
+
+
+def test_fedprox_penalty_pulls_towards_the_global_weights():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    reference = {k: v.clone() for k, v in model.named_parameters()}
+    penalty = proximal_penalty(model, reference, mu=0.5)
+    assert float(penalty(model).detach()) == 0.0
+    with torch.no_grad():
+        model.weight += 2.0
+    value = penalty(model)
+    assert float(value) == pytest.approx(0.5 / 2 * 6 * 4.0)
+    value.backward()
+    torch.testing.assert_close(model.weight.grad, torch.full((2, 3), 0.5 * 2.0))
+
+
+def test_a_node_without_data_says_how_to_give_it(inside_a_run):
+    from tasks.errors import UserError
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(UserError, match="data-path"):
+        app(request(task().build_model().state_dict()), context)
+
+
+def test_a_hospital_without_training_images_says_so(tiny_cohort, tmp_path, inside_a_run):
+    tiny_cohort.select(split="test").with_absolute_paths(tmp_path).save(
+        tmp_path / "manifest.csv")
+    context = Context(run_id=1, node_id=1, node_config={"data-path": str(tmp_path)},
+                      state=RecordDict(), run_config={})
+    reply = app(request(task().build_model().state_dict()), context)
+    assert reply.has_error() and "has no training images" in reply.error.reason
+
+
+def test_the_learning_rate_schedule_spans_the_federations_rounds(hospital, inside_a_run):
+    context = Context(run_id=1, node_id=1, node_config={"data-path": str(hospital)},
+                      state=RecordDict(), run_config={})
+    state = task().build_model().state_dict()
+    for server_round, share in ((1, 0.0), (3, 0.5), (4, 0.75)):
+        reply = app(request(state, train={"lr": 0.01, "schedule": "cosine"},
+                            **{"num-rounds": 4, "server-round": server_round}), context)
+        assert reply.content["metrics"]["lr"] == pytest.approx(cosine_lr(0.01, share))
+
+
+def test_the_coordinator_cannot_choose_a_hospitals_device(hospital, inside_a_run):
+    context = Context(run_id=1, node_id=1, node_config={"data-path": str(hospital)},
+                      state=RecordDict(), run_config={})
+    with pytest.raises(ConfigError, match=r"train\.device"):
+        app(request(task().build_model().state_dict(), train={"device": "cuda"}), context)

@@ -1,0 +1,42 @@
+"""What the real ClientApp receives in a round: a small segmentation task, a train request
+for it (with or without DP settings) and a hospital node's context."""
+
+from __future__ import annotations
+
+import json
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+from tasks.config import validate
+from tasks.run_config import PRIVACY_KEYS
+from tasks.segmentation import SegmentationTask
+
+SETTINGS = {"channels": [8, 16], "spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32]}
+TRAIN = {"batch_size": 2, "lr": 0.01, "weight_decay": 0.0, "seed": 0}
+
+
+def privacy(**settings) -> dict:
+    return validate({"privacy": {"enabled": True, **settings}}, {"privacy": PRIVACY_KEYS},
+                    "test")["privacy"]
+
+
+def task() -> SegmentationTask:
+    return SegmentationTask(validate({"task": SETTINGS}, {"task": SegmentationTask.keys},
+                                     "test")["task"])
+
+
+def request(state: dict, server_round: int = 1, dp: dict | None = None, **config) -> Message:
+    content = RecordDict({
+        "arrays": ArrayRecord(state),
+        "config": ConfigRecord({
+            "task": json.dumps({"name": "segmentation", "settings": task().settings}),
+            "train": json.dumps(TRAIN), "privacy": json.dumps(dp or {}),
+            "local-epochs": 1, "local-steps": 2, "num-rounds": 3,
+            "server-round": server_round, **config}),
+    })
+    return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def node(folder, **budget) -> Context:
+    return Context(run_id=1, node_id=1, node_config={"data-path": str(folder), **budget},
+                   state=RecordDict(), run_config={})

@@ -1,0 +1,88 @@
+"""Where a federated run starts: fresh, from a checkpoint (transfer learning), or resumed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from server.app import ROUND_CHECKPOINT, starting_point
+from server.config import validate_experiment
+from tasks.checkpoint import save_checkpoint
+from tasks.errors import UserError
+from tasks.registry import task_class
+
+
+def experiment(tmp_path, **federation):
+    return validate_experiment({
+        "data": {"manifest": "m.csv"},
+        "task": {"name": "segmentation", "channels": [8, 16]},
+        "federation": federation,
+        "output": {"dir": str(tmp_path / "run")},
+    }, "test")
+
+
+def build(config):
+    settings = {k: v for k, v in config["task"].items() if k != "name"}
+    return task_class("segmentation")(settings)
+
+
+def test_a_fresh_run_is_seeded(tmp_path):
+    config = experiment(tmp_path)
+    first, done = starting_point(build(config), config, tmp_path / "run")
+    second, _ = starting_point(build(config), config, tmp_path / "run")
+    assert done == 0
+    for key in first:
+        torch.testing.assert_close(first[key], second[key])
+
+
+def test_transfer_learning_starts_from_the_given_checkpoint(tmp_path):
+    config = experiment(tmp_path)
+    task = build(config)
+    model = task.build_model()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(0.25)
+    save_checkpoint(tmp_path / "elsewhere.pt", task, model)
+    config = experiment(tmp_path, init_checkpoint=str(tmp_path / "elsewhere.pt"))
+    weights, done = starting_point(task, config, tmp_path / "run")
+    assert done == 0
+    assert all(torch.all(weights[name] == 0.25) for name, _ in model.named_parameters())
+
+    other = task_class("segmentation")({**task.settings, "channels": [4, 8]})
+    save_checkpoint(tmp_path / "other.pt", other, other.build_model())
+    config = experiment(tmp_path, init_checkpoint=str(tmp_path / "other.pt"))
+    with pytest.raises(UserError, match="task settings differ"):
+        starting_point(task, config, tmp_path / "run")
+
+
+def test_a_stopped_run_resumes_after_its_last_finished_round(tmp_path):
+    config = experiment(tmp_path, rounds=5)
+    task = build(config)
+    model = task.build_model()
+    save_checkpoint(tmp_path / "run" / ROUND_CHECKPOINT, task, model, round=3)
+    weights, done = starting_point(task, config, tmp_path / "run", resume=True)
+    assert done == 3
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(weights[key], value)
+    with pytest.raises(UserError, match="holds round 3 of an earlier run"):
+        starting_point(task, config, tmp_path / "run")  # a new run never overwrites it
+
+
+def test_resuming_needs_a_finished_round(tmp_path):
+    config = experiment(tmp_path)
+    with pytest.raises(UserError, match="no finished round to resume from"):
+        starting_point(build(config), config, tmp_path / "run", resume=True)
+
+
+@pytest.mark.parametrize("raw", [{}, {"task": {"name": "staging"}}])
+def test_every_config_names_a_missing_or_unknown_task_the_same_way(raw, tmp_path):
+    from simulation.config import load_simulation
+    from tasks.run_config import load_run_config
+
+    (tmp_path / "x.toml").write_text('[task]\nname = "staging"\n' if raw else "")
+    for load in (lambda: validate_experiment(raw, str(tmp_path / "x.toml")),
+                 lambda: load_run_config(tmp_path / "x.toml"),
+                 lambda: load_simulation(tmp_path / "x.toml")):
+        with pytest.raises(UserError, match=r"x\.toml: (missing required key task\.name|"
+                                            r"task\.name 'staging' is not a task)"):
+            load()
