@@ -44,7 +44,6 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
-from torch import nn
 
 from client.audit import AuditLog, digest_arrays, digest_config
 from client.hospital import Hospital, resolve_hospital
@@ -60,7 +59,6 @@ from tasks.evaluation import evaluate as evaluate_task
 from tasks.protocol import KEEP_LOCAL_NORM, UNIFORM_WEIGHT
 from tasks.registry import task_class
 from tasks.run_config import LOCAL_TRAIN_KEYS, PRIVACY_KEYS
-from tasks.seeding import seed_everything
 
 app = ClientApp()
 
@@ -107,15 +105,13 @@ class Request:
         return None
 
 
-def global_model(task: Task, arrays: ArrayRecord, context: Context,
-                 keep_local_norm: bool, device: torch.device) -> nn.Module:
-    """The global model (with this hospital's own normalisation layers under FedBN)."""
-    model = task.build_model()
+def global_state(arrays: ArrayRecord, context: Context, keep_local_norm: bool
+                 ) -> dict[str, torch.Tensor]:
+    """The global model's state (with this hospital's own normalisation layers under FedBN)."""
     state = arrays.to_torch_state_dict()
     if keep_local_norm and LOCAL_NORM in context.state:
         state.update(context.state[LOCAL_NORM].to_torch_state_dict())
-    model.load_state_dict(state)
-    return model.to(device)
+    return state
 
 
 def _loader(task: Task, hospital: Hospital, train: dict[str, Any], per_patient: bool):
@@ -196,17 +192,17 @@ def train(msg: Message, context: Context, request: Request) -> Message:
         return _refuse(msg, f"hospital {hospital.name} has no training images for "
                        f"task {task.name} (split 'train' of its manifest)")
     keep_local_norm = bool(config.get(KEEP_LOCAL_NORM, False))
-    device = select_device(hospital.device)
-    model = global_model(task, msg.content["arrays"], context, keep_local_norm,
-                         device)
-    global_state = msg.content["arrays"].to_torch_state_dict()
-    seed_everything(settings["seed"] + request.server_round)
     local_epochs, local_steps = int(config["local-epochs"]), int(config["local-steps"])
-    trainer = LocalTrainer(task, model, settings, device,
-                           run_epochs=int(config.get("num-rounds", 1)) * local_epochs,
-                           epochs_done=max(request.server_round - 1, 0) * local_epochs)
+    trainer = LocalTrainer.start(
+        task, settings, select_device(hospital.device),
+        seed=settings["seed"] + request.server_round,
+        state=global_state(msg.content["arrays"], context, keep_local_norm),
+        run_epochs=int(config.get("num-rounds", 1)) * local_epochs,
+        epochs_done=max(request.server_round - 1, 0) * local_epochs)
+    model = trainer.model
     mu = float(config.get("proximal-mu", 0.0))
-    penalty = proximal_penalty(model, global_state, mu) if mu > 0 else None
+    penalty = proximal_penalty(model, msg.content["arrays"].to_torch_state_dict(), mu) \
+        if mu > 0 else None
     batches = _loader(task, hospital, settings, per_patient=private)
     extra: dict[str, float] = {}
     if private:
@@ -258,8 +254,10 @@ def evaluate(msg: Message, context: Context, request: Request) -> Message:
     started = time.perf_counter()
     task = request.task()
     device = select_device(request.hospital.device)
-    model = global_model(task, msg.content["arrays"], context,
-                         bool(request.config.get(KEEP_LOCAL_NORM, False)), device)
+    model = task.build_model()
+    model.load_state_dict(global_state(msg.content["arrays"], context,
+                                       bool(request.config.get(KEEP_LOCAL_NORM, False))))
+    model.to(device)
     rows = task.select(request.hospital.manifest().select(split="val"))
     evaluation = evaluate_task(task, model, rows, device)
     metrics = MetricRecord({**evaluation.metrics, "num-examples": len(rows),

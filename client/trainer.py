@@ -2,7 +2,8 @@
 baselines and the ClientApp's rounds all train through ``LocalTrainer``; a task
 gives only its batch loss (``Task.batch_loss``), its data and its evaluation.
 
-The trainer owns: the optimizer (Adam), epochs or a step limit, the learning-rate
+The trainer owns: seeding and the network to train (``LocalTrainer.start``), the
+optimizer (Adam), epochs or a step limit, the learning-rate
 schedule over the whole run (which may span federated rounds: ``run_epochs`` and
 ``epochs_done`` place this call in it), a time budget, the evaluation cadence,
 mixed precision on CUDA, patient-level DP-SGD (``client.privacy.PrivateRound``
@@ -25,6 +26,7 @@ from torch import nn
 from client.privacy import PrivateRound, Release, epsilon
 from tasks.contract import Evaluation, Task
 from tasks.device import autocast
+from tasks.seeding import seed_everything
 
 Penalty = Callable[[nn.Module], torch.Tensor]
 Evaluate = Callable[[nn.Module], Evaluation]
@@ -91,20 +93,36 @@ class LocalTrainer:
         self.schedule = str(settings["schedule"])
         self.run_epochs, self.epochs_done = run_epochs, epochs_done
         self.budget = 60.0 * max_minutes
-        self.started = time.perf_counter()
+        self.started: float | None = None  # the clock starts with the first epoch
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.base_lr,
                                           weight_decay=settings["weight_decay"])
         self._schedule_lr()
+
+    @classmethod
+    def start(cls, task: Task, settings: Mapping[str, Any], device: torch.device, *,
+              seed: int, state: Mapping[str, torch.Tensor] | None = None, run_epochs: int,
+              epochs_done: int = 0, max_minutes: float = 0.0) -> LocalTrainer:
+        """Seed Python, NumPy and torch with ``seed``, build the task's network (with
+        ``state`` loaded, e.g. the global model) and a trainer for it."""
+        seed_everything(seed)
+        model = task.build_model()
+        if state is not None:
+            model.load_state_dict(state)
+        return cls(task, model, settings, device, run_epochs=run_epochs,
+                   epochs_done=epochs_done, max_minutes=max_minutes)
 
     def _schedule_lr(self) -> None:
         """Set the learning rate for the next epoch: the schedule's, at the share of the run
         behind (epochs done, or the time budget spent)."""
         if self.schedule != "cosine":
             return
-        share = run_share(self.epochs_done, self.run_epochs,
-                          time.perf_counter() - self.started, self.budget)
+        share = run_share(self.epochs_done, self.run_epochs, self.elapsed(), self.budget)
         for group in self.optimizer.param_groups:
             group["lr"] = cosine_lr(self.base_lr, share)
+
+    def elapsed(self) -> float:
+        """Seconds since the first epoch of this trainer began (0 before)."""
+        return 0.0 if self.started is None else time.perf_counter() - self.started
 
     def fit(self, batches: Any, epochs: int, *, max_steps: int | None = None,
             penalty: Penalty | None = None, dp: DPSettings | None = None,
@@ -119,6 +137,8 @@ class LocalTrainer:
         would end past the time budget at the pace so far.
         """
         fit = Fit()
+        if self.started is None:
+            self.started = time.perf_counter()
         if dp is None:
             self._epochs(self.model, self.optimizer, batches, epochs, max_steps, penalty, fit,
                          evaluate, eval_every, on_epoch_end, None)
@@ -146,7 +166,7 @@ class LocalTrainer:
             if private is not None:
                 round_, dp = private
                 row["epsilon"] = epsilon([round_.spent()], dp.delta, dp.accountant)
-            elapsed = time.perf_counter() - self.started
+            elapsed = self.elapsed()
             fit.out_of_time = self.budget > 0 and elapsed * (epoch + 1) / epoch > self.budget
             steps_done = (max_steps is not None and fit.steps >= max_steps) or (
                 private is not None and private[0].steps_left == 0)

@@ -13,7 +13,6 @@ A run folder holds, for a person to inspect::
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from tasks.evaluation import evaluate
 from tasks.manifest import Manifest
 from tasks.plots import plot_history
 from tasks.run_config import task_from_config
-from tasks.seeding import seed_everything
 
 
 def claim_run_folder(out: Path, force: bool) -> None:
@@ -74,11 +72,10 @@ def train(config: dict[str, dict[str, Any]], force: bool = False,
     (out / "config.toml").write_text(tomli_w.dumps(config))
 
     run, privacy = config["train"], config["privacy"]
-    seed_everything(run["seed"])
     device = select_device(run["device"])
-    model = task.build_model()
-    trainer = LocalTrainer(task, model, run, device, run_epochs=run["epochs"],
-                           max_minutes=run["max_minutes"])
+    trainer = LocalTrainer.start(task, run, device, seed=run["seed"], run_epochs=run["epochs"],
+                                 max_minutes=run["max_minutes"])
+    model = trainer.model
     batches = task.train_data(train_rows, run["batch_size"], run["seed"],
                               per_patient=privacy["enabled"])
     console.print(f"Training [bold]{task.name}[/] on {len(train_rows)} images "
@@ -114,7 +111,7 @@ def train(config: dict[str, dict[str, Any]], force: bool = False,
                 save_checkpoint(out / "model.pt", task, model, epoch=row["epoch"],
                                 metrics=evaluation.metrics)
                 evaluation.per_image.to_csv(out / "val_per_image.csv", index=False)
-            row["seconds"] = time.perf_counter() - trainer.started
+            row["seconds"] = trainer.elapsed()
             history.append(row)
             pd.DataFrame(history).to_csv(out / "metrics.csv", index=False)
             save_checkpoint(out / "checkpoint_last.pt", task, model, epoch=row["epoch"],

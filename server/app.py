@@ -13,7 +13,7 @@ sum of the updates is seen (``server.secure_aggregation``). After each round
 a callback writes, in the experiment's output folder:
 
 - ``federated_metrics.csv``: one row per hospital per round (training loss,
-  steps, samples, time; validation Dice per structure; errors; the round's
+  steps, samples, learning rate, time; the task's validation metrics; errors; the round's
   wall time on the server);
 - ``checkpoint_round.pt``: the global weights and the round reached, to resume.
 

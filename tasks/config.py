@@ -9,6 +9,7 @@ schema as the reference table in ``docs/configuration.md``.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,7 @@ def validate(raw: Mapping[str, Any], schema: Schema, where: str,
                 except ValueError as e:
                     raise ConfigError(f"{where}: {section}.{key.name} {e}") from None
                 if key.kind == "path" and base is not None and values[key.name]:
-                    values[key.name] = str(base / values[key.name])
+                    values[key.name] = os.path.normpath(base / values[key.name])
             elif key.required:
                 raise ConfigError(
                     f"{where}: missing required key {section}.{key.name} ({key.help})")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from client.trainer import cosine_lr, run_share
+from client.trainer import LocalTrainer, cosine_lr, run_share
+from tasks.contract import Evaluation
 from tests.helpers.training import train_for
 
 
@@ -23,3 +24,50 @@ def test_a_cosine_run_ends_at_a_learning_rate_of_zero(tiny_cohort, tmp_path):
                        'epochs = 2\nbatch_size = 16\nlr = 0.01\nschedule = "cosine"')
     state = torch.load(result.folder / "checkpoint_last.pt", weights_only=False)
     assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [pytest.approx(0.0)]
+
+
+class _Line:
+    """A task of one batch loss (least squares on y = 2x): enough for the trainer's loop."""
+
+    def batch_loss(self, model, batch, device):
+        x, y = batch
+        return ((model(x.to(device)) - y.to(device)) ** 2).mean()
+
+
+def _trainer(schedule: str = "constant", **kwargs) -> LocalTrainer:
+    torch.manual_seed(0)
+    settings = {"lr": 0.1, "schedule": schedule, "weight_decay": 0.0}
+    return LocalTrainer(_Line(), torch.nn.Linear(1, 1), settings, torch.device("cpu"), **kwargs)
+
+
+BATCHES = [(x, 2 * x) for x in torch.linspace(-1, 1, 8).reshape(2, 4, 1)]  # 2 batches
+
+
+def test_the_schedule_places_each_call_in_the_whole_run():
+    """Round 3 of 4 (one local epoch each) trains at the cosine's half-way rate."""
+    trainer = _trainer("cosine", run_epochs=4, epochs_done=2)
+    fit = trainer.fit(BATCHES, 1)
+    assert fit.epochs[0]["lr"] == pytest.approx(cosine_lr(0.1, 0.5))
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cosine_lr(0.1, 0.75))
+
+
+def test_steps_are_limited_across_epochs_and_evaluation_follows_its_cadence():
+    seen = []
+    fit = _trainer(run_epochs=5).fit(
+        BATCHES, 5, max_steps=5, eval_every=2,
+        evaluate=lambda model: Evaluation({"error": 0.0}),
+        on_epoch_end=lambda row, evaluation: seen.append(evaluation is not None))
+    assert fit.steps == 5 and [row["train_steps"] for row in fit.epochs] == [2, 2, 1]
+    assert seen == [False, True, True]  # every second epoch, and after the last
+    assert fit.loss < fit.epochs[0]["train_loss"]
+
+
+def test_a_time_budget_stops_before_an_epoch_that_would_end_past_it():
+    fit = _trainer(run_epochs=1000, max_minutes=1e-9).fit(BATCHES, 1000)
+    assert fit.out_of_time and len(fit.epochs) == 1
+
+
+def test_a_penalty_is_part_of_every_step():
+    plain = _trainer(run_epochs=1).fit(BATCHES, 1)
+    pulled = _trainer(run_epochs=1).fit(BATCHES, 1, penalty=lambda model: torch.tensor(5.0))
+    assert pulled.loss == pytest.approx(plain.loss + 5.0, rel=1e-5)

@@ -111,6 +111,8 @@ def test_ctrl_c_stops_every_process_the_run_started(tmp_path):
 
     config = load_toml(ROOT / "configs" / "federated_smoke.toml")
     config["phantoms"]["dir"] = str(tmp_path / "phantoms")
+    # The copy lives elsewhere: the cohort it names is relative to the original's folder.
+    config["phantoms"]["config"] = str(ROOT / "configs" / config["phantoms"]["config"])
     config["output"]["dir"] = str(tmp_path / "run")
     config["federation"]["rounds"] = 50
     (tmp_path / "smoke.toml").write_text(tomli_w.dumps(config))
