@@ -3,12 +3,11 @@ baselines and the ClientApp's rounds all train through ``LocalTrainer``; a task
 gives only its batch loss (``Task.batch_loss``), its data and its evaluation.
 
 The trainer owns: seeding and the network to train (``LocalTrainer.start``), the
-optimizer (Adam), epochs or a step limit, the learning-rate
-schedule over the whole run (which may span federated rounds: ``run_epochs`` and
-``epochs_done`` place this call in it), a time budget, the evaluation cadence,
-mixed precision on CUDA, patient-level DP-SGD (``client.privacy.PrivateRound``
-around the epochs, with a given noise multiplier) and an extra loss term
-(FedProx's proximal term).
+optimizer (Adam), epochs or a step limit, the learning-rate schedule over the
+whole run (which may span federated rounds: ``run_epochs`` and ``epochs_done``
+place this call in it), a time budget, the evaluation cadence, mixed precision
+on CUDA, patient-level DP-SGD (``client.privacy.PrivateRound`` around the epochs,
+with a given noise multiplier) and an extra loss term (FedProx's proximal term).
 """
 
 from __future__ import annotations
@@ -133,8 +132,8 @@ class LocalTrainer:
         ``evaluate(model)`` runs every ``eval_every`` epochs and after the last, its metrics
         going into the row as ``val_<name>``; ``on_epoch_end(row, evaluation)`` then sees
         each epoch's row (and that evaluation, or None) while the model holds that epoch's
-        weights. The run stops before an epoch that
-        would end past the time budget at the pace so far.
+        weights. The run stops before an epoch that would end past the time budget at the
+        pace so far.
         """
         fit = Fit()
         if self.started is None:
@@ -180,8 +179,9 @@ class LocalTrainer:
             fit.epochs.append(row)
             if last:
                 break
+
     def steps(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any,
-               max_steps: int | None, penalty: Penalty | None) -> list[float]:
+              max_steps: int | None, penalty: Penalty | None) -> list[float]:
         """One pass of optimiser steps on the task's batch loss (mixed precision on CUDA)."""
         model.train()
         losses: list[float] = []

@@ -42,13 +42,14 @@ modalities = ["CT", "MR"]""", "epochs = 80\nbatch_size = 2\nlr = 0.005\nschedule
 
 
 def test_grading_beats_the_majority_class_on_held_out_discs(tmp_path):
+    """200 epochs (a fixed count, so every machine trains the same model; about 2 CPU
+    minutes here): Pfirrmann accuracy 0.1 above the majority grade, quadratic kappa 0.4."""
     config = cohort_config({"cohort": {"patients": 30, "seed": 21, "degeneration": 1.0,
                                        "herniation_probability": 0.5},
                             "scanner": LEARNING_SCANNERS}, "grading cohort")
     manifest = generate(config, tmp_path / "phantoms")
     result = train_for(manifest, tmp_path, 'name = "grading"',
-                       "epochs = 300\nbatch_size = 16\nlr = 0.005\nmax_minutes = 1.2\n"
-                       "eval_every = 5")
+                       "epochs = 200\nbatch_size = 16\nlr = 0.005\neval_every = 5")
     metrics = _held_out(manifest, result).metrics
     assert metrics["pfirrmann_accuracy"] >= metrics["pfirrmann_majority"] + 0.1, metrics
     assert metrics["pfirrmann_kappa"] >= 0.4, metrics
