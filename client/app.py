@@ -86,6 +86,11 @@ class Request:
     def server_round(self) -> int:
         return int(self.config.get("server-round", 0))
 
+    @property
+    def keep_local_norm(self) -> bool:
+        """FedBN: the hospital keeps its own normalisation layers."""
+        return bool(self.config.get(KEEP_LOCAL_NORM, False))
+
     def task(self) -> Task:
         cls = task_class(self.task_name)
         return cls(validate({"task": self.task_settings}, {"task": cls.keys},
@@ -105,13 +110,12 @@ class Request:
         return None
 
 
-def global_state(arrays: ArrayRecord, context: Context, keep_local_norm: bool
-                 ) -> dict[str, torch.Tensor]:
-    """The global model's state (with this hospital's own normalisation layers under FedBN)."""
-    state = arrays.to_torch_state_dict()
-    if keep_local_norm and LOCAL_NORM in context.state:
-        state.update(context.state[LOCAL_NORM].to_torch_state_dict())
-    return state
+def starting_state(incoming: dict[str, torch.Tensor], context: Context, request: Request
+                   ) -> dict[str, torch.Tensor]:
+    """The global model's state, with this hospital's own normalisation layers under FedBN."""
+    if request.keep_local_norm and LOCAL_NORM in context.state:
+        return {**incoming, **context.state[LOCAL_NORM].to_torch_state_dict()}
+    return incoming
 
 
 def _loader(task: Task, hospital: Hospital, train: dict[str, Any], per_patient: bool):
@@ -191,18 +195,17 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     if len(task.select(hospital.manifest().select(split="train"))) == 0:
         return _refuse(msg, f"hospital {hospital.name} has no training images for "
                        f"task {task.name} (split 'train' of its manifest)")
-    keep_local_norm = bool(config.get(KEEP_LOCAL_NORM, False))
+    incoming = msg.content["arrays"].to_torch_state_dict()
     local_epochs, local_steps = int(config["local-epochs"]), int(config["local-steps"])
     trainer = LocalTrainer.start(
         task, settings, select_device(hospital.device),
         seed=settings["seed"] + request.server_round,
-        state=global_state(msg.content["arrays"], context, keep_local_norm),
+        state=starting_state(incoming, context, request),
         run_epochs=int(config.get("num-rounds", 1)) * local_epochs,
         epochs_done=max(request.server_round - 1, 0) * local_epochs)
     model = trainer.model
     mu = float(config.get("proximal-mu", 0.0))
-    penalty = proximal_penalty(model, msg.content["arrays"].to_torch_state_dict(), mu) \
-        if mu > 0 else None
+    penalty = proximal_penalty(model, incoming, mu) if mu > 0 else None
     batches = _loader(task, hospital, settings, per_patient=private)
     extra: dict[str, float] = {}
     if private:
@@ -213,7 +216,7 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     else:
         fit = trainer.fit(batches, local_epochs, max_steps=local_steps or None, penalty=penalty)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if keep_local_norm:
+    if request.keep_local_norm:
         context.state[LOCAL_NORM] = ArrayRecord({k: state[k] for k in norm_state_keys(model)})
     metrics = MetricRecord({"num-examples": len(batches.dataset), UNIFORM_WEIGHT: 1.0,
                             "loss": fit.loss, "steps": fit.steps,
@@ -255,8 +258,8 @@ def evaluate(msg: Message, context: Context, request: Request) -> Message:
     task = request.task()
     device = select_device(request.hospital.device)
     model = task.build_model()
-    model.load_state_dict(global_state(msg.content["arrays"], context,
-                                       bool(request.config.get(KEEP_LOCAL_NORM, False))))
+    model.load_state_dict(starting_state(msg.content["arrays"].to_torch_state_dict(), context,
+                                         request))
     model.to(device)
     rows = task.select(request.hospital.manifest().select(split="val"))
     evaluation = evaluate_task(task, model, rows, device)
