@@ -52,13 +52,13 @@ from client.model_state import norm_state_keys, proximal_penalty
 from client.privacy import Release, planned_noise
 from client.secure_aggregation import secure_aggregation
 from client.trainer import DPSettings, Fit, LocalTrainer
-from tasks.config import validate
-from tasks.contract import Task
+from tasks.config import ConfigError, validate
+from tasks.contract import PatientDraws, Task
 from tasks.device import select_device
 from tasks.evaluation import evaluate as evaluate_task
 from tasks.protocol import KEEP_LOCAL_NORM, UNIFORM_WEIGHT
 from tasks.registry import task_class
-from tasks.run_config import LOCAL_TRAIN_KEYS, PRIVACY_KEYS
+from tasks.run_config import LOCAL_TRAIN_KEYS, PRIVACY_KEYS, check_privacy, patient_draws
 
 app = ClientApp()
 
@@ -118,7 +118,8 @@ def starting_state(incoming: dict[str, torch.Tensor], context: Context, request:
     return incoming
 
 
-def _loader(task: Task, hospital: Hospital, train: dict[str, Any], per_patient: bool):
+def _loader(task: Task, hospital: Hospital, train: dict[str, Any],
+            per_patient: PatientDraws | None):
     """Training batches, prepared once per process for a hospital and task settings."""
     key = (str(hospital.manifest_path), json.dumps(task.settings, sort_keys=True),
            train["batch_size"], train["seed"], per_patient)
@@ -188,6 +189,10 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     settings = request.section("train", LOCAL_TRAIN_KEYS)
     privacy = request.section("privacy", PRIVACY_KEYS)
     private = privacy["enabled"]
+    try:
+        check_privacy({"task": {"name": task.name}, "privacy": privacy}, "server request")
+    except ConfigError as e:
+        return _refuse(msg, f"hospital {hospital.name}: {e}")
     if hospital.budget.max_epsilon is not None and not private:
         return _refuse(msg, f"hospital {hospital.name} trains only with differential "
                        f"privacy (max-epsilon {hospital.budget.max_epsilon:g}); the run asked "
@@ -206,11 +211,11 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     model = trainer.model
     mu = float(config.get("proximal-mu", 0.0))
     penalty = proximal_penalty(model, incoming, mu) if mu > 0 else None
-    batches = _loader(task, hospital, settings, per_patient=private)
+    batches = _loader(task, hospital, settings, per_patient=patient_draws(privacy))
     extra: dict[str, float] = {}
     if private:
         try:
-            fit, extra = _private_round(msg, request, trainer, batches, privacy)
+            fit, extra = _private_round(msg, request, trainer, batches, privacy, task)
         except BudgetExceeded as e:
             return _refuse(msg, f"hospital {hospital.name}: {e}")
     else:
@@ -227,7 +232,7 @@ def train(msg: Message, context: Context, request: Request) -> Message:
 
 
 def _private_round(msg: Message, request: Request, trainer: LocalTrainer, batches: Any,
-                   privacy: dict[str, Any]) -> tuple[Fit, dict[str, float]]:
+                   privacy: dict[str, Any], task: Task) -> tuple[Fit, dict[str, float]]:
     """One round of DP-SGD within the hospital's budget, recorded in its ledger before the
     reply leaves. Returns what the trainer did and the round's privacy metrics."""
     budget, config = request.hospital.budget, request.config
@@ -237,8 +242,7 @@ def _private_round(msg: Message, request: Request, trainer: LocalTrainer, batche
     if int(config["local-steps"]):
         steps = min(steps, int(config["local-steps"]))
     noise = planned_noise(privacy, rate, steps * int(config.get("num-rounds", 1)), delta)
-    dp = DPSettings(noise, privacy["max_grad_norm"], privacy["grad_sample_mode"], delta,
-                    privacy["accountant"])
+    dp = DPSettings.of(privacy, task, noise, delta)
     with PrivacyLedger.locked(request.hospital.folder) as ledger:
         ledger.check(Release(noise, rate, steps), budget, privacy["accountant"])
         fit = trainer.fit(batches, int(config["local-epochs"]), max_steps=steps, dp=dp)

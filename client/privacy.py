@@ -1,16 +1,20 @@
 """Differential privacy at the patient level: DP-SGD with Opacus, and its accounting.
 
 The guarantee. Training data are handed to DP-SGD as **one item per
-patient** (``Task.train_data(..., per_patient=True)``): each item is one
-randomly drawn slice (2D) or patch (3D) of one randomly drawn image of that
-patient. At every step each patient is included independently with
-probability q = 1 / ceil(N / B) (Poisson sampling; N patients, B =
-``train.batch_size`` expected patients per step), the gradient of each
-included patient's item is clipped to L2 norm C (``max_grad_norm``), the
-clipped gradients are summed, Gaussian noise of standard deviation sigma * C
-is added (``noise_multiplier``), and the result, divided by B, updates the
-model. A patient therefore contributes at most one clipped gradient to any
-step however many slices or images they have, and the accountant (Opacus
+patient** (``Task.train_data(..., per_patient=PatientDraws(k, K))``): each
+item is k randomly drawn slices (2D) or patches (3D) of randomly drawn images
+of that patient, each augmented K times. At every step each patient is
+included independently with probability q = 1 / ceil(N / B) (Poisson
+sampling; N patients, B = ``train.batch_size`` expected patients per step).
+Opacus computes the gradient of each of the k x K samples; the gradients of
+one patient's samples are averaged (``PrivateRound.group_gradients``), that
+mean is clipped to L2 norm C (``max_grad_norm``), the clipped means are
+summed, Gaussian noise of standard deviation sigma * C is added
+(``noise_multiplier``), and the result, divided by B, updates the model.
+Parameters outside ``privacy.trainable`` are frozen: no gradient, no noise,
+and they keep the starting model's values. A patient therefore contributes at
+most one clipped gradient to any step however many slices, augmentations or
+images they have, and the accountant (Opacus
 RDP, or PRV) composes exactly these steps: (sigma, q, steps) per round, over
 every round and run a hospital has taken part in. The epsilon it reports is
 an (epsilon, delta) guarantee for each patient of that hospital, under
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,9 +117,17 @@ class PrivateRound:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                  noise_multiplier: float, max_grad_norm: float, grad_sample_mode: str,
-                 max_steps: int | None = None) -> None:
+                 max_steps: int | None = None, per_patient: int = 1,
+                 trainable: str | None = None) -> None:
         self.plain = model
         self.steps_left = max_steps
+        self.per_patient = per_patient
+        self.frozen = [p for name, p in model.named_parameters()
+                       if p.requires_grad and trainable is not None
+                       and not re.search(trainable, name)]
+        if trainable is not None and not any(re.search(trainable, n)
+                                             for n, _ in model.named_parameters()):
+            raise ValueError(f"no parameter of the network matches {trainable!r}")
         self.device = next(model.parameters()).device
         self._args = (optimizer, loader, noise_multiplier, max_grad_norm, grad_sample_mode)
         self.model: nn.Module = model
@@ -130,6 +143,8 @@ class PrivateRound:
         optimizer, loader, noise, clip, mode = self._args
         grad_samplers.register()
         self.plain.train()
+        for parameter in self.frozen:
+            parameter.requires_grad_(False)
         self.engine = PrivacyEngine()
         # Which patients each step draws, and the noise, must be unknown to whoever sees
         # the result: both generators are seeded from the operating system's entropy,
@@ -144,6 +159,18 @@ class PrivateRound:
         self.model, self.optimizer, private_loader = wrapped
         self.batches = _Steps(private_loader, keys, self)
         return self
+
+    def group_gradients(self) -> None:
+        """Average each patient's per-sample gradients (call between backward and step): the
+        batch's (B x per_patient) gradients, patient by patient, become B, which the
+        optimizer then clips, sums and noises. Nothing to do with one sample per patient."""
+        if self.per_patient == 1:
+            return
+        for parameter in self.plain.parameters():
+            samples = getattr(parameter, "grad_sample", None)
+            if parameter.requires_grad and isinstance(samples, torch.Tensor):
+                parameter.grad_sample = samples.reshape(
+                    -1, self.per_patient, *samples.shape[1:]).mean(dim=1)
 
     def noise_only_step(self) -> None:
         """The step of a draw with no patient: zero gradients, clipped (nothing), noised."""
@@ -167,6 +194,8 @@ class PrivateRound:
     def __exit__(self, *exc: object) -> None:
         self.release = self.spent()
         self.model._close()  # removes every Opacus hook from the plain model
+        for parameter in self.frozen:
+            parameter.requires_grad_(True)
 
 
 def _entropy_generator(device: torch.device | None = None) -> torch.Generator:
@@ -191,7 +220,9 @@ class _Tuples(Dataset):
 
 
 class _Steps:
-    """The private batches as dicts again, at most the round's planned number of steps.
+    """The private batches as dicts again, at most the round's planned number of steps,
+    each patient's samples laid side by side: every (patients, per_patient, ...) tensor
+    becomes (patients x per_patient, ...), the batch a task's loss takes.
 
     Poisson sampling can draw no patient: that step is taken here (noise only) rather
     than handed to the task, and counts towards the planned steps like any other, so the
@@ -214,4 +245,7 @@ class _Steps:
             if len(batch[0]) == 0:
                 self.owner.noise_only_step()
                 continue
-            yield dict(zip(self.keys, batch, strict=True))
+            if batch[0].shape[1] != self.owner.per_patient:
+                raise ValueError(f"patient items hold {batch[0].shape[1]} samples, expected "
+                                 f"{self.owner.per_patient}")
+            yield {key: value.flatten(0, 1) for key, value in zip(self.keys, batch, strict=True)}

@@ -49,14 +49,28 @@ def cosine_lr(base: float, share: float) -> float:
 @dataclass(frozen=True)
 class DPSettings:
     """DP-SGD for one call of ``fit``: the noise multiplier (already planned for the run's
-    budget), the clipping norm, how Opacus computes per-patient gradients, and the delta and
-    accountant of the epsilon each epoch's row reports (spent by this call)."""
+    budget), the clipping norm, how Opacus computes per-sample gradients, the delta and
+    accountant of the epsilon each epoch's row reports (spent by this call), the samples
+    each patient item holds (``PatientDraws.size``: their gradients are averaged before
+    clipping) and the pattern of the parameter names to train (None: all)."""
 
     noise_multiplier: float
     max_grad_norm: float
     grad_sample_mode: str
     delta: float
     accountant: str
+    per_patient: int = 1
+    trainable: str | None = None
+
+    @classmethod
+    def of(cls, privacy: Mapping[str, Any], task: Task, noise_multiplier: float,
+           delta: float) -> DPSettings:
+        """A run's validated ``[privacy]`` section for ``task``, with the planned noise."""
+        part = privacy["trainable"]
+        return cls(noise_multiplier, privacy["max_grad_norm"], privacy["grad_sample_mode"],
+                   delta, privacy["accountant"],
+                   privacy["slices_per_patient"] * privacy["augmentations"],
+                   None if part == "all" else task.parts[part])
 
 
 @dataclass
@@ -143,7 +157,8 @@ class LocalTrainer:
                          evaluate, eval_every, on_epoch_end, None)
             return fit
         with PrivateRound(self.model, self.optimizer, batches, dp.noise_multiplier,
-                          dp.max_grad_norm, dp.grad_sample_mode, max_steps=max_steps) as private:
+                          dp.max_grad_norm, dp.grad_sample_mode, max_steps=max_steps,
+                          per_patient=dp.per_patient, trainable=dp.trainable) as private:
             self._epochs(private.model, private.optimizer, private.batches, epochs, max_steps,
                          penalty, fit, evaluate, eval_every, on_epoch_end, (private, dp))
         fit.release = private.release
@@ -156,7 +171,8 @@ class LocalTrainer:
         for epoch in range(1, epochs + 1):
             lr = float(self.optimizer.param_groups[0]["lr"])
             left = None if max_steps is None else max_steps - fit.steps
-            losses = self.steps(model, optimizer, batches, left, penalty)
+            before_step = None if private is None else private[0].group_gradients
+            losses = self.steps(model, optimizer, batches, left, penalty, before_step)
             fit.steps += len(losses)
             self.epochs_done += 1
             self._schedule_lr()
@@ -181,8 +197,10 @@ class LocalTrainer:
                 break
 
     def steps(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any,
-              max_steps: int | None, penalty: Penalty | None) -> list[float]:
-        """One pass of optimiser steps on the task's batch loss (mixed precision on CUDA)."""
+              max_steps: int | None, penalty: Penalty | None,
+              before_step: Callable[[], None] | None = None) -> list[float]:
+        """One pass of optimiser steps on the task's batch loss (mixed precision on CUDA);
+        ``before_step`` runs between each backward pass and its step."""
         model.train()
         losses: list[float] = []
         for step, batch in enumerate(batches):
@@ -194,6 +212,8 @@ class LocalTrainer:
             if penalty is not None:
                 loss = loss + penalty(model)
             loss.backward()
+            if before_step is not None:
+                before_step()
             optimizer.step()
             losses.append(float(loss.detach()))
         return losses

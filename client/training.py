@@ -26,14 +26,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from client.privacy import planned_noise
 from client.trainer import DPSettings, LocalTrainer
-from tasks.checkpoint import save_checkpoint
+from tasks.checkpoint import save_checkpoint, starting_weights
 from tasks.contract import Evaluation
 from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.evaluation import evaluate
 from tasks.manifest import Manifest
 from tasks.plots import plot_history
-from tasks.run_config import task_from_config
+from tasks.run_config import patient_draws, task_from_config
 
 
 def claim_run_folder(out: Path, force: bool) -> None:
@@ -73,21 +73,24 @@ def train(config: dict[str, dict[str, Any]], force: bool = False,
 
     run, privacy = config["train"], config["privacy"]
     device = select_device(run["device"])
-    trainer = LocalTrainer.start(task, run, device, seed=run["seed"], run_epochs=run["epochs"],
-                                 max_minutes=run["max_minutes"])
+    start = (starting_weights(Path(run["init_checkpoint"]), task)
+             if run["init_checkpoint"] else None)
+    trainer = LocalTrainer.start(task, run, device, seed=run["seed"], state=start,
+                                 run_epochs=run["epochs"], max_minutes=run["max_minutes"])
     model = trainer.model
     batches = task.train_data(train_rows, run["batch_size"], run["seed"],
-                              per_patient=privacy["enabled"])
+                              per_patient=patient_draws(privacy))
     console.print(f"Training [bold]{task.name}[/] on {len(train_rows)} images "
                   f"({len(val_rows)} for validation) on {device}")
     dp = None
     if privacy["enabled"]:
         rate = 1.0 / len(batches)
         noise = planned_noise(privacy, rate, run["epochs"] * len(batches), privacy["delta"])
-        dp = DPSettings(noise, privacy["max_grad_norm"], privacy["grad_sample_mode"],
-                        privacy["delta"], privacy["accountant"])
+        dp = DPSettings.of(privacy, task, noise, privacy["delta"])
         console.print(f"DP-SGD: {len(batches.dataset)} patients, sample rate {rate:.4g}, "
-                      f"noise multiplier {noise:.4g}, clipping norm {privacy['max_grad_norm']:g}")
+                      f"noise multiplier {noise:.4g}, clipping norm {privacy['max_grad_norm']:g}, "
+                      f"{privacy['slices_per_patient']} samples x {privacy['augmentations']} "
+                      f"augmentations per patient, training {privacy['trainable']} parameters")
 
     score = f"val_{task.score}"
     history: list[dict[str, float]] = []

@@ -42,7 +42,7 @@ from server.sampling import SamplingGuard, TooFewHospitals, wait_for_hospitals
 from server.secure_aggregation import SecureAggregation
 from server.strategies import build_strategy, request_hints
 from server.validation import UpdateValidation
-from tasks.checkpoint import load_checkpoint, save_checkpoint
+from tasks.checkpoint import load_checkpoint, save_checkpoint, starting_weights
 from tasks.contract import Task
 from tasks.errors import UserError
 from tasks.run_config import LOCAL_TRAIN_KEYS, task_from_config
@@ -94,12 +94,8 @@ def starting_point(task: Task, experiment: dict[str, Any], out: Path, resume: bo
             raise UserError(f"{checkpoint}: task settings differ from the experiment's")
         log(INFO, "Resuming after round %s from %s", payload["round"], checkpoint)
         return model.state_dict(), int(payload["round"])
-    if experiment["federation"]["init_checkpoint"]:
-        path = Path(experiment["federation"]["init_checkpoint"])
-        stored, model, _ = load_checkpoint(path)
-        if stored.name != task.name or stored.settings != task.settings:
-            raise UserError(f"{path}: its task settings differ from the experiment's [task]")
-        return model.state_dict(), 0
+    if experiment["train"]["init_checkpoint"]:
+        return starting_weights(Path(experiment["train"]["init_checkpoint"]), task), 0
     seed_everything(experiment["train"]["seed"])
     return task.build_model().state_dict(), 0
 

@@ -47,9 +47,6 @@ FEDERATION_KEYS = (
         minimum=0.0),
     Key("trim_beta", "float", 0.2, "Fraction trimmed at each end by FedTrimmedAvg (< 0.5).",
         minimum=0.0),
-    Key("init_checkpoint", "path", "", "Start from this checkpoint's weights (transfer "
-        "learning; relative to the config file's folder); its task settings must match "
-        "[task]."),
     Key("max_update_norm", "float", 0.0, "Updates (new weights minus global) whose L2 norm "
         "is above this are refused before aggregation, like non-finite or misshapen ones "
         "(0 = no norm bound).", minimum=0.0),

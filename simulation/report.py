@@ -105,10 +105,15 @@ def privacy_statement(rounds: pd.DataFrame, config: dict[str, Any], folder: Path
         figure.savefig(folder / "epsilon_per_round.png", dpi=100)
         plt.close(figure)
         privacy = config["privacy"]
+        trained = ("every parameter" if privacy["trainable"] == "all"
+                   else f"the {privacy['trainable']} only, the rest frozen")
         lines += ["## Privacy", "",
-                  f"Patient-level DP-SGD at every hospital (clipping norm "
-                  f"{privacy['max_grad_norm']:g}, {privacy['accountant'].upper()} accountant; "
-                  "plot: `epsilon_per_round.png`):", ""]
+                  f"Patient-level DP-SGD at every hospital: each sampled patient's "
+                  f"{privacy['slices_per_patient']} slice(s) x {privacy['augmentations']} "
+                  f"augmentation(s) averaged into one gradient clipped to "
+                  f"{privacy['max_grad_norm']:g} (one clipped gradient per patient per step), "
+                  f"training {trained}; {privacy['accountant'].upper()} accountant, "
+                  "add/remove one patient (plot: `epsilon_per_round.png`):", ""]
         for hospital, group in rounds.dropna(subset=["train_epsilon"]).groupby("hospital"):
             last = group.sort_values("round").iloc[-1]
             lines.append(f"- ({last['train_epsilon']:.2f}, {last['train_delta']:g}) per patient "

@@ -55,3 +55,13 @@ def load_checkpoint(path: Path) -> tuple[Task, nn.Module, dict[str, Any]]:
     model = task.build_model()
     model.load_state_dict(payload["state_dict"])
     return task, model, payload
+
+
+def starting_weights(path: Path, task: Task) -> dict[str, torch.Tensor]:
+    """The weights of the checkpoint a run starts from (``train.init_checkpoint``), refused
+    unless it was trained for the same task with the same settings."""
+    stored, model, _ = load_checkpoint(path)
+    if stored.name != task.name or stored.settings != task.settings:
+        raise UserError(f"{path}: its task settings differ from the config's [task] (a "
+                        "starting model must be trained with the same [task] section)")
+    return model.state_dict()

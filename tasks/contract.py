@@ -29,6 +29,21 @@ from tasks.imageio import Volume
 from tasks.manifest import Manifest
 
 
+@dataclass(frozen=True)
+class PatientDraws:
+    """How training data are drawn for patient-level DP: one item per patient, holding
+    ``slices`` of their samples (slices or patches) drawn at random, each augmented
+    ``augmentations`` times, stacked on a leading axis of ``size`` = slices x
+    augmentations. DP-SGD averages the item's gradients and clips the mean once."""
+
+    slices: int = 1
+    augmentations: int = 1
+
+    @property
+    def size(self) -> int:
+        return self.slices * self.augmentations
+
+
 @dataclass
 class ImageScore:
     """One evaluated image: its row of the per-image table, and what the task pools over
@@ -72,6 +87,9 @@ class Task(Protocol):
     # Extra inputs prediction takes per image, by name, with the suffix of the JSON file that
     # holds each beside the image's stem (e.g. {"centroids": "_ctd.json"}); usually empty.
     inputs: ClassVar[dict[str, str]]
+    # Parts of the network DP-SGD may train alone (``privacy.trainable``), by name, each a
+    # regular expression matched against parameter names (e.g. {"head": r"^class_layers\."}).
+    parts: ClassVar[dict[str, str]]
     settings: dict[str, Any]
 
     def __init__(self, settings: Mapping[str, Any]) -> None: ...
@@ -85,11 +103,12 @@ class Task(Protocol):
         ...
 
     def train_data(self, manifest: Manifest, batch_size: int, seed: int,
-                   per_patient: bool = False) -> DataLoader:
+                   per_patient: PatientDraws | None = None) -> DataLoader:
         """A loader of training batches (one pass = one local epoch); ``len(loader.dataset)``
         is the number of training samples a hospital reports. With ``per_patient`` the
-        dataset has one item per patient, each access drawing one of that patient's samples
-        at random (what patient-level DP-SGD needs: see ``client.privacy``)."""
+        dataset has one item per patient, each access drawing that many of the patient's
+        samples at random, every tensor of the item stacked (per_patient.size, ...)
+        (what patient-level DP-SGD needs: see ``client.privacy``)."""
         ...
 
     def batch_loss(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import ConfigError, Key, Schema, load_toml, validate
-from tasks.contract import Task
+from tasks.contract import PatientDraws, Task
 from tasks.registry import TASKS, task_class
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -49,6 +49,9 @@ POOLED_TRAIN_KEYS = (
         "epoch that would end past it at the pace so far (0 = no limit).", minimum=0.0),
     Key("eval_every", "int", 1, "Evaluate on the validation split every N epochs (and "
         "after the last).", minimum=1),
+    Key("init_checkpoint", "path", "", "Start from this checkpoint's weights, e.g. a public "
+        "starting model (relative to the config file's folder; a federation's global model "
+        "starts from it); its task settings must match [task]."),
 )
 
 PRIVACY_KEYS = (
@@ -66,6 +69,14 @@ PRIVACY_KEYS = (
         "tighter).", choices=ACCOUNTANTS),
     Key("grad_sample_mode", "str", "hooks", "How Opacus computes per-patient gradients "
         "(`benchmarks/dp_overhead.py` measures them).", choices=GRAD_SAMPLE_MODES),
+    Key("slices_per_patient", "int", 2, "Samples (slices, or patches in 3D) drawn from each "
+        "patient a step includes; their gradients are averaged and the mean clipped once, so "
+        "a patient still contributes at most one clipped gradient per step.", minimum=1),
+    Key("augmentations", "int", 2, "Augmented copies of each drawn sample inside that mean "
+        "(augmentation multiplicity; no privacy cost).", minimum=1),
+    Key("trainable", "str", "all", "Parameters DP-SGD trains: `all`, or a part the task "
+        "names (U-Net tasks: `decoder`, `head`; grading: `head`); the others keep the "
+        "starting model's values and get neither gradient nor noise."),
 )
 
 RUN_KEYS: Schema = {
@@ -105,6 +116,18 @@ def check_privacy(config: dict[str, dict[str, Any]], where: str) -> None:
     if settings["max_grad_norm"] <= 0 or not 0 < settings["delta"] < 1:
         raise ConfigError(f"{where}: privacy.max_grad_norm must be > 0 and privacy.delta "
                           "in (0, 1)")
+    parts = task_class(config["task"]["name"]).parts
+    if settings["trainable"] != "all" and settings["trainable"] not in parts:
+        raise ConfigError(f"{where}: privacy.trainable '{settings['trainable']}' is not a part "
+                          f"of task {config['task']['name']} (choose all, "
+                          f"{', '.join(sorted(parts))})")
+
+
+def patient_draws(privacy: Mapping[str, Any]) -> PatientDraws | None:
+    """How DP-SGD draws each patient's samples (None without DP: items are samples)."""
+    if not privacy["enabled"]:
+        return None
+    return PatientDraws(privacy["slices_per_patient"], privacy["augmentations"])
 
 
 def validate_config(raw: Mapping[str, Any], schema_for: SchemaFor, checks: tuple[Check, ...],

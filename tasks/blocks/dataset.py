@@ -11,7 +11,8 @@ from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
 from tasks.blocks.classes import ClassTable
-from tasks.blocks.transforms import Prepared, augmentation, prepare
+from tasks.blocks.transforms import Prepared, augmentation, prepare, without_metadata
+from tasks.contract import PatientDraws
 from tasks.imageio import Volume, load_image
 from tasks.manifest import Manifest
 
@@ -68,17 +69,21 @@ class SampleDataset(Dataset):
         image, label = p.image, p.classes[None]
         if self.spatial_dims == 2 and image.ndim == 4:
             image, label = image[..., z], label[..., z]
-        sample = self.transform({"image": image, "label": label})
+        with without_metadata():
+            sample = self.transform({"image": image, "label": label})
         return {"image": torch.as_tensor(sample["image"]).float(),
                 "label": torch.as_tensor(sample["label"]).long()}
 
 
 class PatientDataset(Dataset):
-    """One item per patient, for patient-level DP: each access draws one of the patient's
-    training samples (an image, then a slice or patch of it) uniformly at random."""
+    """One item per patient, for patient-level DP: each access draws ``draws.slices`` of the
+    patient's training samples (an image, then a slice or patch of it) uniformly at random
+    with replacement, and augments each ``draws.augmentations`` times; every tensor of the
+    item is the samples' stacked on a leading axis, (draws.size, *sample shape)."""
 
-    def __init__(self, samples: SampleDataset, patients: list[str], seed: int) -> None:
-        self.samples = samples
+    def __init__(self, samples: SampleDataset | Dataset, patients: list[str], seed: int,
+                 draws: PatientDraws) -> None:
+        self.samples, self.draws = samples, draws
         by_patient: dict[str, list[tuple[int, int]]] = {}
         for volume, z in samples.index:
             by_patient.setdefault(patients[volume], []).append((volume, z))
@@ -90,21 +95,25 @@ class PatientDataset(Dataset):
         return len(self.patients)
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        return self.samples.sample(*self.rng.choice(self.choices[item]))
+        drawn = [self.rng.choice(self.choices[item]) for _ in range(self.draws.slices)]
+        samples = [self.samples.sample(*chosen) for chosen in drawn
+                   for _ in range(self.draws.augmentations)]
+        return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
 
 def train_loader(prepared: list[Prepared], settings: dict[str, Any], batch_size: int,
-                 seed: int, patients: list[str] | None = None) -> DataLoader:
+                 seed: int, patients: list[str] | None = None,
+                 draws: PatientDraws | None = None) -> DataLoader:
     """Shuffled batches of training samples; the sampling and augmentation follow ``seed``.
 
-    With ``patients`` (each prepared image's patient), items are patients instead of
-    samples (``PatientDataset``), for patient-level DP.
+    With ``draws`` (and ``patients``, each prepared image's patient), items are patients
+    instead of samples (``PatientDataset``), for patient-level DP.
     """
     spatial_dims = 2 if settings["network"] == "unet2d" else 3
     dataset = SampleDataset(prepared, spatial_dims, settings)
     dataset.transform.set_random_state(seed=seed)
-    if patients is not None:
-        per_patient = PatientDataset(dataset, patients, seed)
+    if draws is not None and patients is not None:
+        per_patient = PatientDataset(dataset, patients, seed, draws)
         return DataLoader(per_patient, batch_size=batch_size, shuffle=True,
                           generator=torch.Generator().manual_seed(seed))
     generator = torch.Generator().manual_seed(seed)

@@ -11,6 +11,12 @@ from typing import Any
 from monai.networks.nets import UNet
 from torch import nn
 
+# Parts DP-SGD may train alone (``privacy.trainable``), as patterns over MONAI UNet's
+# parameter names: each level is Sequential(down, SkipConnection(deeper), up), so the
+# up path is element 2 of every level; the head is the top level's up layer (the last
+# transposed convolution and the convolution giving the class logits).
+UNET_PARTS = {"decoder": r"(^|\.)(model|submodule)\.2\.", "head": r"^model\.2\."}
+
 
 def build_network(settings: dict[str, Any], out_channels: int) -> nn.Module:
     """U-Net mapping (B, 1, *S) images to (B, out_channels, *S) logits; S is 2D or 3D and each

@@ -18,6 +18,7 @@ from tasks.blocks.inference import score_image
 from tasks.blocks.loss import build_loss
 from tasks.blocks.model import build_network
 from tasks.blocks.transforms import prepare, restore
+from tasks.contract import PatientDraws
 from tasks.imageio import Volume
 from tasks.manifest import Manifest
 
@@ -45,11 +46,11 @@ class Segmenter:
         return build_network(self.settings, self.table.count)
 
     def train_data(self, rows: Manifest, batch_size: int, seed: int,
-                   per_patient: bool = False) -> DataLoader:
+                   per_patient: PatientDraws | None = None) -> DataLoader:
         """Batches of every row's image and target (prepared once, kept in memory)."""
         prepared = prepare_rows(rows, self.settings, self.table)
-        patients = list(rows.table.patient_id) if per_patient else None
-        return train_loader(prepared, self.settings, batch_size, seed, patients)
+        return train_loader(prepared, self.settings, batch_size, seed,
+                            list(rows.table.patient_id), per_patient)
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
                    device: torch.device) -> torch.Tensor:

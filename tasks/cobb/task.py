@@ -13,13 +13,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.blocks.dataset import prepare_rows, train_loader
+from tasks.blocks.model import UNET_PARTS
 from tasks.blocks.segmenter import Segmenter
 from tasks.cobb.config import KEYS
 from tasks.cobb.geometry import Body, angle_between, bodies, cobb_angle
 from tasks.cobb.landmarks import BODY, corner_target
 from tasks.cobb.metric import circular_mae, smape
 from tasks.config import Key
-from tasks.contract import ImageScore
+from tasks.contract import ImageScore, PatientDraws
 from tasks.errors import UserError
 from tasks.imageio import Volume, load_image
 from tasks.manifest import Manifest
@@ -35,6 +36,7 @@ class CobbTask:
     score: ClassVar[str] = "cobb_within"
     output_suffix: ClassVar[str] = "_cobb.json"
     inputs: ClassVar[dict[str, str]] = {}
+    parts: ClassVar[dict[str, str]] = UNET_PARTS
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
@@ -54,11 +56,11 @@ class CobbTask:
         return self.segmenter.build_model()
 
     def train_data(self, manifest: Manifest, batch_size: int, seed: int,
-                   per_patient: bool = False) -> DataLoader:
+                   per_patient: PatientDraws | None = None) -> DataLoader:
         rows = self.select(manifest)
         prepared = prepare_rows(rows, self.segmenter.settings, BODY, corner_target)
-        patients = list(rows.table.patient_id) if per_patient else None
-        return train_loader(prepared, self.segmenter.settings, batch_size, seed, patients)
+        return train_loader(prepared, self.segmenter.settings, batch_size, seed,
+                            list(rows.table.patient_id), per_patient)
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
                    device: torch.device) -> torch.Tensor:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tasks.blocks.dataset import PatientDataset
 from tasks.blocks.transforms import prepare
+from tasks.contract import PatientDraws
 from tasks.grading.discs import disc_centres
 from tasks.imageio import Volume, load_image
 from tasks.manifest import Manifest
@@ -116,13 +117,13 @@ class DiscDataset(Dataset):
 
 
 def disc_loader(discs: list[list[Disc]], settings: dict[str, Any], batch_size: int, seed: int,
-                patients: list[str] | None = None) -> DataLoader:
-    """Shuffled batches of disc crops; with ``patients`` (each row's patient), one item per
-    patient drawing one of its discs at random (patient-level DP)."""
+                patients: list[str], draws: PatientDraws | None = None) -> DataLoader:
+    """Shuffled batches of disc crops; with ``draws``, one item per patient (``patients``:
+    each row's) drawing its discs at random (patient-level DP)."""
     dataset = DiscDataset(discs, settings["augment"], seed)
     generator = torch.Generator().manual_seed(seed)
-    if patients is not None:
-        return DataLoader(PatientDataset(dataset, patients, seed), batch_size=batch_size,
-                          shuffle=True, generator=generator)
+    if draws is not None:
+        return DataLoader(PatientDataset(dataset, patients, seed, draws),
+                          batch_size=batch_size, shuffle=True, generator=generator)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
                       drop_last=len(dataset) > batch_size)

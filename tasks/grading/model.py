@@ -9,6 +9,8 @@ from torch import nn
 
 GRADES = 5  # Pfirrmann 1-5
 SEVERITIES = 3  # RSNA: normal/mild, moderate, severe
+# Parts DP-SGD may train alone (``privacy.trainable``): the classifier after the features.
+PARTS = {"head": r"^class_layers\."}
 
 
 def build_network(settings: dict[str, Any]) -> nn.Module:

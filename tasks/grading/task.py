@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.config import Key
-from tasks.contract import ImageScore, accepted_modality
+from tasks.contract import ImageScore, PatientDraws, accepted_modality
 from tasks.device import autocast
 from tasks.errors import UserError
 from tasks.grading.config import KEYS
@@ -25,7 +25,7 @@ from tasks.grading.metric import (
     quadratic_kappa,
     weighted_log_loss,
 )
-from tasks.grading.model import GRADES, SEVERITIES, build_network
+from tasks.grading.model import GRADES, PARTS, SEVERITIES, build_network
 from tasks.imageio import Volume
 from tasks.manifest import Manifest
 from tasks.outputs import RecordOutput
@@ -42,6 +42,7 @@ class GradingTask:
     score: ClassVar[str] = "pfirrmann_kappa"
     output_suffix: ClassVar[str] = "_grades.json"
     inputs: ClassVar[dict[str, str]] = {"centroids": "_ctd.json"}
+    parts: ClassVar[dict[str, str]] = PARTS
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
@@ -64,11 +65,10 @@ class GradingTask:
         return build_network(self.settings)
 
     def train_data(self, manifest: Manifest, batch_size: int, seed: int,
-                   per_patient: bool = False) -> DataLoader:
+                   per_patient: PatientDraws | None = None) -> DataLoader:
         rows = self.select(manifest)
-        patients = list(rows.table.patient_id) if per_patient else None
         return disc_loader(prepare_discs(rows, self.settings), self.settings, batch_size, seed,
-                           patients)
+                           list(rows.table.patient_id), per_patient)
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
                    device: torch.device) -> torch.Tensor:

@@ -19,9 +19,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.blocks.classes import NAMED_VERTEBRAE
+from tasks.blocks.model import UNET_PARTS
 from tasks.blocks.segmenter import Segmenter
 from tasks.config import Key
-from tasks.contract import ImageScore, accepted_modality
+from tasks.contract import ImageScore, PatientDraws, accepted_modality
 from tasks.imageio import Volume, load_image
 from tasks.labelling.centroids import Centroids, centroid_list, read_centroids
 from tasks.labelling.config import KEYS
@@ -40,6 +41,7 @@ class LabellingTask:
     score: ClassVar[str] = "id_rate"
     output_suffix: ClassVar[str] = "_ctd.json"
     inputs: ClassVar[dict[str, str]] = {}
+    parts: ClassVar[dict[str, str]] = UNET_PARTS
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
@@ -53,7 +55,7 @@ class LabellingTask:
         return self.levels.build_model()
 
     def train_data(self, manifest: Manifest, batch_size: int, seed: int,
-                   per_patient: bool = False) -> DataLoader:
+                   per_patient: PatientDraws | None = None) -> DataLoader:
         return self.levels.train_data(self.select(manifest), batch_size, seed, per_patient)
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor],

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tasks.blocks.model import UNET_PARTS
 from tasks.blocks.segmenter import Segmenter
 from tasks.config import Key
-from tasks.contract import ImageScore, accepted_modality
+from tasks.contract import ImageScore, PatientDraws, accepted_modality
 from tasks.evaluation import score_rows
 from tasks.imageio import Volume, load_image
 from tasks.labels import STRUCTURES
@@ -29,13 +30,14 @@ class SegmentationTask(Segmenter):
     score: ClassVar[str] = "dice_mean"
     output_suffix: ClassVar[str] = "_pred.nii.gz"
     inputs: ClassVar[dict[str, str]] = {}
+    parts: ClassVar[dict[str, str]] = UNET_PARTS
 
     def select(self, manifest: Manifest) -> Manifest:
         """Rows of the task's modalities that have a mask (radiographs only for 2D networks)."""
         return self.masked_rows(manifest)
 
     def train_data(self, manifest: Manifest, batch_size: int, seed: int,
-                   per_patient: bool = False) -> DataLoader:
+                   per_patient: PatientDraws | None = None) -> DataLoader:
         return super().train_data(self.select(manifest), batch_size, seed, per_patient)
 
     def predict(self, model: nn.Module, volume: Volume, device: torch.device,

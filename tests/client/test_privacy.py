@@ -33,8 +33,9 @@ from server.app import central_epsilon
 from server.config import FEDERATION_KEYS
 from server.strategies import build_strategy
 from tasks.config import validate
+from tasks.contract import PatientDraws
 from tasks.protocol import UNIFORM_WEIGHT
-from tests.helpers.cli import assert_one_line_error, spinefl
+from tests.helpers.cli import assert_one_line_error, run_config, spinefl
 from tests.helpers.messages import node, privacy, request, task
 
 
@@ -103,7 +104,7 @@ def test_a_patient_with_many_slices_is_one_individual(hospital, inside_a_run):
     patients = rows.table.patient_id.nunique()
     assert len(rows) > patients  # some patients have a CT and an MR
     per_slice = task().train_data(manifest, 2, 0)
-    per_patient = task().train_data(manifest, 2, 0, per_patient=True)
+    per_patient = task().train_data(manifest, 2, 0, per_patient=PatientDraws())
     assert len(per_slice.dataset) > 10 * patients and len(per_patient.dataset) == patients
     torch.manual_seed(0)
     reply = app(request(task().build_model().state_dict(), dp=privacy(noise_multiplier=1.0)),
@@ -117,31 +118,13 @@ def test_a_patient_with_many_slices_is_one_individual(hospital, inside_a_run):
         epsilon([Release(1.0, metrics["sample-rate"], 2)], 1e-5))
 
 
-def test_per_patient_gradients_are_those_of_each_patients_own_loss():
-    """Opacus' per-sample gradient of the task's loss equals the gradient of that sample's
-    loss alone: the loss does not couple the patients of a batch."""
-    torch.manual_seed(0)
-    segmentation = task()
-    model = segmentation.build_model()
-    images, labels = torch.randn(3, 1, 32, 32), torch.randint(0, 4, (3, 1, 32, 32))
-    private = GradSampleModule(model)
-    segmentation.loss(private(images), labels).backward()
-    weight = next(p for p in model.parameters() if p.ndim == 4)
-    per_sample = weight.grad_sample.clone()
-    private._close()
-    for i in range(3):
-        alone = torch.autograd.grad(segmentation.loss(model(images[i:i + 1]), labels[i:i + 1]),
-                                    weight)[0]
-        torch.testing.assert_close(per_sample[i], alone, rtol=1e-4, atol=1e-6)
-
-
 def test_dp_round_returns_plain_weights_and_leaves_no_hooks(hospital):
     segmentation = task()
     model = segmentation.build_model()
     from tasks.manifest import Manifest
 
     loader = segmentation.train_data(Manifest.load(hospital / "manifest.csv")
-                                     .select(split="train"), 2, 0, per_patient=True)
+                                     .select(split="train"), 2, 0, per_patient=PatientDraws())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = LocalTrainer(segmentation, model, {"lr": 0.1, "schedule": "constant",
                                                  "weight_decay": 0.0}, torch.device("cpu"),
@@ -167,7 +150,7 @@ def test_draws_without_patients_still_step_with_noise_of_the_right_scale(monkeyp
             return 50
 
         def __getitem__(self, index: int) -> dict:  # zero images: gradients are zero
-            return {"image": torch.zeros(4), "label": torch.zeros(1)}
+            return {"image": torch.zeros(1, 4), "label": torch.zeros(1, 1)}
 
     empty = []
     monkeypatch.setattr(PrivateRound, "noise_only_step",
@@ -230,6 +213,14 @@ def test_budget_refusal_is_an_error_reply_and_survives_a_restart(hospital, insid
 def test_a_node_with_a_budget_refuses_training_without_dp(hospital, inside_a_run):
     reply = app(request(task().build_model().state_dict()), node(hospital, **{"max-epsilon": 8}))
     assert reply.has_error() and "trains only with differential privacy" in reply.error.reason
+
+
+def test_a_node_refuses_a_part_its_task_does_not_have(hospital, inside_a_run):
+    reply = app(request(task().build_model().state_dict(),
+                        dp=privacy(noise_multiplier=1.0, trainable="encoder")), node(hospital))
+    assert reply.has_error() and "privacy.trainable 'encoder' is not a part" in \
+        reply.error.reason
+    assert not (hospital / "privacy_ledger.json").exists()
 
 
 def _reply(node_id: int, update: np.ndarray) -> Message:
@@ -295,31 +286,58 @@ def test_ledger_command_prints_every_round_and_the_total(tmp_path):
 
 
 def test_pooled_dp_training_reaches_its_target_epsilon(tiny_cohort, tmp_path):
-    config = tmp_path / "run.toml"
-    body = f"""
-[data]
-manifest = "{tiny_cohort.root / 'manifest.csv'}"
-[task]
-name = "segmentation"
-channels = [8, 16]
-[train]
-epochs = 2
-batch_size = 2
-[output]
-dir = "{tmp_path / 'run'}"
-"""
-    config.write_text(body + "[privacy]\nenabled = true\n")
-    assert_one_line_error(spinefl("train", "--config", str(config)),
+    def config(**privacy):
+        return run_config(tmp_path / "run.toml", tiny_cohort.root / "manifest.csv",
+                          tmp_path / "run", privacy={"enabled": True, **privacy})
+
+    assert_one_line_error(spinefl("train", "--config", str(config())),
                           "privacy.enabled needs privacy.noise_multiplier > 0 or "
                           "privacy.target_epsilon > 0")
-    config.write_text(body + "[privacy]\nenabled = true\ntarget_epsilon = 4.0\n")
-    done = spinefl("train", "--config", str(config))
+    done = spinefl("train", "--config", str(config(target_epsilon=4.0)))
     assert done.returncode == 0, done.stderr
     import pandas as pd
 
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert 3.9 <= metrics["epsilon"].iloc[-1] <= 4.0
     assert metrics["epsilon"].is_monotonic_increasing
+
+
+def test_pooled_dp_from_a_starting_model_trains_only_the_chosen_part(tiny_cohort, tmp_path):
+    """`spinefl train` starts from train.init_checkpoint and, with privacy.trainable = head,
+    leaves every other parameter at the starting model's value; a part the task does not
+    have and a starting model of other settings are refused in one line."""
+    from tasks.checkpoint import load_checkpoint, save_checkpoint
+    from tasks.registry import task_class
+
+    segmentation = task_class("segmentation")
+    settings = validate({"task": {"channels": [8, 16]}}, {"task": segmentation.keys},
+                        "test")["task"]
+    torch.manual_seed(1)
+    start = segmentation(settings)
+    save_checkpoint(tmp_path / "public.pt", start, start.build_model())
+    other = segmentation({**settings, "channels": [4, 8]})
+    save_checkpoint(tmp_path / "other.pt", other, other.build_model())
+
+    def run(checkpoint: str, part: str):
+        config = run_config(
+            tmp_path / "run.toml", tiny_cohort.root / "manifest.csv", tmp_path / "run",
+            train={"epochs": 1, "init_checkpoint": str(tmp_path / checkpoint)},
+            privacy={"enabled": True, "noise_multiplier": 1.0, "slices_per_patient": 2,
+                     "augmentations": 1, "trainable": part})
+        return spinefl("train", "--config", str(config), "--force")
+
+    assert_one_line_error(run("public.pt", "encoder"), "privacy.trainable 'encoder' is not a "
+                          "part of task segmentation (choose all, decoder, head)")
+    assert_one_line_error(run("other.pt", "head"), "task settings differ")
+    done = run("public.pt", "head")
+    assert done.returncode == 0, done.stderr
+    assert "2 samples x 1 augmentations per patient, training head parameters" in " ".join(
+        done.stdout.split())
+    _, trained, _ = load_checkpoint(tmp_path / "run" / "model.pt")
+    _, public, _ = load_checkpoint(tmp_path / "public.pt")
+    public_state = public.state_dict()
+    for name, value in trained.state_dict().items():
+        assert torch.equal(value, public_state[name]) == (not name.startswith("model.2.")), name
 
 
 def test_two_processes_cannot_spend_the_same_budget_at_once(tmp_path):

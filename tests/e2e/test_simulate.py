@@ -170,6 +170,8 @@ def test_dp_simulation_records_epsilon_and_a_refusing_hospital_lets_the_round_go
     summary = (run / "report" / "summary.md").read_text()
     assert f"hospital {small} refused to train" in summary
     assert "per patient at hospital" in summary
+    assert "2 slice(s) x 2 augmentation(s) averaged into one gradient clipped to 1" in \
+        " ".join(summary.split())
     assert (run / "report" / "epsilon_per_round.png").is_file()
 
 

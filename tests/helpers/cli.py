@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tomli_w
+
 SPINEFL = Path(sys.executable).parent / "spinefl"
 
 
@@ -15,23 +17,24 @@ def spinefl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def assert_trains(manifest: Path, folder: Path, task_lines: str = "") -> None:
+def run_config(path: Path, manifest: Path, out: Path, **sections: dict) -> Path:
+    """Write a `spinefl train` config of a small segmentation network (channels 8, 16) on
+    ``manifest`` into ``out``; ``sections`` add to or replace its keys, section by section."""
+    config = {"data": {"manifest": str(manifest)},
+              "task": {"name": "segmentation", "channels": [8, 16]},
+              "train": {"epochs": 2, "batch_size": 2}, "output": {"dir": str(out)}}
+    for name, keys in sections.items():
+        config[name] = {**config.get(name, {}), **keys}
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def assert_trains(manifest: Path, folder: Path, **task: object) -> None:
     """`spinefl train` runs one epoch of a small segmentation network on ``manifest`` as it
     is (no further step) and writes its model."""
-    config = folder / "run.toml"
-    config.write_text(f"""
-[data]
-manifest = "{manifest}"
-[task]
-name = "segmentation"
-channels = [8, 16, 32]
-{task_lines}
-[train]
-epochs = 1
-batch_size = 8
-[output]
-dir = "{folder / 'run'}"
-""")
+    config = run_config(folder / "run.toml", manifest, folder / "run",
+                        task={"channels": [8, 16, 32], **task},
+                        train={"epochs": 1, "batch_size": 8})
     done = spinefl("train", "--config", str(config), timeout=600)
     assert done.returncode == 0, done.stderr
     assert (folder / "run" / "model.pt").is_file()

@@ -16,8 +16,10 @@ TRAIN = {"batch_size": 2, "lr": 0.01, "weight_decay": 0.0, "seed": 0}
 
 
 def privacy(**settings) -> dict:
-    return validate({"privacy": {"enabled": True, **settings}}, {"privacy": PRIVACY_KEYS},
-                    "test")["privacy"]
+    """A validated [privacy] section; two slices per patient, one augmentation each (the
+    grouping at a test's cost) unless given."""
+    return validate({"privacy": {"enabled": True, "slices_per_patient": 2, "augmentations": 1,
+                                 **settings}}, {"privacy": PRIVACY_KEYS}, "test")["privacy"]
 
 
 def task() -> SegmentationTask:

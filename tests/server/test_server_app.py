@@ -12,10 +12,11 @@ from tasks.errors import UserError
 from tasks.registry import task_class
 
 
-def experiment(tmp_path, **federation):
+def experiment(tmp_path, init_checkpoint="", **federation):
     return validate_experiment({
         "data": {"manifest": "m.csv"},
         "task": {"name": "segmentation", "channels": [8, 16]},
+        "train": {"init_checkpoint": init_checkpoint},
         "federation": federation,
         "output": {"dir": str(tmp_path / "run")},
     }, "test")

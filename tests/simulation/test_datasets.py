@@ -145,7 +145,7 @@ def test_wrong_folder_and_unknown_dataset_are_one_line_errors(tmp_path):
 def test_prepared_dataset_trains(tmp_path):
     fixtures.spider(tmp_path / "spider")
     _prepare("spider", tmp_path / "spider", tmp_path / "out")
-    assert_trains(tmp_path / "out" / "manifest.csv", tmp_path, 'modalities = ["MR"]')
+    assert_trains(tmp_path / "out" / "manifest.csv", tmp_path, modalities=["MR"])
 
 
 def test_adapters_feed_the_spine_tasks_as_prepared(tmp_path):

@@ -13,6 +13,7 @@ from client.trainer import DPSettings, LocalTrainer
 from tasks.blocks.classes import class_table
 from tasks.blocks.transforms import prepare, restore
 from tasks.checkpoint import load_checkpoint, save_checkpoint
+from tasks.contract import PatientDraws
 from tasks.evaluation import evaluate
 from tasks.imageio import Volume, load_image, reorient
 from tasks.points import read_points
@@ -58,23 +59,56 @@ def test_task_trains_on_its_own_data_and_round_trips_a_checkpoint(name, cohort, 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_patient_level_items_are_patients_and_take_a_real_dp_step(name, cohort):
-    """With per_patient, the loader's items are patients (the DP unit); every task's network
-    is one Opacus can privatise as built, and one DP-SGD step on patients works."""
+    """With per_patient, the loader's items are patients (the DP unit), each holding its
+    slices x augmentations samples stacked; every task's network is one Opacus can privatise
+    as built, and one DP-SGD step on patients (their samples clipped together) works."""
     from opacus.validators import ModuleValidator
 
     task = default_task(name)
     train = task.select(cohort.select(split="train"))
-    batches = task.train_data(train, batch_size=2, seed=0, per_patient=True)
+    draws = PatientDraws(slices=2, augmentations=2)
+    batches = task.train_data(train, batch_size=2, seed=0, per_patient=draws)
     assert len(batches.dataset) == train.table.patient_id.nunique()
+    single = task.train_data(train, batch_size=2, seed=0).dataset[0]
+    item = batches.dataset[0]
+    assert {k: v.shape for k, v in item.items()} == {
+        k: (4, *v.shape) for k, v in single.items()}
     model = task.build_model()
     assert ModuleValidator.validate(model, strict=False) == []
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = LocalTrainer(task, model, LOCAL, torch.device("cpu"), run_epochs=1)
-    fit = trainer.fit(batches, 1, max_steps=1, dp=DPSettings(1.0, 1.0, "hooks", 1e-5, "rdp"))
+    fit = trainer.fit(batches, 1, max_steps=1,
+                      dp=DPSettings(1.0, 1.0, "hooks", 1e-5, "rdp", per_patient=draws.size))
     # One DP step was taken and accounted for (Poisson sampling may draw nobody: a noise-only
     # step, which moves the weights too but gives the task no batch).
     assert fit.release is not None and fit.release.steps == 1 and fit.steps <= 1
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_the_loss_is_per_sample(name, cohort):
+    """Opacus' per-sample gradient of each task's batch loss equals the gradient of that
+    sample's loss alone: no sample's loss depends on another's (DP-SGD's clipping bound
+    holds only then)."""
+    from opacus import GradSampleModule
+
+    task = default_task(name)
+    train = task.select(cohort.select(split="train"))
+    batch = next(iter(task.train_data(train, batch_size=3, seed=0)))
+    torch.manual_seed(0)
+    model = task.build_model()
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    first, last = weights[0], weights[-1]
+    private = GradSampleModule(model)
+    task.batch_loss(private, batch, torch.device("cpu")).backward()
+    per_sample = first.grad_sample.clone(), last.grad_sample.clone()
+    private._close()
+    for i in range(len(batch["image"])):
+        alone = {k: v[i:i + 1] for k, v in batch.items()}
+        grads = torch.autograd.grad(task.batch_loss(model, alone, torch.device("cpu")),
+                                    [first, last])
+        for found, expected in zip(per_sample, grads, strict=True):
+            torch.testing.assert_close(found[i], expected, rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
