@@ -102,17 +102,17 @@ class PatientDataset(Dataset):
 
 
 def train_loader(prepared: list[Prepared], settings: dict[str, Any], batch_size: int,
-                 seed: int, patients: list[str] | None = None,
-                 draws: PatientDraws | None = None) -> DataLoader:
+                 seed: int, patients: list[str], draws: PatientDraws | None = None
+                 ) -> DataLoader:
     """Shuffled batches of training samples; the sampling and augmentation follow ``seed``.
 
-    With ``draws`` (and ``patients``, each prepared image's patient), items are patients
-    instead of samples (``PatientDataset``), for patient-level DP.
+    With ``draws``, items are patients (``patients``: each prepared image's) instead of
+    samples (``PatientDataset``), for patient-level DP.
     """
     spatial_dims = 2 if settings["network"] == "unet2d" else 3
     dataset = SampleDataset(prepared, spatial_dims, settings)
     dataset.transform.set_random_state(seed=seed)
-    if draws is not None and patients is not None:
+    if draws is not None:
         per_patient = PatientDataset(dataset, patients, seed, draws)
         return DataLoader(per_patient, batch_size=batch_size, shuffle=True,
                           generator=torch.Generator().manual_seed(seed))
