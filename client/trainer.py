@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from client.privacy import PrivateRound, Release, epsilon
-from tasks.contract import Evaluation, Task
+from tasks.contract import Evaluation, PatientDraws, Task
 from tasks.device import autocast
 from tasks.seeding import seed_everything
 
@@ -69,7 +69,7 @@ class DPSettings:
         part = privacy["trainable"]
         return cls(noise_multiplier, privacy["max_grad_norm"], privacy["grad_sample_mode"],
                    delta, privacy["accountant"],
-                   privacy["slices_per_patient"] * privacy["augmentations"],
+                   PatientDraws(privacy["slices_per_patient"], privacy["augmentations"]).size,
                    None if part == "all" else task.parts[part])
 
 
