@@ -22,8 +22,13 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/spinefl simulate --out runs/demo --force
 
+# Test workers (pytest-xdist): the end-to-end tests wait on processes and the network for
+# much of their time, so two workers share 2 cores well; each takes its share of threads
+# (tests/conftest.py, which also keeps tests sharing an expensive fixture on one worker).
+WORKERS ?= auto
+
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
 
 lint: setup
 	$(BIN)/python -m ruff check .

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from client import grad_samplers
 from tasks.config import ConfigError
+
+# Opacus' per-sample hooks are full backward hooks; on the first layer, whose input (the
+# image) needs no gradient, torch warns on every step that they fire on outputs only, which
+# is all the per-sample gradients need.
+warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (read from /proc)."""
+def descendants(*roots: int) -> set[int]:
+    """Every live process below any of ``roots`` (read from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -45,7 +45,7 @@ def descendants(pid: int) -> set[int]:
             except OSError:
                 continue
             children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, stack = set(), [pid]
+    found, stack = set(), list(roots)
     while stack:
         for child in children.get(stack.pop(), []):
             if child not in found:
@@ -55,17 +55,27 @@ def descendants(pid: int) -> set[int]:
 
 
 def stop_tree(process: subprocess.Popen, grace: float = 15.0) -> None:
-    """Stop a process and everything below it: SIGTERM, then SIGKILL after ``grace`` s."""
-    tree = descendants(process.pid) | {process.pid}
-    for pid in tree:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    """Stop a process and everything below it, what it starts while stopping included
+    (a Ray worker restarting): SIGTERM, SIGKILL after ``grace`` s; returns once all are gone."""
+    tree: set[int] = set()
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+    while True:
+        alive = {pid for pid in tree if _alive(pid)}
+        found = {process.pid} | descendants(process.pid, *alive)
+        for pid in found - tree:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        tree |= found
+        if time.monotonic() > deadline or not any(_alive(pid) for pid in tree):
+            break
         time.sleep(0.2)
     for pid in tree:
         if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
+        time.sleep(0.1)
     process.wait(timeout=10)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import torch
 from flwr.supercore.task_identity import TaskIdentity
 
 from simulation.phantoms.config import cohort_config
@@ -11,6 +14,33 @@ from simulation.phantoms.generator import generate
 from tasks.imageio import Volume
 from tests.helpers.cohorts import CT_MR_SCANNERS, LEARNING_SCANNERS, XRAY_SCANNER
 from tests.helpers.training import train_for
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, workers share the cores: each worker's torch, and the processes
+    its tests start (Flower nodes, Ray actors, through OMP_NUM_THREADS), takes its share.
+    Torch's spinning threads slow down several-fold when more are busy than there are cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+# Session fixtures that train or generate for minutes: their users share one worker.
+SHARED_ON_ONE_WORKER = {"learning_cohort", "trained_run"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's ``--dist loadgroup``, each run whole on one worker: a
+    module's tests (so a module-scoped fixture, a running federation, is made once), and
+    all users of an expensive session fixture together."""
+    for item in items:
+        fixtures = item._fixtureinfo.name2fixturedefs
+        shared = SHARED_ON_ONE_WORKER & set(fixtures)
+        item.add_marker(pytest.mark.xdist_group("learning-cohort" if shared
+                                                else item.module.__name__))
 
 
 @pytest.fixture(scope="session")
@@ -39,12 +69,14 @@ def learning_cohort(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_run(learning_cohort, tmp_path_factory):
-    """A segmentation model trained for at most two CPU minutes (a 1.8-minute budget) on the
-    learning cohort; returns (manifest, run result)."""
+    """A small segmentation U-Net trained a fixed 12 epochs (cosine schedule, so every
+    machine trains the same model; under a CPU minute) on the learning cohort; returns
+    (manifest, run result)."""
     result = train_for(learning_cohort, tmp_path_factory.mktemp("segmentation"),
-                       'name = "segmentation"',
-                       "epochs = 60\nbatch_size = 16\nlr = 0.002\nmax_minutes = 1.8\n"
-                       "eval_every = 3")
+                       'name = "segmentation"\nchannels = [8, 16, 32, 64]\n'
+                       "spacing = [2.5, 2.5, 2.5]\npatch_size = [48, 48, 48]",
+                       "epochs = 12\nbatch_size = 16\nlr = 0.005\nschedule = \"cosine\"\n"
+                       "eval_every = 4")
     return learning_cohort, result
 
 

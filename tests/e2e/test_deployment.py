@@ -5,6 +5,7 @@ hospitals' SuperNodes, started with spinefl's commands; runs launched with `flwr
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 
 import pandas as pd
@@ -61,23 +62,6 @@ def audit(federation: Federation, name: str) -> str:
     return done.stdout
 
 
-def test_two_rounds_over_tls_with_node_authentication(federation, tmp_path):
-    config = experiment(tmp_path, "deployment_smoke.toml", "smoke")
-    done = federation.run(config)
-    assert done.returncode == 0, done.stdout[-3000:]
-    assert "Uvicorn running on https://" in (federation.folder / "superlink.log").read_text()
-    table = metrics(federation, "smoke")
-    assert sorted(table["round"].unique()) == [1, 2]
-    for _, rows in table.groupby("round"):
-        assert sorted(rows.hospital) == sorted(HOSPITALS)
-        assert rows.train_loss.map(math.isfinite).all() and (rows.train_steps == 4).all()
-        assert rows.val_dice_mean.between(0, 1).all()
-    task, _, _ = load_checkpoint(federation.output("runs/smoke") / "model.pt")
-    assert task.name == "segmentation"
-    for name in HOSPITALS:  # what arrived and what left, for both rounds, chain intact
-        assert "4 record(s), chain intact" in " ".join(audit(federation, name).split())
-
-
 def test_unregistered_nodes_and_other_cas_are_refused(federation):
     federation.keys("rogue")
     federation.hospitals["rogue"] = federation.hospitals["ct-a"]
@@ -115,10 +99,13 @@ def test_secure_aggregation_with_three_hospitals(federation, tmp_path):
     assert len(moved) > len(initial) // 2, "the unmasked sum did not reach the global model"
 
 
-def test_a_killed_node_a_crashed_coordinator_and_both_back(federation, tmp_path):
-    """A hospital dies mid-round: the round completes with the others. Then the coordinator
+def test_two_rounds_over_tls_through_a_killed_node_and_a_crashed_coordinator(federation,
+                                                                            tmp_path):
+    """Two rounds of `configs/deployment_smoke.toml` over TLS with node authentication.
+    A hospital dies mid-round 1: the round completes with the others. Then the coordinator
     dies: the run resumes after its last finished round, losing none, and the restarted
-    hospital (same key, ledger and audit log) takes part again."""
+    hospital (same key, ledger and audit log) takes part in round 2. Every hospital's
+    audit chain stays intact."""
     config = experiment(tmp_path, "deployment_smoke.toml", "faults", min_hospitals=2,
                         round_timeout=120.0)
     output, log = federation.output("runs/faults"), federation.coordinator / "runs/faults.log"
@@ -150,8 +137,18 @@ def test_a_killed_node_a_crashed_coordinator_and_both_back(federation, tmp_path)
     done = federation.run(config, "--resume")
     assert done.returncode == 0, done.stdout[-3000:]
     assert "Resuming after round 1" in done.stdout
+    assert "Uvicorn running on https://" in (federation.folder / "superlink.log").read_text()
     table = metrics(federation, "faults")
     assert table.groupby("round").hospital.apply(sorted).to_dict() == {
         1: sorted(HOSPITALS), 2: sorted(HOSPITALS)}
-    assert table.query("round == 2").train_loss.map(math.isfinite).all()
-    assert "chain intact" in audit(federation, "mr-b")
+    trained = table[table.train_loss.map(math.isfinite)]
+    assert len(trained) == 5 and (trained.train_steps == 4).all()
+    assert trained.val_dice_mean.between(0, 1).all()
+    task, _, payload = load_checkpoint(output / "model.pt")
+    assert task.name == "segmentation" and payload["round"] == 2
+    for name in HOSPITALS:  # what arrived and what left: rounds 1 and 2, chain intact
+        records, intact = re.search(r"(\d+) record\(s\), (chain intact)?",
+                                    " ".join(audit(federation, name).split())).groups()
+        # ct-a and ct-c: train and evaluate of both rounds, and what the crashed run may
+        # have sent of round 2 before it died; mr-b: its round-2 train and evaluate.
+        assert intact and int(records) >= (2 if name == "mr-b" else 4), (name, records)

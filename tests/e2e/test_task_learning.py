@@ -1,7 +1,8 @@
 """Labelling, grading and Cobb models really learn: held-out phantom patients, CPU minutes.
 
-Each trains through `spinefl train`'s code path under a wall-clock budget and is
-judged on the test split, which no training or model selection has seen.
+Each trains through `spinefl train`'s code path for a fixed number of epochs with a
+cosine schedule (the same model on every machine, however busy) and is judged on the
+test split, which no training or model selection has seen.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ def _held_out(manifest, result):
 
 
 def test_labelling_identifies_nine_in_ten_held_out_ct_vertebrae(learning_cohort, tmp_path):
-    """80 epochs (a fixed count with a cosine schedule, so every machine trains the same
-    model; about 2.5 CPU minutes here) identify at least 90% of the held-out CT vertebrae,
-    VerSe's way (right label, within 20 mm)."""
+    """30 epochs of a four-level U-Net identify at least 90% of the held-out CT vertebrae,
+    VerSe's way (right label, within 20 mm). Here 25 epochs identify all of them and 15
+    none: the count leaves a margin above that cliff."""
     result = train_for(learning_cohort, tmp_path, """name = "labelling"
-modalities = ["CT", "MR"]""", "epochs = 80\nbatch_size = 2\nlr = 0.005\nschedule = \"cosine\"\n"
+modalities = ["CT", "MR"]
+channels = [8, 16, 32, 64]""", "epochs = 30\nbatch_size = 2\nlr = 0.005\nschedule = \"cosine\"\n"
                        "eval_every = 10")
     evaluation = _held_out(learning_cohort, result)
     ct = evaluation.per_image[evaluation.per_image.modality == "CT"]
@@ -42,20 +44,25 @@ modalities = ["CT", "MR"]""", "epochs = 80\nbatch_size = 2\nlr = 0.005\nschedule
 
 
 def test_grading_beats_the_majority_class_on_held_out_discs(tmp_path):
-    """200 epochs (a fixed count, so every machine trains the same model; about 2 CPU
-    minutes here): Pfirrmann accuracy 0.1 above the majority grade, quadratic kappa 0.4."""
+    """80 epochs: quadratic kappa at least 0.5 on the held-out discs (0.70 here; always
+    predicting the majority grade scores 0) and accuracy above the majority grade's rate.
+    Kappa is the measure judged: the test split's ~40 discs make accuracy move by 0.1
+    between runs that differ only in CPU threads."""
     config = cohort_config({"cohort": {"patients": 30, "seed": 21, "degeneration": 1.0,
                                        "herniation_probability": 0.5},
                             "scanner": LEARNING_SCANNERS}, "grading cohort")
     manifest = generate(config, tmp_path / "phantoms")
     result = train_for(manifest, tmp_path, 'name = "grading"',
-                       "epochs = 200\nbatch_size = 16\nlr = 0.005\neval_every = 5")
+                       "epochs = 80\nbatch_size = 16\nlr = 0.01\nschedule = \"cosine\"\n"
+                       "eval_every = 10")
     metrics = _held_out(manifest, result).metrics
-    assert metrics["pfirrmann_accuracy"] >= metrics["pfirrmann_majority"] + 0.1, metrics
-    assert metrics["pfirrmann_kappa"] >= 0.4, metrics
+    assert metrics["pfirrmann_accuracy"] > metrics["pfirrmann_majority"], metrics
+    assert metrics["pfirrmann_kappa"] >= 0.5, metrics
 
 
 def test_cobb_angle_error_is_under_five_degrees_on_held_out_radiographs(tmp_path):
+    """60 epochs: mean absolute Cobb error under 5 degrees on held-out AP radiographs
+    (1.7 here)."""
     config = cohort_config({"cohort": {"patients": 30, "seed": 0, "scoliosis_probability": 0.5},
                             "scanner": [XRAY_SCANNER, {**XRAY_SCANNER, "name": "xr-b",
                                                        "spacing": [1.4, 1.4, 1.4],
@@ -63,8 +70,8 @@ def test_cobb_angle_error_is_under_five_degrees_on_held_out_radiographs(tmp_path
                            "cobb cohort")
     manifest = generate(config, tmp_path / "phantoms")
     result = train_for(manifest, tmp_path, 'name = "cobb"',
-                       "epochs = 400\nbatch_size = 4\nlr = 0.003\nmax_minutes = 1.5\n"
-                       "eval_every = 5")
+                       "epochs = 60\nbatch_size = 4\nlr = 0.003\nschedule = \"cosine\"\n"
+                       "eval_every = 10")
     evaluation = _held_out(manifest, result)
     assert len(evaluation.per_image) >= 5
     assert (evaluation.per_image.cobb_true > 0).any()
