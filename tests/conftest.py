@@ -70,8 +70,8 @@ def learning_cohort(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_run(learning_cohort, tmp_path_factory):
     """A small segmentation U-Net trained a fixed 12 epochs (cosine schedule, so every
-    machine trains the same model; under a CPU minute) on the learning cohort; returns
-    (manifest, run result)."""
+    machine trains the same model; 1.5 minutes on one thread here) on the learning
+    cohort; returns (manifest, run result)."""
     result = train_for(learning_cohort, tmp_path_factory.mktemp("segmentation"),
                        'name = "segmentation"\nchannels = [8, 16, 32, 64]\n'
                        "spacing = [2.5, 2.5, 2.5]\npatch_size = [48, 48, 48]",
