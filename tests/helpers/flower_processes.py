@@ -9,9 +9,8 @@ FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", 
                     "ray::")
 
 
-def flower_processes(marker: Path) -> set[tuple[int, str]]:
-    """Live Flower, Ray or spinefl processes started for this test: their environment or
-    command line names ``marker`` (the test's folder, where the run's Flower home lives)."""
+def running(marker: Path) -> set[tuple[int, str]]:
+    """Live processes whose environment or command line names ``marker`` (a test's folder)."""
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -22,8 +21,13 @@ def flower_processes(marker: Path) -> set[tuple[int, str]]:
             environment = (entry / "environ").read_bytes()
         except OSError:
             continue
-        mentioned = str(marker).encode() in environment or str(marker) in command
-        if (state != "Z" and mentioned
-                and any(name in command for name in FLOWER_PROCESSES)):
+        if state != "Z" and (str(marker).encode() in environment or str(marker) in command):
             found.add((int(entry.name), command.strip()))
     return found
+
+
+def flower_processes(marker: Path) -> set[tuple[int, str]]:
+    """Live Flower, Ray or spinefl processes started for this test: their environment or
+    command line names ``marker`` (the test's folder, where the run's Flower home lives)."""
+    return {(pid, command) for pid, command in running(marker)
+            if any(name in command for name in FLOWER_PROCESSES)}

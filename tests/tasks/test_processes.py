@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from tasks.processes import descendants, stop_tree
+from tests.helpers.flower_processes import running
 
 # A parent that, asked to stop, starts one more child (as a Ray raylet may restart a worker)
 # and ignores SIGTERM; its first child ignores SIGTERM too. Only SIGKILL ends them.
@@ -24,20 +24,6 @@ while True:
 """
 
 
-def _running(marker: Path) -> list[int]:
-    """Live processes whose command line names ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            command = (entry / "cmdline").read_bytes().decode(errors="ignore")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if str(marker) in command and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def test_a_tree_that_spawns_while_stopping_is_gone_when_stop_returns(tmp_path):
     ready = tmp_path / "ready"
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(ready)])
@@ -49,5 +35,5 @@ def test_a_tree_that_spawns_while_stopping_is_gone_when_stop_returns(tmp_path):
     stop_tree(parent, grace=1.0)
     took = time.monotonic() - started
     # The late child's parent dies by SIGKILL, so only a look while stopping finds it.
-    assert _running(ready) == []
+    assert running(ready) == set()
     assert parent.returncode is not None and took < 15
