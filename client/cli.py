@@ -12,14 +12,16 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from tasks.errors import UserError
+from tasks.tables import frame_table
 
 if TYPE_CHECKING:
     import pandas as pd
 
 console = Console()
+# Exit status of a batch command (predict, prepare) some of whose items failed.
+PARTLY_FAILED = 1
 hospital_app = typer.Typer(help="What a hospital runs beside its own data.",
                            no_args_is_help=True)
 
@@ -36,7 +38,8 @@ def predict(
                                           "centroids (e.g. a labelling model's predictions), "
                                           "for disc grading."),
 ) -> None:
-    """Run a trained model on new images; outputs keep each input's exact geometry."""
+    """Run a trained model on new images; outputs keep each input's exact geometry and mirror
+    the input tree. Exit status 1 when any input failed (the others are written)."""
     from client.prediction import predict as run_prediction
 
     if modality is not None and modality not in ("CT", "MR", "XR"):
@@ -48,7 +51,9 @@ def predict(
     _print_table("Predictions", report)
     failed = int((report.status == "failed").sum())
     if failed:
-        console.print(f"[yellow]{failed} input(s) failed; see {out / 'predictions.csv'}[/]")
+        console.print(f"[yellow]{failed} of {len(report)} input(s) failed; see "
+                      f"{out / 'predictions.csv'}[/]")
+        raise typer.Exit(PARTLY_FAILED)
 
 
 @hospital_app.command("prepare")
@@ -58,8 +63,10 @@ def hospital_prepare(
                              "report and pseudonym key."),
     name: str | None = typer.Option(None, help="Hospital name for the site/source columns "
                                     "(default: the output folder's name)."),
-    key: Path | None = typer.Option(None, help="Pseudonym key to use (default: created once "
-                                    "in <out>/.spinefl/pseudonym.key)."),
+    key: Path | None = typer.Option(None, help="Pseudonym key to use (default: "
+                                    "<out>/.spinefl/pseudonym.key, made on the first run)."),
+    new_key: bool = typer.Option(False, help="Create the pseudonym key when there is none "
+                                 "(otherwise a missing --key is an error)."),
     split: str = typer.Option("0.7,0.15,0.15", help="train,val,test fractions of patients."),
     dicom: bool = typer.Option(False, help="Also write de-identified DICOM (PS3.15 basic "
                                "profile) under <out>/dicom."),
@@ -76,7 +83,7 @@ def hospital_prepare(
 
     if modality is not None and modality not in ("CT", "MR", "XR"):
         raise UserError(f"--modality must be CT, MR or XR, got '{modality}'")
-    options = PrepareOptions(input, out, name or out.resolve().name, key,
+    options = PrepareOptions(input, out, name or out.resolve().name, key, new_key,
                              parse_fractions(split), dicom, allow_burned_in, modality)
     result = prepare(options, console)
     _print_report(pd.read_csv(result.report, keep_default_na=False))
@@ -178,6 +185,7 @@ def hospital_join(
 ) -> None:
     """Join the federation: run this hospital's SuperNode until stopped."""
     from client.supernode import FLOWER_HOME, Membership, supernode_command
+    from tasks.locks import folder_lock
     from tasks.processes import flower_env, run_in_foreground
 
     member = Membership(superlink, data, key, ca, name, max_epsilon, delta,
@@ -186,8 +194,9 @@ def hospital_join(
     command = supernode_command(member)
     console.print(f"Joining {superlink} as {name or data.resolve().name} "
                   f"({'no TLS' if insecure else 'TLS'}); Ctrl-C leaves.")
-    run_in_foreground(command, flower_env((data / FLOWER_HOME).resolve()), data,
-                      "the SuperNode")
+    with folder_lock(data):  # one node per data folder (its ledger and audit log)
+        run_in_foreground(command, flower_env((data / FLOWER_HOME).resolve()), data,
+                          "the SuperNode")
 
 
 @hospital_app.command("keys")
@@ -201,8 +210,9 @@ def hospital_keys(
     private, public = create_node_keys(out, name)
     console.print(f"Private key: {private} (owner-only; it never leaves this machine)\n"
                   f"Public key: {public}\nNext: send {public} to the coordinator, who "
-                  "registers it; start the node with --auth-supernode-private-key "
-                  f"{private}.")
+                  "registers it (spinefl coordinator admit); then join with "
+                  f"`spinefl hospital join --key {private} --data <prepared folder> "
+                  "--superlink <host:port> --ca <ca.crt>`.")
 
 
 def _print_report(frame: pd.DataFrame) -> None:
@@ -215,9 +225,4 @@ def _print_report(frame: pd.DataFrame) -> None:
 
 
 def _print_table(title: str, frame: pd.DataFrame) -> None:
-    table = Table(title=title)
-    for column in frame.columns:
-        table.add_column(str(column))
-    for row in frame.itertuples(index=False):
-        table.add_row(*(str(v) for v in row))
-    console.print(table)
+    console.print(frame_table(title, frame))

@@ -1,43 +1,73 @@
 """`spinefl predict`: run a checkpoint on images and write its outputs with their geometry.
 
-Inputs are a NIfTI/MHA file, a folder of them, or a folder of DICOM series.
-Each output is named after its input with the task's suffix: a mask NIfTI
-with exactly its input's shape and affine (segmentation), or a JSON record in
-its input's voxel coordinates (centroids, grades, Cobb angles); a
-``labels.json`` beside them says what the values mean, and ``predictions.csv``
-lists every input with what happened to it. A bad input is reported and
-skipped; the others go on. A task that takes extra inputs per image declares
-them (``Task.inputs``: name and file suffix) and gets each from the folder
-given for that name (disc grading: ``centroids``, a folder of
+Inputs are a NIfTI/MHA file, a folder of them, or a folder of DICOM series. Outputs
+mirror the input tree: ``<in>/P0001/ct.nii.gz`` becomes ``<out>/P0001/ct<suffix>``
+(a DICOM series: ``<out>/<its folder>/series-<uid><suffix>``), with the task's
+suffix: a mask NIfTI with exactly its input's shape and affine (segmentation), or a
+JSON record in its input's voxel coordinates (centroids, grades, Cobb angles). A
+``labels.json`` beside them says what the values mean; ``predictions.csv`` lists
+every input with what happened to it, kept across batches into the same folder.
+Masks and label maps beside the images (``*_mask``, ``*_seg``, ``*_label(s)``,
+``*_pred``) are reported and skipped, a bad input is reported and the others go on.
+Nothing is ever written inside the input folder. A task that takes extra inputs per
+image declares them (``Task.inputs``: name and file suffix) and gets each from the
+folder given for that name (disc grading: ``centroids``, a folder of
 ``<stem>_ctd.json`` files, e.g. a labelling model's predictions).
+
+An image's modality is ``--modality`` when given, else its DICOM header's, else the
+model's when it reads one only, else a word of its file or folder names (``ct``,
+``mr``/``mri``/``t1``/``t2``, ``xr``/``cr``/``dx``: ``tasks.imageio.modality_in_name``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from rich.progress import track
+from torch import nn
 
 from client.dicom import load_series, scan_folder
 from tasks.checkpoint import load_checkpoint
+from tasks.contract import Task
 from tasks.device import select_device
 from tasks.errors import UserError
-from tasks.imageio import ITK_SUFFIXES, NIFTI_SUFFIXES, Volume, has_suffix, load_image
+from tasks.files import write_table, write_text
+from tasks.imageio import (
+    ITK_SUFFIXES,
+    NIFTI_SUFFIXES,
+    Volume,
+    has_suffix,
+    load_image,
+    modality_in_name,
+)
+from tasks.locks import folder_lock
+from tasks.outputs import MaskOutput
 from tasks.points import read_points
+
+# Stems of files that hold a mask or label map, not an image.
+LABEL_STEMS = re.compile(r"_(mask|msk|seg|label|labels|pred)$", re.IGNORECASE)
 
 
 @dataclass
 class Input:
-    """One image to predict on: a display name, an output stem, and how to load it."""
+    """One image to predict on: a display name, where its output goes (relative to the output
+    folder, without the suffix), how to load it, and why it is skipped (empty: it is not)."""
 
     name: str
-    stem: str
+    place: Path
     load: Callable[[], Volume]
+    skip: str = ""
+
+    @property
+    def stem(self) -> str:
+        return self.place.name
 
     def extra(self, inputs: Mapping[str, str], folders: Mapping[str, Path]) -> dict[str, Any]:
         """This input's declared extra inputs (name -> file suffix) that ``folders`` hold, as
@@ -59,53 +89,88 @@ def _stem(path: Path) -> str:
 
 
 def find_inputs(path: Path) -> Iterator[Input]:
-    """Images under ``path``: the file itself, or a folder's image files and DICOM series."""
+    """Images under ``path``: the file itself, or a folder's image files and DICOM series
+    (hidden files and folders are passed over)."""
     if path.is_file():
-        yield Input(str(path), _stem(path), lambda: load_image(path))
+        yield Input(str(path), Path(_stem(path)), lambda: load_image(path))
         return
     if not path.is_dir():
         raise UserError(f"{path}: input not found")
     for file in sorted(path.rglob("*")):
+        relative = file.relative_to(path)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
         if file.is_file() and has_suffix(file, NIFTI_SUFFIXES + ITK_SUFFIXES):
-            yield Input(str(file), _stem(file), lambda file=file: load_image(file))
+            place = relative.parent / _stem(file)
+            skip = "a mask or label map, not an image" if LABEL_STEMS.search(place.name) else ""
+            yield Input(str(file), place, lambda file=file: load_image(file), skip)
     series, _ = scan_folder(path)
     for uid, files in series.items():
-        yield Input(f"{files[0].path.parent} (series {uid})", f"series-{uid}",
+        folder = files[0].path.parent
+        yield Input(f"{folder} (series {uid})", folder.relative_to(path) / f"series-{uid}",
                     lambda files=files: load_series(files))
+
+
+def check_output_folder(input_path: Path, out: Path) -> None:
+    """Refuse an output folder inside the input folder (outputs would mix with the user's
+    images and be predicted on by the next run)."""
+    source, target = input_path.resolve(), out.resolve()
+    if source.is_dir() and (target == source or source in target.parents):
+        raise UserError(f"{out}: inside the input folder {input_path}; predictions are never "
+                        "written among the inputs: choose an output folder outside it")
 
 
 def predict(model_path: Path, input_path: Path, out: Path, modality: str | None = None,
             device_name: str = "auto", force: bool = False,
             extra: Mapping[str, Path] | None = None) -> pd.DataFrame:
-    """Predict every input; return the report (input, output, status, reason)."""
+    """Predict every input; return this batch's report (input, output, status, reason)."""
     task, model, _ = load_checkpoint(model_path)
-    device = select_device(device_name)
-    model.to(device)
-    trained_on = task.settings.get("modalities", [])
+    check_output_folder(input_path, out)
     inputs = list(find_inputs(input_path))
     if not inputs:
         raise UserError(f"{input_path}: no NIfTI, MHA or DICOM image found")
-    out.mkdir(parents=True, exist_ok=True)
-    report = []
-    for item in track(inputs, description="Predicting"):
-        target = out / f"{item.stem}{task.output_suffix}"
-        entry = {"input": item.name, "output": str(target), "status": "written", "reason": ""}
-        if target.exists() and not force:
-            entry.update(status="skipped", reason="output exists (pass --force to overwrite)")
-            report.append(entry)
-            continue
-        try:
-            volume = item.load()
-            volume.modality = modality or volume.modality or (
-                trained_on[0] if len(trained_on) == 1 else None)
-            if volume.modality is None:
-                raise UserError(f"{item.name}: pass --modality (this model takes "
-                                f"{', '.join(trained_on)})")
-            task.predict(model, volume, device, item.extra(task.inputs, extra or {})).save(target)
-        except UserError as e:
-            entry.update(status="failed", reason=str(e), output="")
-        report.append(entry)
-    (out / "labels.json").write_text(json.dumps(task.describe_output(), indent=2))
-    frame = pd.DataFrame(report)
-    frame.to_csv(out / "predictions.csv", index=False)
-    return frame
+    labels = json.dumps(task.describe_output(), indent=2)
+    with folder_lock(out):
+        earlier = out / "labels.json"
+        if earlier.is_file() and earlier.read_text() != labels and not force:
+            raise UserError(f"{out}: holds predictions of a model with other outputs "
+                            f"({earlier}); choose another folder or pass --force")
+        device = select_device(device_name)
+        model.to(device)
+        report = [_predict_one(task, model, item, out, modality, device, force, extra or {})
+                  for item in track(inputs, description="Predicting")]
+        write_text(earlier, labels)
+        frame = pd.DataFrame(report)
+        table = out / "predictions.csv"
+        if table.is_file():
+            kept = pd.read_csv(table, keep_default_na=False)
+            kept = kept[~kept["input"].isin(frame["input"])]
+            frame = pd.concat([kept, frame], ignore_index=True)
+        write_table(frame, table)
+    return pd.DataFrame(report)
+
+
+def _predict_one(task: Task, model: nn.Module, item: Input, out: Path, modality: str | None,
+                 device: torch.device, force: bool, extra: Mapping[str, Path]) -> dict[str, str]:
+    """Predict one input into ``out``; its report row."""
+    target = out / item.place.parent / f"{item.stem}{task.output_suffix}"
+    entry = {"input": item.name, "output": str(target), "status": "written", "reason": ""}
+    if item.skip:
+        return {**entry, "output": "", "status": "skipped", "reason": item.skip}
+    if target.exists() and not force:
+        return {**entry, "status": "skipped", "reason": "output exists (pass --force to overwrite)"}
+    try:
+        volume = item.load()
+        only = task.modalities[0] if len(task.modalities) == 1 else None
+        named = modality_in_name(item.place.parent / Path(item.name).name)[0] or None
+        volume.modality = modality or volume.modality or only or named
+        if volume.modality is None:
+            raise UserError(f"{item.name}: pass --modality (this model takes "
+                            f"{', '.join(task.modalities)}; the file name does not say)")
+        output = task.predict(model, volume, device, item.extra(task.inputs, extra))
+        if isinstance(output, MaskOutput) and volume.stored_shape is not None:
+            output.volume.array = output.volume.array.reshape(volume.stored_shape)
+        output.save(target)
+    except UserError as e:
+        return {**entry, "output": "", "status": "failed", "reason": str(e)}
+    return entry

@@ -6,21 +6,24 @@ Stages, each visible under ``--out``:
    on disk), and DICOM files are grouped into series (the patient is the
    header's PatientID); other files are NIfTI/MHA images (the patient is the
    folder holding the file, or the file's name when it lies at the top),
-   their masks (``*_seg``, ``*_mask``, ``*_msk``, ``*_label(s)``), or
-   reported as passed over;
+   their masks (``*_seg``, ``*_mask``, ``*_msk``, ``*_label(s)``) and
+   VerSe-style centroid files (``*_ctd.json``), or reported as passed over;
 2. judge: a series is kept or skipped with a reason (scouts, reports, dose
    objects, undecodable compression, burned-in annotations, ...);
 3. convert: a kept series becomes one NIfTI volume in ``images/<patient>/``
    (CT in HU, MR and X-ray in their own units, geometry from the headers),
-   with its mask where one was given beside it;
+   with its mask and centroids where given beside it;
 4. write: ``manifest.csv`` (pseudonyms only), ``report.csv`` (every series and
    passed-over file, with what happened and why), ``dicom/`` with
    de-identified DICOM when asked.
 
-The input is only ever read. The pseudonym key is created once in
-``.spinefl/pseudonym.key``; ``.spinefl/done.json`` lets a second run skip
-series that have not changed. ``report.csv`` names input files so that staff
-can find them: like the key, it stays at the hospital.
+The input is only ever read; every file is written atomically. The pseudonym
+key is created in ``.spinefl/pseudonym.key`` on the first run into an empty
+folder, or elsewhere only with ``--new-key`` (a mistyped ``--key`` is refused,
+never silently replaced by a new key). ``.spinefl/done.json`` lets a second
+run skip series that have not changed (a damaged one is rebuilt), and keeps in
+the manifest the series an earlier export added. ``report.csv`` names input
+files so that staff can find them: like the key, it stays at the hospital.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,6 +55,7 @@ from client.dicom import (
 )
 from client.pseudonyms import PseudonymKey
 from tasks.errors import UserError
+from tasks.files import atomic, writable_folder, write_table, write_text
 from tasks.imageio import (
     ITK_SUFFIXES,
     NIFTI_SUFFIXES,
@@ -58,20 +63,20 @@ from tasks.imageio import (
     Volume,
     has_suffix,
     load_image,
+    modality_in_name,
     save_nifti,
 )
 from tasks.imageio import reorient as reorient_volume
 from tasks.labels import structure_of
+from tasks.locks import folder_lock
 from tasks.manifest import format_spacing, from_records, split_of
+from tasks.points import read_points
 
 STATE_DIR = ".spinefl"
 KEY_FILE = "pseudonym.key"
 DONE_FILE = "done.json"
 MASK_NAME = re.compile(r"^(?P<stem>.+)_(seg|mask|msk|labels?)$", re.IGNORECASE)
-_NAME_MODALITY = {"ct": ("CT", ""), "mr": ("MR", ""), "mri": ("MR", ""), "t1": ("MR", "T1"),
-                  "t1w": ("MR", "T1"), "t2": ("MR", "T2"), "t2w": ("MR", "T2"),
-                  "stir": ("MR", "STIR"), "xr": ("XR", ""), "xray": ("XR", ""),
-                  "cr": ("XR", ""), "dx": ("XR", "")}
+CENTROIDS_SUFFIX = "_ctd.json"
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class PrepareOptions:
     out: Path
     name: str
     key_file: Path | None = None
+    new_key: bool = False
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     write_dicom: bool = False
     allow_burned_in: bool = False
@@ -109,6 +115,7 @@ class Scan:
     series: dict[str, list[DicomFile]] = field(default_factory=dict)
     images: list[Path] = field(default_factory=list)
     masks: dict[tuple[Path, str], Path] = field(default_factory=dict)
+    centroids: dict[tuple[Path, str], Path] = field(default_factory=dict)
     passed_over: list[Item] = field(default_factory=list)
 
 
@@ -142,6 +149,9 @@ def scan(options: PrepareOptions, progress: Progress) -> Scan:
             else:
                 found.images.append(path)
             continue
+        if path.name.endswith(CENTROIDS_SUFFIX):
+            found.centroids[(path.parent, path.name[: -len(CENTROIDS_SUFFIX)])] = path
+            continue
         try:
             headers.append(read_header(path))
         except ImageError as e:
@@ -172,13 +182,13 @@ class Preparer:
                 "modality": modality, "sequence": sequence, "image": image,
                 "spacing": format_spacing(volume.spacing), "site": self.options.name,
                 "source": self.options.name, "split": split_of(patient, self.options.split),
-                "mask": mask, "view": view}
+                "mask": mask, "view": view, "centroids": ""}
 
     def _reuse(self, series: str, fingerprint: str, item: Item) -> bool:
         previous = self.done.get(series)
         if not previous or previous["fingerprint"] != fingerprint:
             return False
-        outputs = [previous["row"]["image"], previous["row"]["mask"]]
+        outputs = [previous["row"].get(c, "") for c in ("image", "mask", "centroids")]
         if not all((self.options.out / p).exists() for p in outputs if p):
             return False
         self.rows.append(previous["row"])
@@ -189,7 +199,7 @@ class Preparer:
 
     def _write(self, series: str, fingerprint: str, item: Item, volume: Volume,
                mask: Volume | None, identity: tuple[str, str], modality: str, sequence: str,
-               view: str) -> dict[str, str]:
+               view: str, centroids: str = "") -> dict[str, str]:
         patient, study = identity
         image = f"images/{patient}/{series}.nii.gz"
         save_nifti(volume, self.options.out / image,
@@ -200,6 +210,9 @@ class Preparer:
             save_nifti(mask, self.options.out / mask_path, np.int16)
         row = self._row(patient, study, series, volume, modality, sequence, view, image,
                         mask_path)
+        if centroids:
+            row["centroids"] = f"images/{patient}/{series}{CENTROIDS_SUFFIX}"
+            write_text(self.options.out / row["centroids"], centroids)
         self.rows.append(row)
         self.new_done[series] = {"fingerprint": fingerprint, "row": row}
         item.status, item.output = "kept", image
@@ -252,10 +265,12 @@ class Preparer:
         for path in files:
             ds = pydicom.dcmread(path)
             deidentify(ds, self.key, patient)
-            ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+            with atomic(folder / f"{ds.SOPInstanceUID}.dcm") as temporary:
+                ds.save_as(temporary, enforce_file_format=True)
 
     # -- NIfTI / MHA files ----------------------------------------------------------------
-    def image_file(self, path: Path, mask_file: Path | None) -> Item:
+    def image_file(self, path: Path, mask_file: Path | None,
+                   centroids_file: Path | None = None) -> Item:
         relative = path.relative_to(self.options.input)
         raw_patient = relative.parent.name if len(relative.parts) > 1 else _stem(path)
         patient = self.patient(raw_patient)
@@ -263,7 +278,7 @@ class Preparer:
         item = Item(str(relative), kind, patient, files=1)
         series = self.key.pseudonym("series", str(relative), "E")
         study = self.key.pseudonym("study", str(relative.parent), "S")
-        fingerprint = _fingerprint([path] + ([mask_file] if mask_file else []))
+        fingerprint = _fingerprint([path] + [f for f in (mask_file, centroids_file) if f])
         if self._reuse(series, fingerprint, item):
             item.modality = self.done[series]["row"]["modality"]
             return item
@@ -283,21 +298,23 @@ class Preparer:
             return item
         notes: list[str] = []
         mask = self._mask(mask_file, volume, notes)
+        centroids = ""
+        if centroids_file is not None:
+            try:
+                read_points(centroids_file)
+                centroids = centroids_file.read_text()
+            except UserError as e:
+                notes.append(f"centroids {centroids_file.name} not used: "
+                             f"{str(e).removeprefix(f'{centroids_file}: ')}")
         self._write(series, fingerprint, item, volume, mask, (patient, study), modality,
-                    (sequence or "unknown") if modality == "MR" else "", "")
+                    (sequence or "unknown") if modality == "MR" else "", "", centroids)
         item.reason = "; ".join(notes)
         return item
 
     def _modality_of(self, relative: Path, volume: Volume) -> tuple[str, str]:
         if self.options.modality:
             return self.options.modality, ""
-        tokens = [t for part in relative.parts for t in re.split(r"[^a-z0-9]+", part.lower())]
-        modality, sequence = "", ""
-        for token in tokens:
-            if token in _NAME_MODALITY:
-                found, found_sequence = _NAME_MODALITY[token]
-                modality = modality or found
-                sequence = sequence or found_sequence
+        modality, sequence = modality_in_name(relative)
         if not modality and volume.is_projection:
             modality = "XR"
         return modality, sequence
@@ -331,6 +348,19 @@ class Preparer:
             return None
         return Volume(np.rint(mask.array).astype(np.int16), image.affine)
 
+    def keep_earlier(self) -> int:
+        """Keep the series earlier runs prepared that this run's input does not hold (another
+        export into the same folder adds to the dataset); how many were kept."""
+        kept = 0
+        for series, previous in self.done.items():
+            files = [previous["row"].get(c, "") for c in ("image", "mask", "centroids")]
+            if series not in self.new_done and all(
+                    (self.options.out / p).exists() for p in files if p):
+                self.rows.append(previous["row"])
+                self.new_done[series] = previous
+                kept += 1
+        return kept
+
     def _relative(self, path: Path) -> str:
         return str(path.relative_to(self.options.input)) or "."
 
@@ -349,10 +379,8 @@ def _fingerprint(paths: list[Path]) -> str:
 
 def write_report(items: list[Item], path: Path) -> Path:
     """The report as CSV: one row per series or file, with what happened and why."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([asdict(i) for i in items], columns=list(Item.__dataclass_fields__)).to_csv(
-        path, index=False)
-    return path
+    return write_table(pd.DataFrame([asdict(i) for i in items],
+                                    columns=list(Item.__dataclass_fields__)), path)
 
 
 def check_folders(source: Path, out: Path) -> None:
@@ -369,13 +397,46 @@ def check_folders(source: Path, out: Path) -> None:
 
 
 def prepare(options: PrepareOptions, console: Console | None = None) -> PrepareResult:
-    """Run every stage; the report lists every series and passed-over file."""
+    """Run every stage; the report lists every series and passed-over file. Series that an
+    earlier run into the same folder prepared from another export stay in the manifest."""
     console = console or Console()
     check_folders(options.input, options.out)
+    with folder_lock(options.out):
+        return _prepare(options, console)
+
+
+def open_key(options: PrepareOptions) -> PseudonymKey:
+    """The pseudonym key; created only when asked (``--new-key``) or on the first run into
+    an empty output folder with the default key path."""
+    path = options.key_file or options.out / STATE_DIR / KEY_FILE
+    first_run = options.key_file is None and not (options.out / "manifest.csv").exists()
+    hint = ("; pass --new-key to create one (the patients of a dataset prepared with another "
+            "key would get new pseudonyms)")
+    return PseudonymKey.load_or_create(path, options.new_key or first_run, hint)
+
+
+def read_state(path: Path, console: Console) -> dict[str, Any]:
+    """What earlier runs prepared (``done.json``); a damaged file is reported and rebuilt
+    (its series are converted again)."""
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+        if isinstance(state, dict) and all(
+                isinstance(v, dict) and {"fingerprint", "row"} <= set(v) for v in state.values()):
+            return state
+    except (OSError, ValueError):
+        pass
+    console.print(f"[yellow]warning:[/] {path}: damaged (an interrupted run?); it is rebuilt "
+                  "and every series converted again")
+    return {}
+
+
+def _prepare(options: PrepareOptions, console: Console) -> PrepareResult:
     state = options.out / STATE_DIR
-    key = PseudonymKey.load_or_create(options.key_file or state / KEY_FILE)
+    key = open_key(options)
     done_path = state / DONE_FILE
-    done = json.loads(done_path.read_text()) if done_path.exists() else {}
+    done = read_state(done_path, console)
     preparer = Preparer(options, key, done)
     with Progress(console=console, transient=True) as progress:
         found = scan(options, progress)
@@ -386,27 +447,35 @@ def prepare(options: PrepareOptions, console: Console | None = None) -> PrepareR
         masks_in: dict[Path, list[Path]] = defaultdict(list)
         for (where, _), path in found.masks.items():
             masks_in[where].append(path)
-        used_masks: set[Path] = set()
+        used: set[Path] = set()
         for uid, files in progress.track(list(found.series.items()),
                                          description="Converting series"):
             folder = _common_folder([f.path for f in files])
             masks = masks_in.get(folder, [])
             mask = masks[0] if len(masks) == 1 and by_folder[folder] == [uid] else None
-            used_masks.update([mask] if mask else [])
+            used.update([mask] if mask else [])
             preparer.items.append(preparer.dicom_series(uid, files, mask))
         for path in progress.track(found.images, description="Converting images"):
             mask = found.masks.get((path.parent, _stem(path)))
-            used_masks.update([mask] if mask else [])
-            preparer.items.append(preparer.image_file(path, mask))
-    for path in sorted(set(found.masks.values()) - used_masks):
+            centroids = found.centroids.get((path.parent, _stem(path)))
+            used.update(f for f in (mask, centroids) if f)
+            preparer.items.append(preparer.image_file(path, mask, centroids))
+    for path in sorted(set(found.masks.values()) - used):
         preparer.items.append(Item(str(path.relative_to(options.input)), "mask", files=1,
                                    reason="mask without an image it belongs to (name it "
                                    "<image>_mask beside the image, or put it in the folder "
                                    "of one DICOM series)"))
+    for path in sorted(set(found.centroids.values()) - used):
+        preparer.items.append(Item(str(path.relative_to(options.input)), "centroids", files=1,
+                                   reason="centroids without an image they belong to (name "
+                                   f"them <image>{CENTROIDS_SUFFIX} beside the image)"))
     preparer.items.extend(found.passed_over)
-    state.mkdir(parents=True, exist_ok=True)
-    done_path.write_text(json.dumps(preparer.new_done, indent=1))
+    kept = preparer.keep_earlier()
+    writable_folder(state)
+    write_text(done_path, json.dumps(preparer.new_done, indent=1))
     report = write_report(preparer.items, options.out / "report.csv")
+    if kept:
+        console.print(f"Kept {kept} series prepared by earlier runs from other exports")
     if not preparer.rows:
         return PrepareResult(None, report, preparer.items)
     manifest = from_records(preparer.rows, options.out)
@@ -415,4 +484,3 @@ def prepare(options: PrepareOptions, console: Console | None = None) -> PrepareR
         raise UserError(f"{options.out}: prepared manifest is invalid: {problems[0]}")
     path = manifest.save(options.out / "manifest.csv")
     return PrepareResult(path, report, preparer.items)
-

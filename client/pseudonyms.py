@@ -37,10 +37,14 @@ class PseudonymKey:
         self._secret = secret
 
     @classmethod
-    def load_or_create(cls, path: Path) -> PseudonymKey:
-        """The key in ``path``, created there (owner read/write only) when it does not exist."""
+    def load_or_create(cls, path: Path, create: bool, hint: str = "") -> PseudonymKey:
+        """The key in ``path``; when there is none, created there (owner read/write only) if
+        ``create``, else PseudonymKeyError (with ``hint``): creating a key is always asked
+        for, since a mistyped path would give every patient new pseudonyms."""
         path = Path(path)
         if not path.exists():
+            if not create:
+                raise PseudonymKeyError(f"{path}: no pseudonym key there{hint}")
             path.parent.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "wb") as handle:

@@ -27,24 +27,26 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from client.privacy import planned_noise
 from client.trainer import DPSettings, LocalTrainer
 from tasks.checkpoint import save_checkpoint, starting_weights
-from tasks.contract import Evaluation
+from tasks.contract import Evaluation, Task
 from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.evaluation import evaluate
+from tasks.files import writable_folder, write_table, write_text
+from tasks.locks import LOCK, folder_lock
 from tasks.manifest import Manifest
 from tasks.plots import plot_history
 from tasks.run_config import patient_draws, task_from_config
 
 
 def claim_run_folder(out: Path, force: bool) -> None:
-    """Create ``out``; refuse a folder that already holds files unless ``force``."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
-        raise UserError(f"{out}: already holds another run ({held}, ...); "
+    """Create ``out``; refuse a folder that already holds a run unless ``force`` (its lock and
+    the leftovers of interrupted writes do not count)."""
+    writable_folder(out)
+    held = sorted(p.name for p in out.iterdir()
+                  if p.name != LOCK and not p.name.startswith(".part-"))
+    if held and not force:
+        raise UserError(f"{out}: already holds another run ({', '.join(held[:4])}, ...); "
                         "choose another output folder or pass --force to overwrite it")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass
@@ -68,9 +70,19 @@ def train(config: dict[str, dict[str, Any]], force: bool = False,
     if len(train_rows) == 0:
         raise UserError(f"{config['data']['manifest']}: no training rows for this task "
                         f"(split 'train', with labels, of the task's modalities)")
-    claim_run_folder(out, force)
-    (out / "config.toml").write_text(tomli_w.dumps(config))
+    manifest.check_geometry(config["data"]["manifest"])
+    if len(val_rows) == 0:
+        console.print(f"[yellow]warning:[/] {config['data']['manifest']}: no validation rows "
+                      "for this task (split 'val'): the last epoch's model is kept, unscored; "
+                      "give the manifest a val split (more patients) to choose the best")
+    with folder_lock(out):
+        claim_run_folder(out, force)
+        write_text(out / "config.toml", tomli_w.dumps(config))
+        return _train(config, task, train_rows, val_rows, out, console)
 
+
+def _train(config: dict[str, dict[str, Any]], task: Task, train_rows: Manifest,
+           val_rows: Manifest, out: Path, console: Console) -> RunResult:
     run, privacy = config["train"], config["privacy"]
     device = select_device(run["device"])
     start = (starting_weights(Path(run["init_checkpoint"]), task)
@@ -113,10 +125,10 @@ def train(config: dict[str, dict[str, Any]], force: bool = False,
                 best = dict(row)
                 save_checkpoint(out / "model.pt", task, model, epoch=row["epoch"],
                                 metrics=evaluation.metrics)
-                evaluation.per_image.to_csv(out / "val_per_image.csv", index=False)
+                write_table(evaluation.per_image, out / "val_per_image.csv")
             row["seconds"] = trainer.elapsed()
             history.append(row)
-            pd.DataFrame(history).to_csv(out / "metrics.csv", index=False)
+            write_table(pd.DataFrame(history), out / "metrics.csv")
             save_checkpoint(out / "checkpoint_last.pt", task, model, epoch=row["epoch"],
                             optimizer=trainer.optimizer.state_dict())
             status = f"loss {row['train_loss']:.3f}"

@@ -51,6 +51,7 @@ def coordinator_start(
 ) -> None:
     """Run the SuperLink (TLS, node authentication, no runtime installs) until stopped."""
     from server.superlink import coordinator_env, load_coordinator, superlink_command
+    from tasks.locks import folder_lock
     from tasks.processes import run_in_foreground
 
     command = superlink_command(folder)
@@ -58,7 +59,8 @@ def coordinator_start(
     console.print(f"SuperLink on {settings['bind']}:{settings['port']} "
                   f"({'no TLS' if settings['insecure'] else 'TLS'}, node authentication); "
                   "Ctrl-C stops it.")
-    run_in_foreground(command, coordinator_env(folder), folder, "the SuperLink")
+    with folder_lock(folder):
+        run_in_foreground(command, coordinator_env(folder), folder, "the SuperLink")
 
 
 @coordinator_app.command("admit")

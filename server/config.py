@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.config import ConfigError, Key, Schema
+from tasks.config import ConfigError, Key, Schema, below
 from tasks.contract import Task
 from tasks.run_config import (
     RUN_CHECKS,
@@ -36,17 +36,17 @@ FEDERATION_KEYS = (
     Key("local_steps", "int", 0, "If > 0, at most this many local steps per round instead of "
         "whole epochs.", minimum=0),
     Key("fraction_train", "float", 1.0, "Fraction of hospitals sampled for training each round.",
-        minimum=0.0),
+        above=0.0, maximum=1.0),
     Key("fraction_evaluate", "float", 1.0, "Fraction of hospitals sampled for evaluation.",
-        minimum=0.0),
+        minimum=0.0, maximum=1.0),
     Key("min_hospitals", "int", 2, "Fewest hospitals a round needs (and waits for).", minimum=1),
     Key("round_timeout", "float", 1800.0, "Seconds a round waits for replies before going on "
         "with those that arrived.", minimum=1.0),
     Key("proximal_mu", "float", 0.01, "FedProx proximal weight mu.", minimum=0.0),
     Key("server_lr", "float", 0.01, "Server learning rate (eta) of FedAdam/FedYogi.",
-        minimum=0.0),
+        above=0.0),
     Key("trim_beta", "float", 0.2, "Fraction trimmed at each end by FedTrimmedAvg (< 0.5).",
-        minimum=0.0),
+        minimum=0.0, check=below(0.5)),
     Key("max_update_norm", "float", 0.0, "Updates (new weights minus global) whose L2 norm "
         "is above this are refused before aggregation, like non-finite or misshapen ones "
         "(0 = no norm bound).", minimum=0.0),
@@ -56,17 +56,17 @@ FEDERATION_KEYS = (
     Key("central_noise_multiplier", "float", 1.0, "Central DP noise sigma: the noise std is "
         "sigma * clipping norm / hospitals.", minimum=0.0),
     Key("central_clipping_norm", "float", 1.0, "Central DP clipping norm of each hospital's "
-        "update (L2, over all weights).", minimum=0.0),
+        "update (L2, over all weights).", above=0.0),
     Key("central_delta", "float", 1e-5, "Delta of the reported hospital-level epsilon.",
-        minimum=0.0),
+        above=0.0, check=below(1.0)),
     Key("secure_aggregation", "bool", False, "Secure aggregation (Flower's SecAgg+): the "
         "coordinator sees only the sum of the hospitals' weights (strategy `fedavg` or "
         "`fedbn`, at least 3 hospitals; uniform average; no per-update norm bound)."),
     Key("secagg_clipping_range", "float", 8.0, "SecAgg+ clips every weight to [-c, c] "
-        "before quantising it; hospitals report the fraction they clipped.", minimum=0.0),
+        "before quantising it; hospitals report the fraction they clipped.", above=0.0),
     Key("secagg_threshold", "float", 0.6, "Fraction of a hospital's neighbours needed to "
         "rebuild its masks when it drops out (higher: more private, less tolerant).",
-        minimum=0.0),
+        above=0.0, maximum=1.0),
 )
 
 
@@ -100,8 +100,6 @@ def check_combination(experiment: dict[str, dict[str, Any]], where: str) -> None
             problem = "max_update_norm checks each update, which secure aggregation hides"
         elif federation["min_hospitals"] < 3:
             problem = "min_hospitals must be at least 3 (with 2, each learns the other's update)"
-        elif not 0 < federation["secagg_threshold"] <= 1:
-            problem = "secagg_threshold must be in (0, 1]"
         if problem:
             raise ConfigError(f"{where}: federation.secure_aggregation: {problem}")
 

@@ -29,7 +29,7 @@ import tomli_w
 from server.certificates import create_authority
 from tasks.config import Key, load_toml, validate
 from tasks.errors import UserError
-from tasks.processes import BIN, flower_env, stop_tree
+from tasks.processes import BIN, flower_env, spawn, stop_tree
 
 CONNECTION = "spinefl"
 SETTINGS = "coordinator.toml"
@@ -129,8 +129,8 @@ def submit_run(connection: str, run_config: dict[str, Any], env: dict[str, str],
                *(extra or []), "--stream"]
     error, failed = "", False
     with log.open("w") as handle:
-        run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env, start_new_session=True)
+        run = spawn(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    env=env)
         try:
             for line in run.stdout:
                 handle.write(line)

@@ -10,15 +10,19 @@ manifest, config and datasets groups; it mounts the hospital's commands (client.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from client.cli import _print_report, _print_table, hospital_app, predict
 from server.cli import coordinator_app
 from tasks.errors import UserError
+from tasks.files import USER_ERRNOS, os_problem
+from tasks.stops import handle_stops, stop_signal
 
 console = Console()
 app = typer.Typer(
@@ -87,8 +91,9 @@ def train(
     if out is not None:
         overrides["output"] = {"dir": str(out)}
     result = run_training(load_run_config(config, overrides), force=force, console=console)
-    best = {k: round(v, 4) for k, v in result.best.items() if k.startswith("val_")}
-    console.print(f"Best validation (epoch {int(result.best.get('epoch', 0))}): {best}")
+    if result.best:
+        best = {k: round(v, 4) for k, v in result.best.items() if k.startswith("val_")}
+        console.print(f"Best validation (epoch {int(result.best['epoch'])}): {best}")
     console.print(f"Model: {result.folder / 'model.pt'}  Metrics: {result.folder / 'metrics.csv'}")
 
 
@@ -158,10 +163,12 @@ def datasets_prepare(
 
 @manifest_app.command("check")
 def manifest_check(path: Path = typer.Argument(..., help="Manifest (CSV or Parquet).")) -> None:
-    """Validate a manifest and summarise it."""
+    """Validate a manifest (its files' headers too) and summarise it."""
     from tasks.manifest import Manifest
 
-    table = Manifest.load(path).table
+    manifest = Manifest.load(path)
+    manifest.check_geometry(path)
+    table = manifest.table
     summary = table.groupby(["site", "split", "modality"]).agg(
         patients=("patient_id", "nunique"), images=("image", "count")).reset_index()
     _print_table(f"{path}: valid", summary)
@@ -184,10 +191,25 @@ def config_docs() -> None:
 
 
 def main() -> None:
-    """Entry point: user mistakes become one line on stderr and exit status 2 (Ctrl-C exits
-    with 130, through typer, after the commands' own clean-up has run)."""
+    """Entry point: user mistakes become one line on stderr and exit status 2; Ctrl-C,
+    SIGTERM and SIGHUP stop the command after its clean-up has run (tasks.stops), with
+    status 128 + the signal."""
+    handle_stops()
+    errors = Console(stderr=True)
     try:
         app()
     except UserError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as e:
+        if e.errno not in USER_ERRNOS:
+            raise
+        errors.print(f"[bold red]error:[/] {escape(str(os_problem(e.filename or '?', e)))}",
+                     highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except SystemExit:
+        if (signum := stop_signal()) is None:
+            raise
+        errors.print(f"stopped ({signal.Signals(signum).name}): every process this command "
+                     "started has ended; finished work is kept", highlight=False)
+        sys.exit(128 + signum)

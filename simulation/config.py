@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from server.config import EXPERIMENT_CHECKS, FEDERATION_KEYS
-from tasks.config import ConfigError, Key
+from tasks.config import ConfigError, Key, below
 from tasks.contract import Task
 from tasks.run_config import RUN_KEYS, TASK_NAME_KEY, Check, load_config
 
@@ -33,7 +33,7 @@ SIMULATION_KEYS = {
         Key("hospitals", "int", 3, "Number of hospitals (ignored by `site`).", minimum=1),
         Key("column", "str", "site", "Manifest column the Dirichlet skew is over."),
         Key("alpha", "float", 0.5, "Dirichlet concentration (small = strong skew).",
-            minimum=0.0),
+            above=0.0),
         Key("ratio", "float", 10.0, "Largest / smallest hospital for `quantity`.", minimum=1.0),
         Key("mixes", "list[str]", ["MR", "CT", "CT+MR"], "Modalities of each hospital for "
             "`modality`, `+`-joined (e.g. one hospital only MR, one only CT)."),
@@ -48,7 +48,7 @@ SIMULATION_KEYS = {
             "node config's `max-epsilon`): rounds past it are refused; 0 = no limit.",
             minimum=0.0),
         Key("delta", "float", 1e-5, "Each virtual hospital's delta (its node config's "
-            "`delta`).", minimum=0.0),
+            "`delta`).", above=0.0, check=below(1.0)),
     ),
 }
 

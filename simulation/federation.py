@@ -5,7 +5,7 @@ port with its own Flower home (so the user's ~/.flwr is never touched),
 submits the app with ``flwr run`` (runtime dependency installation disabled:
 there is no internet at a hospital either), streams the run's log, and stops
 every process it started (the SuperLink, the simulation runtime and its Ray
-workers) when the run ends, fails, or is interrupted.
+workers) when the run ends, fails, or is interrupted, however (``tasks.processes.spawn``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from server.superlink import submit_run
-from tasks.processes import BIN, flower_env, free_port, stop_tree, wait_until_healthy
+from tasks.processes import BIN, flower_env, free_port, spawn, stop_tree, wait_until_healthy
 
 CONNECTION = "spinefl-local"
 
@@ -32,10 +32,10 @@ def local_superlink(workdir: Path) -> Iterator[dict[str, str]]:
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
     env = flower_env(home)
     log = (workdir / "superlink.log").open("w")
-    superlink = subprocess.Popen(
+    superlink = spawn(
         [str(BIN / "flower-superlink"), "--insecure", "--simulation",
          "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_until_healthy(port, superlink, timeout=60.0)
         yield env

@@ -10,7 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
+from tasks.files import write_table, write_text
+from tasks.plots import save_figure
 from tasks.registry import task_class
 
 MODELS = ("federated", "local", "pooled")
@@ -43,9 +46,9 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
     comparison.png and summary.md."""
     folder.mkdir(parents=True, exist_ok=True)
     score = task_class(config["task"]["name"]).score
-    results.to_csv(folder / "results.csv", index=False)
+    write_table(results, folder / "results.csv")
     table = comparison(results, score)
-    table.to_csv(folder / "comparison.csv")
+    write_table(table.reset_index(), folder / "comparison.csv")
 
     rounds = pd.read_csv(round_metrics)
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -57,10 +60,10 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
              ylim=(0, 1))
     axis.legend()
     axis.grid(alpha=0.3)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     per_round = f"{score}_per_round.png"
-    figure.savefig(folder / per_round, dpi=100)
-    plt.close(figure)
+    save_figure(figure, folder / per_round)
 
     figure, axis = plt.subplots(figsize=(7, 4))
     table[[m for m in MODELS if m in table]].plot.bar(ax=axis, rot=0)
@@ -68,8 +71,7 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
     axis.set(ylabel=f"test {score}", ylim=(0, 1), title="Each hospital's test patients")
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(folder / "comparison.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, folder / "comparison.png")
 
     privacy_lines = privacy_statement(rounds, config, folder)
     federation = config["federation"]
@@ -86,7 +88,7 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
         "`results.csv`; per-hospital metrics of every round: "
         "`../federated/federated_metrics.csv`.", "",
     ]
-    (folder / "summary.md").write_text("\n".join(lines))
+    write_text(folder / "summary.md", "\n".join(lines))
     return folder / "summary.md"
 
 
@@ -101,9 +103,9 @@ def privacy_statement(rounds: pd.DataFrame, config: dict[str, Any], folder: Path
                  title="Privacy spent at each hospital")
         axis.legend()
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         figure.tight_layout()
-        figure.savefig(folder / "epsilon_per_round.png", dpi=100)
-        plt.close(figure)
+        save_figure(figure, folder / "epsilon_per_round.png")
         privacy = config["privacy"]
         trained = ("every parameter" if privacy["trainable"] == "all"
                    else f"the {privacy['trainable']} only, the rest frozen")

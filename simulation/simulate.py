@@ -29,7 +29,7 @@ from client.training import claim_run_folder, train
 from server.app import ROUND_CHECKPOINT
 from simulation import partition
 from simulation.federation import run_federated
-from simulation.phantoms.config import cohort_config
+from simulation.phantoms.config import CohortConfig, cohort_config
 from simulation.phantoms.generator import generate
 from simulation.report import write_report
 from tasks.checkpoint import load_checkpoint
@@ -37,7 +37,15 @@ from tasks.config import load_toml
 from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.evaluation import evaluate
+from tasks.files import write_table, write_text
+from tasks.locks import folder_lock
 from tasks.manifest import Manifest
+from tasks.tables import frame_table
+
+# Lines of the federated run's log worth showing: hospitals, rounds, per-hospital results,
+# failures, resumption and the end (not Flower's configuration tree, whose lines hold " | ").
+PROGRESS_LINE = re.compile(r"\[ROUND|round \d+[ :]|failed|Final global model|The run stops|"
+                           r"Resuming after|Hospitals: ")
 
 
 def _safe(name: str) -> str:
@@ -79,9 +87,8 @@ def split_hospitals(manifest: Manifest, settings: dict[str, Any], folder: Path,
                 entry["max_epsilon"] = budget["max_epsilon"]
         listing.append(entry)
         hospitals.append((name, hospital))
-    (folder / "hospitals.json").write_text(json.dumps(listing, indent=2))
-    partition.summary([h for _, h in hospitals], names).to_csv(folder / "summary.csv",
-                                                               index=False)
+    write_text(folder / "hospitals.json", json.dumps(listing, indent=2))
+    write_table(partition.summary([h for _, h in hospitals], names), folder / "summary.csv")
     return hospitals
 
 
@@ -118,23 +125,51 @@ def simulate(config: dict[str, dict[str, Any]], force: bool = False, resume: boo
     """
     console = console or Console()
     out = Path(config["output"]["dir"]).resolve()
-    if resume:
-        if not (out / "federated" / ROUND_CHECKPOINT).is_file():
-            raise UserError(f"{out}: no federated round checkpoint to resume from")
-    else:
-        claim_run_folder(out, force)
-        shutil.rmtree(out / "federated", ignore_errors=True)
+    if resume and not (out / "federated" / ROUND_CHECKPOINT).is_file():
+        raise UserError(f"{out}: no federated round checkpoint to resume from")
+    cohort, manifest = None, None
     if config["phantoms"]["enabled"]:
         cohort_path = config["phantoms"]["config"]
         raw = load_toml(Path(cohort_path)) if cohort_path else {}
         cohort = cohort_config(raw, cohort_path or "default cohort")
-        manifest = generate(cohort, Path(config["phantoms"]["dir"]))
     else:
         manifest = Manifest.load(Path(config["data"]["manifest"]))
+    check_hospital_count(config, cohort, manifest)
+    with folder_lock(out):
+        if not resume:
+            claim_run_folder(out, force)
+            shutil.rmtree(out / "federated", ignore_errors=True)
+        if cohort is not None:
+            manifest = generate(cohort, Path(config["phantoms"]["dir"]))
+        return _simulate(config, manifest, out, resume, console)
+
+
+def check_hospital_count(config: dict[str, dict[str, Any]], cohort: CohortConfig | None,
+                         manifest: Manifest | None) -> None:
+    """Refuse, before any data is made, a federation whose rounds would wait for more
+    hospitals than the partition makes."""
+    partition, federation = config["partition"], config["federation"]
+    if partition["method"] == "modality":
+        count = len(partition["mixes"])
+    elif partition["method"] != "site":
+        count = partition["hospitals"]
+    elif cohort is not None:
+        count = len(cohort.scanners)
+    else:
+        count = manifest.table.site.nunique()
+    if federation["min_hospitals"] > count:
+        raise UserError(f"federation.min_hospitals = {federation['min_hospitals']}, but the "
+                        f"partition ({partition['method']}) makes {count} hospital(s): every "
+                        f"round would wait for hospitals that never come; set it to {count} "
+                        "or fewer")
+
+
+def _simulate(config: dict[str, dict[str, Any]], manifest: Manifest, out: Path, resume: bool,
+              console: Console) -> pd.DataFrame:
     hospitals = split_hospitals(manifest, config["partition"], out / "hospitals",
                                 {**config["hospitals"], "device": config["train"]["device"]})
     summary = pd.read_csv(out / "hospitals" / "summary.csv")
-    console.print(summary.to_string(index=False))
+    console.print(frame_table("Virtual hospitals", summary))
 
     pooled_manifest = Manifest(pd.concat([m.table for _, m in hospitals], ignore_index=True),
                                out / "hospitals")
@@ -142,12 +177,12 @@ def simulate(config: dict[str, dict[str, Any]], force: bool = False, resume: boo
     federated = out / "federated"
     experiment = {**_run_config(config, out / "hospitals" / "pooled.csv", federated),
                   "federation": config["federation"]}
-    (out / "experiment.toml").write_text(tomli_w.dumps(experiment))
+    write_text(out / "experiment.toml", tomli_w.dumps(experiment))
     console.print(f"[bold]Federated training[/] ({config['federation']['strategy']}, "
                   f"{len(hospitals)} hospitals, {config['federation']['rounds']} rounds)")
 
     def show(line: str) -> None:
-        if any(mark in line for mark in ("[ROUND", " | ", "failed", "Final global model")):
+        if PROGRESS_LINE.search(line):
             console.print(f"  {line.split(':', 1)[-1].strip()}")
 
     run_federated(out / "experiment.toml", out / "hospitals", len(hospitals), federated, show,

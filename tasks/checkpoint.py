@@ -8,6 +8,7 @@ is loaded with ``weights_only=True``, so opening one never runs code from it.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import nn
 from tasks.config import ConfigError, validate
 from tasks.contract import Task
 from tasks.errors import UserError
+from tasks.files import atomic, writable_folder
 from tasks.registry import task_class
 
 FORMAT = "spinefl-checkpoint"
@@ -29,10 +31,11 @@ def save_checkpoint(path: Path, task: Task, model: nn.Module, **extra: Any) -> P
                "settings": task.settings, "output": task.describe_output(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, temporary)
-    temporary.replace(path)
+    writable_folder(path.parent)
+    serialised = io.BytesIO()  # torch's own file writer turns a full disk into RuntimeError
+    torch.save(payload, serialised)
+    with atomic(path) as temporary:
+        temporary.write_bytes(serialised.getbuffer())
     return path
 
 
@@ -46,14 +49,28 @@ def load_checkpoint(path: Path) -> tuple[Task, nn.Module, dict[str, Any]]:
         raise UserError(f"{path}: not a readable spinefl checkpoint ({e})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a spinefl checkpoint")
-    cls = task_class(payload["task"])
+    version = payload.get("version")
+    if not isinstance(version, int) or not 1 <= version <= VERSION:
+        raise UserError(f"{path}: checkpoint version {version!r}; this spinefl reads versions "
+                        f"1 to {VERSION} (a newer spinefl wrote it: upgrade to use it)")
+    missing = [key for key in ("task", "settings", "state_dict") if key not in payload]
+    if missing:
+        raise UserError(f"{path}: a damaged spinefl checkpoint (no {', '.join(missing)})")
+    try:
+        cls = task_class(str(payload["task"]))
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
     try:
         settings = validate({"task": payload["settings"]}, {"task": cls.keys}, str(path))["task"]
     except ConfigError as e:
         raise UserError(f"{path}: stored task settings are invalid ({e})") from None
     task = cls(settings)
     model = task.build_model()
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        reason = str(e).splitlines()[0]
+        raise UserError(f"{path}: its weights do not fit its task's network ({reason})") from None
     return task, model, payload
 
 

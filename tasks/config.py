@@ -9,6 +9,7 @@ schema as the reference table in ``docs/configuration.md``.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,9 +32,10 @@ class Key:
     ``kind`` is one of ``int``, ``float``, ``str``, ``bool``, ``path``, ``list[int]``,
     ``list[float]``, ``list[str]``. A ``path`` is a string naming something the run reads;
     a relative one is resolved against the folder of the config file that gives it (an empty
-    one stays empty). ``choices`` restricts values (each element
-    for lists); ``minimum`` bounds numbers (each element for lists); ``length``
-    fixes a list's length; ``check`` returns a problem description or None.
+    one stays empty). ``choices`` restricts values (each element for lists); ``minimum`` and
+    ``maximum`` bound numbers inclusively, ``above`` exclusively (each element for lists); a
+    float is never NaN or infinite; ``length`` fixes a list's length; ``check`` returns a
+    problem description or None.
     A ``required`` key has no default and must be given.
     """
 
@@ -43,6 +45,8 @@ class Key:
     help: str
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
     length: int | None = None
     check: Callable[[Any], str | None] | None = None
     required: bool = False
@@ -81,8 +85,14 @@ def check_value(key: Key, value: Any) -> Any:
     for item in items:
         if key.choices is not None and item not in key.choices:
             raise ValueError(f"must be one of {', '.join(map(str, key.choices))}; got {item!r}")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"must be a finite number, got {item!r}")
         if key.minimum is not None and item < key.minimum:
-            raise ValueError(f"must be >= {key.minimum}, got {item!r}")
+            raise ValueError(f"must be >= {key.minimum:g}, got {item!r}")
+        if key.above is not None and item <= key.above:
+            raise ValueError(f"must be > {key.above:g}, got {item!r}")
+        if key.maximum is not None and item > key.maximum:
+            raise ValueError(f"must be <= {key.maximum:g}, got {item!r}")
     if key.check is not None and (problem := key.check(value)):
         raise ValueError(problem)
     if key.kind == "float":
@@ -90,6 +100,11 @@ def check_value(key: Key, value: Any) -> Any:
     if key.kind == "list[float]":
         return [float(v) for v in value]
     return list(value) if isinstance(value, list) else value
+
+
+def below(limit: float) -> Callable[[Any], str | None]:
+    """A ``check`` refusing values at or above ``limit`` (an exclusive upper bound)."""
+    return lambda value: None if value < limit else f"must be < {limit:g}, got {value!r}"
 
 
 def _unknown(where: str, name: str, known: list[str]) -> ConfigError:
@@ -155,5 +170,18 @@ def schema_markdown(title: str, schema: Schema) -> str:
             meaning = key.help
             if key.choices:
                 meaning += f" One of: {', '.join(f'`{c}`' for c in key.choices)}."
+            if bounds := _bounds(key):
+                meaning += f" Range: {bounds}."
             lines.append(f"| `{section}.{key.name}` | {key.kind} | {default} | {meaning} |")
     return "\n".join(lines) + "\n"
+
+
+def _bounds(key: Key) -> str:
+    """A key's numeric range as text (``> 0``, ``0 to 1``), empty when unbounded."""
+    low = (f"{key.minimum:g}" if key.minimum is not None else
+           f"> {key.above:g}" if key.above is not None else "")
+    if key.maximum is None:
+        return low if low.startswith(">") else f">= {low}" if low else ""
+    if not low:
+        return f"<= {key.maximum:g}"
+    return f"{low}, <= {key.maximum:g}" if low.startswith(">") else f"{low} to {key.maximum:g}"

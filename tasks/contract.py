@@ -94,6 +94,12 @@ class Task(Protocol):
 
     def __init__(self, settings: Mapping[str, Any]) -> None: ...
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities this model reads (what ``predict`` assumes when an image's file
+        does not say and only one is possible)."""
+        ...
+
     def select(self, manifest: Manifest) -> Manifest:
         """The manifest rows this task can use (e.g. its modalities, rows with labels)."""
         ...

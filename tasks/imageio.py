@@ -8,6 +8,7 @@ whose first two columns span the detector plane.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from tasks.errors import UserError
+from tasks.files import atomic, writable_folder
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
@@ -32,6 +34,9 @@ class Volume:
     array: np.ndarray
     affine: np.ndarray
     modality: str | None = None
+    # The file's own shape where it differs from ``array``'s (a radiograph stored as
+    # (X, Y, 1) is read as (X, Y)): what a mask predicted for it is written back as.
+    stored_shape: tuple[int, ...] | None = None
 
     @property
     def spacing(self) -> tuple[float, ...]:
@@ -49,6 +54,25 @@ def has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
     return path.name.lower().endswith(suffixes)
 
 
+# Words of a file or folder name that state a modality (and, for MR, a sequence).
+NAMED_MODALITIES = {"ct": ("CT", ""), "mr": ("MR", ""), "mri": ("MR", ""), "t1": ("MR", "T1"),
+                    "t1w": ("MR", "T1"), "t2": ("MR", "T2"), "t2w": ("MR", "T2"),
+                    "stir": ("MR", "STIR"), "xr": ("XR", ""), "xray": ("XR", ""),
+                    "cr": ("XR", ""), "dx": ("XR", "")}
+
+
+def modality_in_name(path: Path | str) -> tuple[str, str]:
+    """The modality and MR sequence the words of ``path``'s parts state, first word first
+    (``P1/t2_sag.nii.gz``: MR, T2); empty strings where none does."""
+    modality, sequence = "", ""
+    for part in Path(path).parts:
+        for word in re.split(r"[^a-z0-9]+", part.lower()):
+            found, found_sequence = NAMED_MODALITIES.get(word, ("", ""))
+            modality = modality or found
+            sequence = sequence or found_sequence
+    return modality, sequence
+
+
 def load_image(path: Path | str) -> Volume:
     """Read a NIfTI or MetaImage file (DICOM is read at the hospital: ``client.dicom``)."""
     path = Path(path)
@@ -63,14 +87,33 @@ def load_image(path: Path | str) -> Volume:
             array = np.asarray(image.dataobj)
         except Exception as e:  # nibabel raises many types for broken files
             raise ImageError(f"{path}: not a readable NIfTI file ({e})") from None
+        stored = array.shape
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]
         if array.ndim not in (2, 3):
             raise ImageError(f"{path}: expected a 2D or 3D image, got shape {array.shape}")
-        return Volume(array, image.affine.astype(np.float64))
+        return Volume(array, image.affine.astype(np.float64),
+                      stored_shape=stored if stored != array.shape else None)
     if has_suffix(path, ITK_SUFFIXES):
         return _load_itk(path)
     raise ImageError(f"{path}: unsupported image format (use NIfTI, MHA or a DICOM folder)")
+
+
+def stored_shape(path: Path) -> tuple[int, ...]:
+    """An image file's array shape as stored, from its header alone; ImageError when the
+    header cannot be read."""
+    try:
+        if has_suffix(path, NIFTI_SUFFIXES):
+            return tuple(int(n) for n in nib.load(str(path)).shape)
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return tuple(int(n) for n in reader.GetSize())
+    except Exception as e:  # nibabel and SimpleITK raise many types for broken files
+        raise ImageError(f"{path}: not a readable image header ({str(e).splitlines()[0]})") \
+            from None
 
 
 def _load_itk(path: Path) -> Volume:
@@ -101,13 +144,14 @@ def reorient(volume: Volume, code: str) -> Volume:
 
 
 def save_nifti(volume: Volume, path: Path | str, dtype: type | None = None) -> Path:
-    """Write a volume as NIfTI (geometry from its affine); returns the path."""
+    """Write a volume as NIfTI (geometry from its affine), atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(path.parent)
     array = volume.array if dtype is None else volume.array.astype(dtype)
     image = nib.Nifti1Image(array, volume.affine)
     image.header.set_xyzt_units("mm")
     image.set_qform(volume.affine, code=1)
     image.set_sform(volume.affine, code=1)
-    nib.save(image, str(path))
+    with atomic(path) as temporary:
+        nib.save(image, str(temporary))
     return path

@@ -9,6 +9,7 @@ are relative to the manifest's folder. The full schema is documented in
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.errors import UserError
+from tasks.files import atomic, writable_folder
+from tasks.imageio import ITK_SUFFIXES, NIFTI_SUFFIXES, ImageError, has_suffix, stored_shape
 
 MODALITIES = ("CT", "MR", "XR")
 SPLITS = ("train", "val", "test")
@@ -210,10 +213,17 @@ class Manifest:
                     continue
                 value = values[name]
                 where = f"row {i} (patient '{values['patient_id']}'), column '{name}'"
-                if spec.check is not None and (problem := spec.check(value)):
+                problem = spec.check(value) if spec.check is not None else None
+                if problem is None and spec.is_path and value:
+                    problem = self._path_problem(value)
+                if problem:
                     found.append(f"{where}: {problem}")
-                elif spec.is_path and value and not (self.root / value).exists():
-                    found.append(f"{where}: file not found: {self.root / value}")
+            if values.get("mask") and values["mask"] == values["image"]:
+                found.append(f"row {i} (patient '{values['patient_id']}'), column 'mask': the "
+                             "image itself, not a label mask")
+            if not has_suffix(Path(values["image"]), NIFTI_SUFFIXES + ITK_SUFFIXES):
+                found.append(f"row {i} (patient '{values['patient_id']}'), column 'image': "
+                             f"{values['image']} is not a NIfTI or MHA file")
             if values["modality"] == "MR" and not values["sequence"]:
                 found.append(f"row {i} (patient '{values['patient_id']}'), column 'sequence': "
                              "MR images need a sequence (T1, T2, ...)")
@@ -229,14 +239,53 @@ class Manifest:
                   for i, v in duplicated.image.items()]
         return found
 
+    def _path_problem(self, value: str) -> str | None:
+        """What is wrong with a path column's value: a relative path climbing out of the
+        manifest's folder (absolute paths are taken as given), or no such file."""
+        if not Path(value).is_absolute() and os.path.normpath(value).split(os.sep)[0] == "..":
+            return (f"{value} lies outside the manifest's folder; give a path inside it "
+                    "(or an absolute one)")
+        if not (self.root / value).is_file():
+            return f"file not found: {self.root / value}"
+        return None
+
+    def check_geometry(self, where: Path | str) -> None:
+        """Raise ManifestError (naming ``where``, the manifest) when a mask does not lie on
+        its image's grid."""
+        problems = self.geometry_problems()
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ManifestError(f"{where}: {problems[0]}{more}")
+
+    def geometry_problems(self) -> list[str]:
+        """Rows whose mask does not lie on its image's grid (shapes from the headers), each
+        naming its row, patient and both files."""
+        found: list[str] = []
+        if "mask" not in self.table:
+            return found
+        for i, values in enumerate(self.table.to_dict("records"), start=1):
+            if not values["mask"]:
+                continue
+            image, mask = self.root / values["image"], self.root / values["mask"]
+            try:
+                shapes = stored_shape(image), stored_shape(mask)
+            except ImageError as e:
+                found.append(f"row {i} (patient '{values['patient_id']}'): {e}")
+                continue
+            if shapes[0] != shapes[1]:
+                found.append(f"row {i} (patient '{values['patient_id']}'): mask {mask} has "
+                             f"shape {shapes[1]}, its image {image} {shapes[0]}")
+        return found
+
     def save(self, path: Path | str) -> Path:
         """Write the table as CSV (or Parquet by suffix); paths stay relative to its folder."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".parquet":
-            self.table.to_parquet(path, index=False)
-        else:
-            self.table.to_csv(path, index=False)
+        writable_folder(path.parent)
+        with atomic(path) as temporary:
+            if path.suffix == ".parquet":
+                self.table.to_parquet(temporary, index=False)
+            else:
+                self.table.to_csv(temporary, index=False)
         return path
 
     def path(self, row: pd.Series, column: str = "image") -> Path:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.files import write_text
 from tasks.imageio import Volume, save_nifti
 
 
@@ -30,4 +31,4 @@ class RecordOutput:
     record: Any
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.record, indent=1))
+        write_text(path, json.dumps(self.record, indent=1))

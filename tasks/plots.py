@@ -9,6 +9,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from tasks.files import atomic
 
 
 def plot_history(history: pd.DataFrame, path: Path, score: str) -> Path:
@@ -22,7 +26,17 @@ def plot_history(history: pd.DataFrame, path: Path, score: str) -> Path:
     right.set(xlabel="epoch", ylabel=score, title="Validation", ylim=(0, 1))
     for axis in (left, right):
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
+    return path
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG atomically and close it."""
+    try:
+        with atomic(path) as temporary:
+            figure.savefig(temporary, dpi=100, format="png")
+    finally:
+        plt.close(figure)
     return path

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from tasks.errors import UserError
+from tasks.files import write_text
 
 AXES = ("X", "Y", "Z")
 # Vertebral body corners on an AP radiograph, in AASCE's order.
@@ -29,7 +30,7 @@ def write_points(points: list[dict[str, Any]], affine: np.ndarray, path: Path) -
     image's axis codes first, as VerSe does."""
     path.parent.mkdir(parents=True, exist_ok=True)
     codes = list(nib.aff2axcodes(affine))
-    path.write_text(json.dumps([{"direction": codes}, *points], indent=1))
+    write_text(path, json.dumps([{"direction": codes}, *points], indent=1))
 
 
 def read_points(path: Path) -> list[dict[str, Any]]:

@@ -17,12 +17,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from tasks.errors import UserError
+from tasks.locks import held_locks
 
 # Flower's executables, installed beside the running Python.
 BIN = Path(sys.executable).parent
@@ -57,11 +60,22 @@ def descendants(*roots: int) -> set[int]:
 def stop_tree(process: subprocess.Popen, grace: float = 15.0) -> None:
     """Stop a process and everything below it, what it starts while stopping included
     (a Ray worker restarting): SIGTERM, SIGKILL after ``grace`` s; returns once all are gone."""
+    _stop_all(lambda alive: {process.pid} | descendants(process.pid, *alive), grace)
+    process.wait(timeout=10)
+
+
+def stop_below(pid: int, grace: float = 15.0) -> None:
+    """Stop everything below process ``pid`` (not ``pid`` itself), as ``stop_tree`` does."""
+    _stop_all(lambda alive: descendants(pid, *alive), grace)
+
+
+def _stop_all(find: Callable[[set[int]], set[int]], grace: float) -> None:
+    """SIGTERM whatever ``find`` (given the pids still alive) returns, again and again until
+    all are gone or ``grace`` s pass; then SIGKILL the rest and wait up to 10 s."""
     tree: set[int] = set()
     deadline = time.monotonic() + grace
     while True:
-        alive = {pid for pid in tree if _alive(pid)}
-        found = {process.pid} | descendants(process.pid, *alive)
+        found = find({pid for pid in tree if _alive(pid)})
         for pid in found - tree:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -76,7 +90,6 @@ def stop_tree(process: subprocess.Popen, grace: float = 15.0) -> None:
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
         time.sleep(0.1)
-    process.wait(timeout=10)
 
 
 def _alive(pid: int) -> bool:
@@ -85,6 +98,14 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def spawn(command: list[str], **options: Any) -> subprocess.Popen:
+    """Start ``command`` (``subprocess.Popen`` ``options``) in its own session under a guard
+    (``tasks.guard``): it and everything it starts end when this process ends, a SIGKILL
+    included. The guard holds this process's folder locks until they have all ended."""
+    guard = [sys.executable, "-m", "tasks.guard", str(os.getpid()), *command]
+    return subprocess.Popen(guard, start_new_session=True, pass_fds=held_locks(), **options)
 
 
 def flower_env(home: Path) -> dict[str, str]:
@@ -113,19 +134,12 @@ def wait_until_healthy(port: int, process: subprocess.Popen, timeout: float) -> 
 
 def run_in_foreground(command: list[str], env: dict[str, str], cwd: Path, what: str) -> None:
     """Run a long-lived Flower process until it exits or this process is stopped (Ctrl-C,
-    SIGTERM), then stop it and everything it started; UserError when it failed by itself."""
-    process = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True)
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    SIGTERM, SIGHUP: see ``tasks.stops``), then stop it and everything it started; UserError
+    when it failed by itself."""
+    process = spawn(command, env=env, cwd=cwd)
     try:
         status = process.wait()
-    except KeyboardInterrupt:
-        status = 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
         stop_tree(process)
     if status != 0:
         raise UserError(f"{what} exited with status {status} (its log is above)")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.config import ConfigError, Key, Schema, load_toml, validate
+from tasks.config import ConfigError, Key, Schema, below, load_toml, validate
 from tasks.contract import PatientDraws, Task
 from tasks.registry import TASKS, task_class
 
@@ -61,10 +61,10 @@ PRIVACY_KEYS = (
     Key("target_epsilon", "float", 0.0, "Epsilon per patient to reach at the end of the run "
         "(all rounds), when `noise_multiplier` is 0.", minimum=0.0),
     Key("max_grad_norm", "float", 1.0, "Clipping norm C of each patient's gradient.",
-        minimum=0.0),
+        above=0.0),
     Key("delta", "float", 1e-5, "Delta of pooled and local-only DP training; in federated "
         "runs each hospital accounts at its own delta (node config `delta`, default 1e-5).",
-        minimum=0.0),
+        above=0.0, check=below(1.0)),
     Key("accountant", "str", "rdp", "`rdp` (Renyi DP) or `prv` (privacy random variables, "
         "tighter).", choices=ACCOUNTANTS),
     Key("grad_sample_mode", "str", "hooks", "How Opacus computes per-patient gradients "

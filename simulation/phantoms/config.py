@@ -37,22 +37,23 @@ COHORT_KEYS = (
     Key("split", "list[float]", [0.6, 0.2, 0.2], "Fractions of each site's patients in "
         "train, val, test.", length=3, minimum=0.0, check=_fractions),
     Key("t12_probability", "float", 0.5, "Chance that the scan starts at T12 (else L1).",
-        minimum=0.0),
+        minimum=0.0, maximum=1.0),
     Key("size_range", "list[float]", [0.85, 1.15], "Range of the patient's anatomical scale.",
         length=2, minimum=0.1, check=_ordered_pair),
     Key("lordosis_range", "list[float]", [30.0, 60.0], "Range of the L1-S1 lordosis (degrees).",
         length=2, minimum=0.0, check=_ordered_pair),
-    Key("scoliosis_probability", "float", 0.3, "Chance of a lateral curve.", minimum=0.0),
+    Key("scoliosis_probability", "float", 0.3, "Chance of a lateral curve.", minimum=0.0,
+        maximum=1.0),
     Key("cobb_range", "list[float]", [10.0, 40.0], "Range of the Cobb angle of a curve (degrees).",
         length=2, minimum=0.0, check=_ordered_pair),
     Key("degeneration", "float", 0.5, "How advanced disc degeneration is across the cohort "
-        "(0 young, 1 old).", minimum=0.0),
+        "(0 young, 1 old).", minimum=0.0, maximum=1.0),
     Key("herniation_probability", "float", 0.15, "Chance that a degenerated disc herniates.",
-        minimum=0.0),
+        minimum=0.0, maximum=1.0),
     Key("fracture_probability", "float", 0.05, "Chance per vertebra of a compression fracture.",
-        minimum=0.0),
+        minimum=0.0, maximum=1.0),
     Key("osteoporosis_probability", "float", 0.2, "Chance of osteoporosis (lower bone density).",
-        minimum=0.0),
+        minimum=0.0, maximum=1.0),
 )
 
 SCANNER_KEYS = (

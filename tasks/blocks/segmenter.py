@@ -27,6 +27,11 @@ class Segmenter:
     """A U-Net segmenting (B, 1, *S) images into ``table``'s classes (2D slices or 3D
     patches, by ``settings['network']``), trained with Dice + cross-entropy."""
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities it reads (``settings['modalities']``)."""
+        return tuple(self.settings["modalities"])
+
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
         self.table = class_table(self.settings["labels"])

@@ -43,6 +43,10 @@ class CobbTask:
         self.segmenter = Segmenter({**self.settings, "network": "unet2d", "modalities": ["XR"],
                                     "labels": "structures", "ct_window": [0.0, 1.0]})
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("XR",)
+
     def select(self, manifest: Manifest) -> Manifest:
         """AP radiographs with body corners (keypoints) and a Cobb angle."""
         table = manifest.select(modality="XR").table

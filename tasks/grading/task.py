@@ -47,6 +47,10 @@ class GradingTask:
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.settings["modalities"])
+
     def select(self, manifest: Manifest) -> Manifest:
         """Rows of the task's modalities with disc positions (centroids, mask or keypoints)
         and at least one Pfirrmann or canal stenosis label."""

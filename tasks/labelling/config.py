@@ -14,5 +14,5 @@ KEYS = (
                    "augment", "shift", "zoom")),
     Key("min_volume", "float", 1000.0, "Smallest predicted vertebra (mm^3) that becomes a "
         "centroid; smaller islands of foreground are noise.", minimum=0.0),
-    Key("radius", "float", 20.0, "Identification radius in mm (VerSe: 20).", minimum=0.0),
+    Key("radius", "float", 20.0, "Identification radius in mm (VerSe: 20).", above=0.0),
 )

@@ -47,6 +47,10 @@ class LabellingTask:
         self.settings = dict(settings)
         self.levels = Segmenter({**self.settings, "network": "unet3d", "labels": "vertebrae"})
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.levels.modalities
+
     def select(self, manifest: Manifest) -> Manifest:
         """Rows of the task's modalities with a mask (the training target)."""
         return self.levels.masked_rows(manifest)

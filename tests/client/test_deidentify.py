@@ -17,15 +17,15 @@ from client.pseudonyms import PseudonymKey, PseudonymKeyError
 
 def test_key_is_created_once_owner_only_and_reused(tmp_path):
     path = tmp_path / "state" / "pseudonym.key"
-    first = PseudonymKey.load_or_create(path)
+    first = PseudonymKey.load_or_create(path, create=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    again = PseudonymKey.load_or_create(path)
+    again = PseudonymKey.load_or_create(path, create=False)
     assert first.pseudonym("patient", "12345", "P") == again.pseudonym("patient", "12345", "P")
 
 
 def test_pseudonyms_depend_on_the_secret_and_do_not_show_the_identifier(tmp_path):
-    one = PseudonymKey.load_or_create(tmp_path / "a.key")
-    other = PseudonymKey.load_or_create(tmp_path / "b.key")
+    one = PseudonymKey.load_or_create(tmp_path / "a.key", create=True)
+    other = PseudonymKey.load_or_create(tmp_path / "b.key", create=True)
     a, b = one.pseudonym("patient", "12345", "P"), other.pseudonym("patient", "12345", "P")
     assert a != b
     assert "12345" not in a and len(a) == 17
@@ -37,10 +37,10 @@ def test_pseudonyms_depend_on_the_secret_and_do_not_show_the_identifier(tmp_path
 
 def test_a_key_others_can_read_is_refused(tmp_path):
     path = tmp_path / "pseudonym.key"
-    PseudonymKey.load_or_create(path)
+    PseudonymKey.load_or_create(path, create=True)
     os.chmod(path, 0o644)
     with pytest.raises(PseudonymKeyError, match="readable by others"):
-        PseudonymKey.load_or_create(path)
+        PseudonymKey.load_or_create(path, create=True)
 
 
 def _walk(ds: Dataset):
@@ -72,7 +72,7 @@ def _loaded_with_extras(name: str) -> Dataset:
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm"])
 def test_no_identifying_attribute_survives_in_written_dicom(tmp_path, name):
-    key = PseudonymKey.load_or_create(tmp_path / "k.key")
+    key = PseudonymKey.load_or_create(tmp_path / "k.key", create=True)
     ds = _loaded_with_extras(name)
     original_uids = {e.value for e in _walk(ds) if e.VR == "UI" and e.value and
                      not str(e.value).startswith(DICOM_ROOT)}
@@ -100,7 +100,7 @@ def test_no_identifying_attribute_survives_in_written_dicom(tmp_path, name):
 
 
 def test_dates_move_back_by_the_patients_own_offset(tmp_path):
-    key = PseudonymKey.load_or_create(tmp_path / "k.key")
+    key = PseudonymKey.load_or_create(tmp_path / "k.key", create=True)
     ds = _loaded_with_extras("CT_small.dcm")
     deidentify(ds, key, "Pa")
     shift = dt.timedelta(days=key.date_shift_days("Pa"))

@@ -26,15 +26,39 @@ def smoke(tmp_path, monkeypatch):
     return config
 
 
-def test_simulate_resumes_a_stopped_federation_runs_baselines_and_leaves_no_process(
+def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_round(
         smoke, tmp_path):
-    """A federation stopped after round 1 (a one-round run) resumes after its last finished
-    round with --resume, then the baselines and the report are made."""
-    baselines = smoke["baselines"]
-    smoke["baselines"] = {"pooled": False, "local": False}
-    smoke["federation"]["rounds"] = 1
-    simulate(smoke)
-    smoke["federation"]["rounds"], smoke["baselines"] = 2, baselines
+    """`spinefl simulate` killed (SIGKILL: no clean-up of its own runs) after round 1: its
+    Flower and Ray processes end within seconds; --resume continues after round 1 in the
+    same folder (each round once), then the baselines and the report are made."""
+    import signal
+    import subprocess
+    import time
+
+    import tomli_w
+
+    from tests.helpers.cli import SPINEFL
+
+    smoke["federation"]["rounds"] = 2
+    config = {**smoke, "baselines": {"pooled": False, "local": False}}
+    (tmp_path / "smoke.toml").write_text(tomli_w.dumps(config))
+    metrics = tmp_path / "run" / "federated" / "federated_metrics.csv"
+    run = subprocess.Popen([str(SPINEFL), "simulate", "--config", str(tmp_path / "smoke.toml")],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (metrics.is_file() and len(pd.read_csv(metrics)) >= 3):
+            assert run.poll() is None and time.monotonic() < deadline, "round 1 never ended"
+            time.sleep(0.5)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        killed = time.monotonic()
+        while flower_processes(tmp_path) and time.monotonic() < killed + 30:
+            time.sleep(0.5)
+        assert flower_processes(tmp_path) == set(), "a Flower or Ray process outlived SIGKILL"
+    finally:
+        if run.poll() is None:
+            run.kill()
     results = simulate(smoke, resume=True)
     assert flower_processes(tmp_path) == set(), "a Flower or Ray process was left behind"
 
@@ -95,7 +119,10 @@ def test_a_failing_hospital_does_not_stop_the_round(smoke, tmp_path):
     assert (tmp_path / "federated" / "model.pt").is_file()
 
 
-def test_ctrl_c_stops_every_process_the_run_started(tmp_path):
+def test_a_hang_up_stops_every_process_the_run_started(tmp_path):
+    """SIGHUP (a closed terminal or SSH session) stops simulate as Ctrl-C does (one handler
+    serves SIGINT, SIGTERM and SIGHUP; tests/simulation/test_faults.py sends the others to
+    `train`): status 129, nothing left running, the folder unlocked."""
     import signal
     import subprocess
     import time
@@ -122,12 +149,13 @@ def test_ctrl_c_stops_every_process_the_run_started(tmp_path):
         while not any("ClientAppActor" in c for _, c in flower_processes(tmp_path)):
             assert run.poll() is None and time.monotonic() < deadline, "the run never trained"
             time.sleep(0.5)
-        run.send_signal(signal.SIGINT)
-        assert run.wait(timeout=90) == 130
+        run.send_signal(signal.SIGHUP)
+        assert run.wait(timeout=90) == 128 + signal.SIGHUP
     finally:
         if run.poll() is None:
             run.kill()
-    assert flower_processes(tmp_path) == set(), "a Flower or Ray process outlived Ctrl-C"
+    assert flower_processes(tmp_path) == set(), "a Flower or Ray process outlived SIGHUP"
+    assert not (tmp_path / "run" / ".spinefl.lock").exists()
 
 
 def test_dp_simulation_records_epsilon_and_a_refusing_hospital_lets_the_round_go_on(

@@ -37,3 +37,41 @@ def test_a_tree_that_spawns_while_stopping_is_gone_when_stop_returns(tmp_path):
     # The late child's parent dies by SIGKILL, so only a look while stopping finds it.
     assert running(ready) == set()
     assert parent.returncode is not None and took < 15
+
+
+# A command that spawns (through the guard) a child whose own child double-forks: the
+# grandchild's parent exits, so it is an orphan nobody's process tree names any more.
+SPAWNER = """
+import subprocess, sys, time
+from tasks.processes import spawn
+ORPHAN = ("import os, sys, time\\n"
+          "if os.fork() == 0:\\n"
+          "    time.sleep(600)\\n")
+CHILD = ("import subprocess, sys, time; "
+         "subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]]); "
+         "time.sleep(600)")
+spawn([sys.executable, "-c", CHILD, ORPHAN, sys.argv[1]])
+time.sleep(600)
+"""
+
+
+def test_what_a_command_spawned_ends_when_the_command_is_killed(tmp_path):
+    """SIGKILL (no handler runs) of a command: the guard it spawned through ends the child
+    and the orphaned grandchild within seconds."""
+    marker = str(tmp_path / "tree")
+    command = subprocess.Popen([sys.executable, "-c", SPAWNER, marker])
+    try:
+        deadline = time.monotonic() + 30
+        # The guard, the child, and the double-forked grandchild (its first fork exited).
+        while len(running(tmp_path)) < 4:
+            assert time.monotonic() < deadline, f"the tree did not start: {running(tmp_path)}"
+            time.sleep(0.1)
+        command.kill()
+        command.wait()
+        killed = time.monotonic()
+        while running(tmp_path) and time.monotonic() < killed + 10:
+            time.sleep(0.1)
+        assert running(tmp_path) == set(), "a spawned process outlived its command's SIGKILL"
+    finally:
+        if command.poll() is None:
+            command.kill()

@@ -1,0 +1,70 @@
+"""``python -m tasks.guard PARENT COMMAND...``: run COMMAND so that it, and everything it
+starts, ends when PARENT ends, however PARENT ends.
+
+``tasks.processes.spawn`` starts every Flower process under a guard. The guard asks
+the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``: this covers a
+SIGKILL of the spinefl command, which no handler sees) and adopts every orphan
+below it (``PR_SET_CHILD_SUBREAPER``: a process whose parent exits still counts as
+the guard's). On SIGTERM, SIGINT or SIGHUP, when its parent is gone, or when
+COMMAND exits, it stops everything below it and exits with COMMAND's status
+(128 + the signal when stopped). Linux only, like the rest of the process handling.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+
+from tasks.processes import stop_below
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class Stop(Exception):
+    """A stop signal arrived."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    for name in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(name, signal.SIG_IGN)
+    raise Stop(signum)
+
+
+def main(argv: list[str]) -> int:
+    parent, command = int(argv[0]), argv[1:]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    for name in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(name, _stop)
+    status = 128 + signal.SIGTERM
+    try:
+        if os.getppid() != parent:  # the parent died before the kernel could be asked
+            return status
+        child = subprocess.Popen(command)
+        while True:  # reap adopted orphans too, until the command itself exits
+            pid, wait_status = os.waitpid(-1, 0)
+            if pid == child.pid:
+                status = child.returncode = os.waitstatus_to_exitcode(wait_status)
+                if status < 0:
+                    status = 128 - status
+                break
+    except Stop as stop:
+        status = 128 + stop.signum
+    finally:
+        for name in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(name, signal.SIG_IGN)
+        stop_below(os.getpid())
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

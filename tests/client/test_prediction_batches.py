@@ -1,0 +1,109 @@
+"""`spinefl predict` on folders as a user's data come: trees, masks beside images, repeated
+batches, odd shapes and checkpoints (an untrained model: what is tested is the batch)."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks.checkpoint import FORMAT, save_checkpoint
+from tasks.imageio import Volume, save_nifti
+from tests.helpers.cli import assert_one_line_error, spinefl
+from tests.helpers.task_defaults import default_task
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A small untrained segmentation checkpoint (CT and MR)."""
+    task = default_task("segmentation")
+    task.settings.update(channels=[8, 16], spacing=[4.0, 4.0, 4.0])
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    return save_checkpoint(path, type(task)(task.settings), type(task)(task.settings)
+                           .build_model())
+
+
+@pytest.fixture
+def phantom_tree(tiny_cohort, tmp_path):
+    """The phantom layout as a user keeps it: P0001/ct.nii.gz beside ct_mask.nii.gz and
+    ct_ctd.json, one folder per patient, the same file names in each (two patients)."""
+    tree = tmp_path / "images"
+    for patient in ("P0001", "P0003"):
+        shutil.copytree(tiny_cohort.root / patient, tree / patient)
+    return tree
+
+
+def predict(model, source, out, *extra):
+    return spinefl("predict", "--model", str(model), "--input", str(source), "--out", str(out),
+                   *extra)
+
+
+def test_outputs_mirror_the_tree_and_masks_are_reported_not_predicted(model, phantom_tree,
+                                                                      tmp_path):
+    out = tmp_path / "out"
+    done = predict(model, phantom_tree, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_pred.nii.gz"))
+    names = sorted(p.relative_to(phantom_tree).parent.as_posix() + "/"
+                   + p.name.replace(".nii.gz", "_pred.nii.gz")
+                   for p in phantom_tree.rglob("*.nii.gz") if "_mask" not in p.name)
+    assert written == names and len(written) == 2  # same file name, two patients: both
+    report = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    masks = report[report.input.str.contains("_mask")]
+    assert len(masks) == 2 and set(masks.status) == {"skipped"}
+    assert masks.reason.str.contains("mask").all()
+    # The modality came from the file names (ct.nii.gz, t2.nii.gz), no --modality needed.
+    assert set(report[~report.input.str.contains("_mask")].status) == {"written"}
+
+
+def test_a_second_batch_adds_to_the_report_and_a_failing_input_sets_the_status(
+        model, phantom_tree, tmp_path):
+    out = tmp_path / "out"
+    assert predict(model, phantom_tree / "P0001", out).returncode == 0
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "P0099_ct.nii.gz").write_bytes(b"\x1f\x8b not a volume")
+    done = predict(model, broken, out)
+    assert done.returncode == 1, done.stderr  # documented: some input failed
+    report = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert {"written", "failed"} <= set(report.status), "the first batch's rows were kept"
+    everything_failed = predict(model, broken, tmp_path / "other")
+    assert everything_failed.returncode == 1
+
+
+def test_the_output_is_never_inside_the_input(model, phantom_tree):
+    before = sorted(p.name for p in phantom_tree.rglob("*"))
+    for out in (phantom_tree, phantom_tree / "P0001" / "predictions"):
+        assert_one_line_error(predict(model, phantom_tree, out), "inside the input folder")
+    assert sorted(p.name for p in phantom_tree.rglob("*")) == before
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(model, phantom_tree, tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    assert_one_line_error(predict(model, phantom_tree / "P0001", blocker),
+                          "exists and is not a folder")
+
+
+def test_a_one_slice_volume_keeps_its_shape(model, tmp_path):
+    volume = Volume(np.random.default_rng(0).normal(0, 100, (40, 40, 1)).astype(np.float32),
+                    np.diag([1.0, 1.0, 1.0, 1.0]))
+    save_nifti(volume, tmp_path / "in" / "slice_ct.nii.gz")
+    done = predict(model, tmp_path / "in" / "slice_ct.nii.gz", tmp_path / "out")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert nib.load(tmp_path / "out" / "slice_ct_pred.nii.gz").shape == (40, 40, 1)
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"format": FORMAT, "version": 1, "task": "segmentation"}, "no settings, state_dict"),
+    ({"format": FORMAT, "version": 99, "task": "segmentation", "settings": {},
+      "state_dict": {}}, "checkpoint version 99"),
+])
+def test_a_damaged_or_future_checkpoint_is_one_line(payload, message, phantom_tree, tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(payload, path)
+    assert_one_line_error(predict(path, phantom_tree, tmp_path / "out"), "model.pt", message)

@@ -1,0 +1,210 @@
+"""Fault injection with real processes: stop signals, a folder in use, a full disk, and
+settings that cannot work. Whatever happens, nothing keeps running, nothing the user gave is
+changed, and every file left under its final name is whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from tasks.checkpoint import load_checkpoint
+from tasks.locks import LOCK
+from tests.helpers.cli import SPINEFL, assert_one_line_error, run_config, spinefl
+from tests.helpers.flower_processes import running
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from tasks.locks import folder_lock
+with folder_lock(Path(sys.argv[1])):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def start_training(config, tmp_path) -> subprocess.Popen:
+    return subprocess.Popen([str(SPINEFL), "train", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_ends_training_cleanly(stop, tiny_cohort, tmp_path):
+    """Ctrl-C and SIGTERM (systemd, timeout, Slurm) end `train` cleanly: exit 128 + the signal
+    with one line, the folder unlocked, every file whole (SIGHUP: tests/e2e/test_simulate)."""
+    out = tmp_path / "run"
+    config = run_config(tmp_path / "run.toml", tiny_cohort.root / "manifest.csv", out,
+                        train={"epochs": 500})
+    run = start_training(config, tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint_last.pt").is_file():  # the last file of an epoch
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
+            time.sleep(0.2)
+        run.send_signal(stop)
+        assert run.wait(timeout=60) == 128 + stop
+    finally:
+        if run.poll() is None:
+            run.kill()
+    errors = run.stderr.read()
+    assert "Traceback" not in errors and f"stopped ({signal.Signals(stop).name})" in errors
+    assert not (out / LOCK).exists()
+    assert len(pd.read_csv(out / "metrics.csv")) >= 1
+    load_checkpoint(out / "checkpoint_last.pt")
+    load_checkpoint(out / "model.pt")
+    assert running(tmp_path) == set()
+
+
+def test_a_folder_in_use_is_refused_naming_its_holder_and_a_dead_holder_is_taken_over(
+        tiny_cohort, tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        config = run_config(tmp_path / "run.toml", tiny_cohort.root / "manifest.csv", out,
+                            train={"epochs": 1})
+        refused = spinefl("train", "--config", str(config))
+        assert_one_line_error(refused, str(out), "in use by", f"pid {holder.pid}", "running")
+        assert sorted(p.name for p in out.iterdir()) == [LOCK], "the refused run wrote nothing"
+        holder.kill()  # SIGKILL: the holder runs no clean-up; the kernel drops its lock
+        holder.wait()
+        done = spinefl("train", "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        assert (out / "model.pt").is_file() and not (out / LOCK).exists()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_simulate_refuses_a_minimum_no_partition_can_meet_before_making_anything(tmp_path):
+    config = tmp_path / "sim.toml"
+    config.write_text(f"""
+[task]
+name = "segmentation"
+[phantoms]
+dir = "{tmp_path / 'phantoms'}"
+[federation]
+min_hospitals = 10
+[output]
+dir = "{tmp_path / 'run'}"
+""")
+    done = spinefl("simulate", "--config", str(config))
+    assert_one_line_error(done, "federation.min_hospitals = 10", "makes 3 hospital(s)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sim.toml"]
+
+
+@pytest.mark.parametrize("section, line, message", [
+    ("train", "lr = nan", "train.lr must be a finite number"),
+    ("train", "lr = inf", "train.lr must be a finite number"),
+    ("privacy", "target_epsilon = inf", "privacy.target_epsilon must be a finite number"),
+    ("privacy", "target_epsilon = nan", "privacy.target_epsilon must be a finite number"),
+    ("privacy", "delta = 1.0", "privacy.delta must be < 1"),
+    ("federation", "fraction_train = 2.0", "federation.fraction_train must be <= 1"),
+    ("federation", "fraction_train = 0.0", "federation.fraction_train must be > 0"),
+    ("federation", "trim_beta = 0.7", "federation.trim_beta must be < 0.5"),
+    ("partition", "alpha = 0.0", "partition.alpha must be > 0"),
+])
+def test_settings_that_cannot_work_are_refused_in_one_line(section, line, message, tmp_path):
+    config = tmp_path / "sim.toml"
+    config.write_text(f"[task]\nname = \"segmentation\"\n[{section}]\n{line}\n"
+                      f"[output]\ndir = \"{tmp_path / 'run'}\"\n")
+    assert_one_line_error(spinefl("simulate", "--config", str(config)), "sim.toml", message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("line, message", [
+    ("scoliosis_probability = 1.5", "cohort.scoliosis_probability must be <= 1"),
+    ("cobb_range = [40.0, 10.0]", "must be [low, high] with low <= high"),
+])
+def test_cohort_settings_out_of_range_are_refused_in_one_line(line, message, tmp_path):
+    config = tmp_path / "cohort.toml"
+    config.write_text(f"[cohort]\n{line}\n")
+    done = spinefl("phantoms", "--config", str(config), "--out", str(tmp_path / "out"))
+    assert_one_line_error(done, "cohort.toml", message)
+
+
+# ---- a full disk -------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs mounted for the test (root only), unmounted after it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def grow(mount, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
+
+
+def whole_files(folder) -> None:
+    """Every NIfTI, checkpoint and table under ``folder`` reads back whole."""
+    import nibabel as nib
+
+    for path in folder.rglob("*"):
+        if path.name.startswith(".part-"):
+            raise AssertionError(f"a temporary file was left: {path}")
+        if path.name.endswith(".nii.gz"):
+            nib.load(path).get_fdata()
+        elif path.suffix == ".pt":
+            load_checkpoint(path)
+        elif path.suffix in (".csv", ".json") and path.stat().st_size == 0:
+            raise AssertionError(f"an empty file under its final name: {path}")
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_with_room_completes(small_disk, tiny_cohort,
+                                                                 tmp_path):
+    """hospital prepare, predict and train on a disk that fills up: one line naming the path,
+    exit 2, no truncated file under its final name; with room again, a re-run completes."""
+    prepared = small_disk / "prepared"
+    args = ("hospital", "prepare", "--input", str(tiny_cohort.root), "--out", str(prepared))
+    full = spinefl(*args)
+    assert_one_line_error(full, "No space left on device", str(prepared))
+    whole_files(small_disk)
+    grow(small_disk, "200m")
+    done = spinefl(*args)
+    assert done.returncode == 0, done.stderr
+    whole_files(small_disk)
+
+    grow(small_disk, "30m")
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * (free - 40_000))  # 40 kB left: less than a checkpoint
+    config = run_config(tmp_path / "run.toml", tiny_cohort.root / "manifest.csv",
+                        small_disk / "run", train={"epochs": 2})
+    assert_one_line_error(spinefl("train", "--config", str(config)), "No space left on device")
+    whole_files(small_disk / "run")
+    filler.unlink()
+    done = spinefl("train", "--config", str(config), "--force")
+    assert done.returncode == 0, done.stderr
+    model = small_disk / "run" / "model.pt"
+
+    filler.write_bytes(b"\0" * (os.statvfs(small_disk).f_bavail
+                                * os.statvfs(small_disk).f_frsize - 200_000))
+    predictions = small_disk / "predictions"
+    full = spinefl("predict", "--model", str(model), "--input", str(tiny_cohort.root),
+                   "--out", str(predictions))
+    assert full.returncode in (1, 2), full.stderr  # failed inputs, or the report itself
+    assert "Traceback" not in full.stderr
+    whole_files(predictions)
+    filler.unlink()
+    done = spinefl("predict", "--model", str(model), "--input", str(tiny_cohort.root), "--out",
+                   str(predictions))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = pd.read_csv(predictions / "predictions.csv", keep_default_na=False)
+    assert not (report.status == "failed").any(), report
+    whole_files(predictions)
