@@ -184,8 +184,13 @@ def series_problem(files: list[DicomFile]) -> str | None:
     if damaged:
         more = f" (and {len(damaged) - 1} more file(s))" if len(damaged) > 1 else ""
         return f"{damaged[0].path.name}: {damaged[0].damage}{more}"
-    if not all(f.has_pixels for f in files):
+    without = [f for f in files if not f.has_pixels]
+    if len(without) == len(files):
         return f"not an image: {sop_name} without pixel data"
+    if without:
+        more = f" (and {len(without) - 1} more)" if len(without) > 1 else ""
+        return (f"{len(without)} of {len(files)} files have no pixel data: "
+                f"{without[0].path.name}{more}")
     if first.modality not in DICOM_MODALITIES:
         return (f"modality '{first.modality or '?'}' ({sop_name}) is not CT, MR or a "
                 "radiograph (CR/DX)")

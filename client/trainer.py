@@ -140,8 +140,10 @@ class LocalTrainer:
     def fit(self, batches: Any, epochs: int, *, max_steps: int | None = None,
             penalty: Penalty | None = None, dp: DPSettings | None = None,
             evaluate: Evaluate | None = None, eval_every: int = 1,
-            on_epoch_end: EpochEnd | None = None) -> Fit:
-        """Train ``epochs`` passes over ``batches`` (at most ``max_steps`` steps in all).
+            on_epoch_end: EpochEnd | None = None,
+            on_step: Callable[[], None] | None = None) -> Fit:
+        """Train ``epochs`` passes over ``batches`` (at most ``max_steps`` steps in all;
+        ``on_step()`` after each step, e.g. to move a progress bar).
 
         ``evaluate(model)`` runs every ``eval_every`` epochs and after the last, its metrics
         going into the row as ``val_<name>``; ``on_epoch_end(row, evaluation)`` then sees
@@ -154,25 +156,27 @@ class LocalTrainer:
             self.started = time.perf_counter()
         if dp is None:
             self._epochs(self.model, self.optimizer, batches, epochs, max_steps, penalty, fit,
-                         evaluate, eval_every, on_epoch_end, None)
+                         evaluate, eval_every, on_epoch_end, None, on_step)
             return fit
         with PrivateRound(self.model, self.optimizer, batches, dp.noise_multiplier,
                           dp.max_grad_norm, dp.grad_sample_mode, max_steps=max_steps,
                           per_patient=dp.per_patient, trainable=dp.trainable) as private:
             self._epochs(private.model, private.optimizer, private.batches, epochs, max_steps,
-                         penalty, fit, evaluate, eval_every, on_epoch_end, (private, dp))
+                         penalty, fit, evaluate, eval_every, on_epoch_end, (private, dp),
+                         on_step)
         fit.release = private.release
         return fit
 
     def _epochs(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any,
                 epochs: int, max_steps: int | None, penalty: Penalty | None, fit: Fit,
                 evaluate: Evaluate | None, eval_every: int, on_epoch_end: EpochEnd | None,
-                private: tuple[PrivateRound, DPSettings] | None) -> None:
+                private: tuple[PrivateRound, DPSettings] | None,
+                on_step: Callable[[], None] | None) -> None:
         for epoch in range(1, epochs + 1):
             lr = float(self.optimizer.param_groups[0]["lr"])
             left = None if max_steps is None else max_steps - fit.steps
             before_step = None if private is None else private[0].group_gradients
-            losses = self.steps(model, optimizer, batches, left, penalty, before_step)
+            losses = self.steps(model, optimizer, batches, left, penalty, before_step, on_step)
             fit.steps += len(losses)
             self.epochs_done += 1
             self._schedule_lr()
@@ -198,9 +202,11 @@ class LocalTrainer:
 
     def steps(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any,
               max_steps: int | None, penalty: Penalty | None,
-              before_step: Callable[[], None] | None = None) -> list[float]:
+              before_step: Callable[[], None] | None = None,
+              after_step: Callable[[], None] | None = None) -> list[float]:
         """One pass of optimiser steps on the task's batch loss (mixed precision on CUDA);
-        ``before_step`` runs between each backward pass and its step."""
+        ``before_step`` runs between each backward pass and its step, ``after_step`` after
+        each step."""
         model.train()
         losses: list[float] = []
         for step, batch in enumerate(batches):
@@ -216,4 +222,6 @@ class LocalTrainer:
                 before_step()
             optimizer.step()
             losses.append(float(loss.detach()))
+            if after_step is not None:
+                after_step()
         return losses

@@ -22,7 +22,13 @@ import pandas as pd
 import tomli_w
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from client.privacy import planned_noise
 from client.trainer import DPSettings, LocalTrainer
@@ -108,14 +114,15 @@ def _train(config: dict[str, dict[str, Any]], task: Task, train_rows: Manifest,
     history: list[dict[str, float]] = []
     best: dict[str, float] = {}
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}"))
+               TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(),
+               TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
 
     def validate(net: torch.nn.Module) -> Evaluation:
         return evaluate(task, net, val_rows, device)
 
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("epochs", total=run["epochs"], status="")
+        bar = progress.add_task("training", total=run["epochs"] * len(batches),
+                                status=f"epoch 1/{run['epochs']}")
 
         def epoch_end(row: dict[str, float], evaluation: Evaluation | None) -> None:
             nonlocal best
@@ -131,14 +138,15 @@ def _train(config: dict[str, dict[str, Any]], task: Task, train_rows: Manifest,
             write_table(pd.DataFrame(history), out / "metrics.csv")
             save_checkpoint(out / "checkpoint_last.pt", task, model, epoch=row["epoch"],
                             optimizer=trainer.optimizer.state_dict())
-            status = f"loss {row['train_loss']:.3f}"
+            status = f"epoch {row['epoch']}/{run['epochs']}  loss {row['train_loss']:.3f}"
             if score in row:
                 status += f"  val {task.score} {row[score]:.3f}"
-            progress.update(bar, advance=1, status=status)
+            progress.update(bar, status=status)
 
         fit = trainer.fit(batches, run["epochs"], dp=dp,
                           evaluate=validate if len(val_rows) else None,
-                          eval_every=run["eval_every"], on_epoch_end=epoch_end)
+                          eval_every=run["eval_every"], on_epoch_end=epoch_end,
+                          on_step=lambda: progress.advance(bar))
     if fit.out_of_time:
         console.print(f"Stopped after epoch {len(history)}: time budget of "
                       f"{run['max_minutes']:g} min reached")

@@ -186,7 +186,7 @@ def main(grid: Grid, context: Context) -> None:
             else:
                 strategy = SamplingGuard(
                     UpdateValidation(recorder, federation["max_update_norm"]),
-                    federation["min_hospitals"], timeout)
+                    federation["min_hospitals"], timeout, names)
                 result = strategy.start(grid, arrays, num_rounds=remaining, timeout=timeout,
                                         train_config=config,
                                         evaluate_config=ConfigRecord(config),

@@ -116,7 +116,8 @@ class SecureAggregation:
         try:
             for server_round in range(1, num_rounds + 1):
                 log(INFO, "[ROUND %s] secure aggregation", server_round)
-                wait_for_hospitals(grid, federation["min_hospitals"], timeout)
+                wait_for_hospitals(grid, federation["min_hospitals"], timeout,
+                                   self.recorder.names)
                 legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({
                     WorkflowKey.CURRENT_ROUND: server_round,
                     WorkflowKey.START_TIME: timeit.default_timer()})
@@ -133,7 +134,7 @@ class SecureAggregation:
 
     def _evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord,
                   config: ConfigRecord, timeout: float) -> None:
-        wait_for_hospitals(grid, self.federation["min_hospitals"], timeout)
+        wait_for_hospitals(grid, self.federation["min_hospitals"], timeout, self.recorder.names)
         messages = self.recorder.configure_evaluate(server_round, arrays, config, grid)
         replies = grid.send_and_receive(messages, timeout=timeout)
         self.recorder.aggregate_evaluate(server_round, replies)

@@ -107,10 +107,12 @@ def below(limit: float) -> Callable[[Any], str | None]:
     return lambda value: None if value < limit else f"must be < {limit:g}, got {value!r}"
 
 
-def _unknown(where: str, name: str, known: list[str]) -> ConfigError:
+def unknown_name(where: str, name: str, known: list[str], what: str = "key") -> ConfigError:
+    """The error for a key (or section) the schema does not have: the closest known one, or
+    every known one."""
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(sorted(known))})"
-    return ConfigError(f"{where}: unknown key '{name}'{hint}")
+    return ConfigError(f"{where}: unknown {what} '{name}'{hint}")
 
 
 def validate(raw: Mapping[str, Any], schema: Schema, where: str,
@@ -123,7 +125,7 @@ def validate(raw: Mapping[str, Any], schema: Schema, where: str,
     """
     for section, body in raw.items():
         if section not in schema:
-            raise _unknown(where, section, list(schema))
+            raise unknown_name(where, section, list(schema), "section")
         if not isinstance(body, Mapping):
             raise ConfigError(f"{where}: '{section}' must be a table ([{section}])")
     out: dict[str, dict[str, Any]] = {}
@@ -132,7 +134,7 @@ def validate(raw: Mapping[str, Any], schema: Schema, where: str,
         by_name = {k.name: k for k in keys}
         for name in body:
             if name not in by_name:
-                raise _unknown(where, f"{section}.{name}", [f"{section}.{k}" for k in by_name])
+                raise unknown_name(where, f"{section}.{name}", [f"{section}.{k}" for k in by_name])
         values: dict[str, Any] = {}
         for key in keys:
             if key.name in body:

@@ -14,7 +14,7 @@ from typing import Any
 
 from simulation.phantoms.anatomy import CohortSettings
 from simulation.phantoms.imaging import ScannerEffects
-from tasks.config import ConfigError, Key, load_toml, validate
+from tasks.config import ConfigError, Key, load_toml, unknown_name, validate
 
 
 def _ordered_pair(value: list[float]) -> str | None:
@@ -133,6 +133,9 @@ def _scanner(values: dict[str, Any]) -> Scanner:
 def cohort_config(raw: dict[str, Any], where: str) -> CohortConfig:
     """Validate a parsed cohort config (defaults fill the gaps)."""
     raw = dict(raw)
+    for section in raw:
+        if section not in (*SCHEMA, "scanner"):
+            raise unknown_name(where, section, [*SCHEMA, "scanner"], "section")
     scanners_raw = raw.pop("scanner", list(DEFAULT_SCANNERS))
     if not isinstance(scanners_raw, list) or not scanners_raw:
         raise ConfigError(f"{where}: 'scanner' must be one or more [[scanner]] tables")

@@ -170,3 +170,65 @@ def test_a_key_readable_by_others_is_a_one_line_error(export, tmp_path):
     done = spinefl("hospital", "prepare", "--input", str(export / "MRN001"), "--out",
                    str(tmp_path / "out"), "--key", str(key))
     assert_one_line_error(done, "readable by others", "chmod 600")
+
+
+def _nifti_export(tiny_cohort, folder: Path, patients: tuple[str, ...]) -> Path:
+    """Phantom patients as a NIfTI export: P0001/ct.nii.gz with its mask and centroids."""
+    import shutil
+
+    for patient in patients:
+        shutil.copytree(tiny_cohort.root / patient, folder / patient)
+    return folder
+
+
+def test_a_second_export_adds_patients_and_centroids_stay_with_their_image(tiny_cohort,
+                                                                         tmp_path):
+    from tasks.points import read_points
+
+    out = tmp_path / "prepared"
+    first = _nifti_export(tiny_cohort, tmp_path / "first", ("P0001", "P0002"))
+    second = _nifti_export(tiny_cohort, tmp_path / "second", ("P0003",))
+    assert spinefl("hospital", "prepare", "--input", str(first), "--out", str(out)
+                   ).returncode == 0
+    table = Manifest.load(out / "manifest.csv").table
+    assert len(table) == 2 and (table.centroids != "").all()
+    originals = sorted(str(read_points(p)) for p in first.rglob("*_ctd.json"))
+    assert sorted(str(read_points(out / path)) for path in table.centroids) == originals
+    report = _report(out)
+    assert not report.reason.str.contains("not a DICOM file").any(), "centroids were dropped"
+    done = spinefl("hospital", "prepare", "--input", str(second), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    merged = Manifest.load(out / "manifest.csv").table
+    assert set(table.patient_id) < set(merged.patient_id) and len(merged) == 3
+
+
+def test_a_pseudonym_key_is_created_only_when_asked(tiny_cohort, tmp_path):
+    source = _nifti_export(tiny_cohort, tmp_path / "export", ("P0001",))
+    typo = tmp_path / "keys" / "hospital.kye"
+    refused = spinefl("hospital", "prepare", "--input", str(source), "--out",
+                      str(tmp_path / "a"), "--key", str(typo))
+    assert_one_line_error(refused, str(typo), "no pseudonym key there", "--new-key")
+    assert not typo.exists() and not (tmp_path / "a" / "manifest.csv").exists()
+    done = spinefl("hospital", "prepare", "--input", str(source), "--out", str(tmp_path / "a"),
+                   "--key", str(typo), "--new-key")
+    assert done.returncode == 0 and typo.is_file()
+    # The default key of a folder that already holds a dataset is never made anew.
+    out = tmp_path / "b"
+    assert spinefl("hospital", "prepare", "--input", str(source), "--out", str(out)
+                   ).returncode == 0
+    (out / ".spinefl" / "pseudonym.key").unlink()
+    assert_one_line_error(spinefl("hospital", "prepare", "--input", str(source), "--out",
+                                  str(out)), "no pseudonym key there")
+
+
+def test_a_damaged_state_file_is_rebuilt(tiny_cohort, tmp_path):
+    source = _nifti_export(tiny_cohort, tmp_path / "export", ("P0001", "P0002"))
+    out = tmp_path / "prepared"
+    assert spinefl("hospital", "prepare", "--input", str(source), "--out", str(out)
+                   ).returncode == 0
+    before = Manifest.load(out / "manifest.csv").table
+    (out / ".spinefl" / "done.json").write_text("")  # as a full disk once left it
+    done = spinefl("hospital", "prepare", "--input", str(source), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "damaged" in done.stdout
+    pd.testing.assert_frame_equal(Manifest.load(out / "manifest.csv").table, before)

@@ -167,3 +167,14 @@ def test_invalid_updates_are_refused_by_name_and_the_rest_aggregated():
     assert "above the bound 20" in rows["h5"]
     assert "exactly zero" in rows["h6"]
     assert rows["h1"] == "" and "disk full" in rows["node-7"]
+
+
+def test_a_round_that_cannot_reach_its_minimum_ends_naming_who_is_missing():
+    from server.sampling import TooFewHospitals, wait_for_hospitals
+
+    grid = TwoNodeGrid([1, 3])  # node 2 (mr-b) has gone
+    names = {1: "ct-a", 2: "mr-b", 3: "ct-c"}
+    with pytest.raises(TooFewHospitals, match=r"only 2 of the 3 .* within 1 s; not connected: "
+                                              r"mr-b$"):
+        wait_for_hospitals(grid, 3, 1.0, names)
+    assert wait_for_hospitals(grid, 2, 1.0, names) == [1, 3]

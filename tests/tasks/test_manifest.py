@@ -84,3 +84,41 @@ def test_every_problem_is_reported_at_once(tiny_cohort, tmp_path):
 def test_missing_manifest_is_one_clear_error(tmp_path):
     with pytest.raises(ManifestError, match="manifest not found"):
         Manifest.load(tmp_path / "absent.csv")
+
+
+def test_a_path_climbing_out_and_a_mask_that_is_the_image_are_named(tiny_cohort, tmp_path):
+    def edit(table: pd.DataFrame) -> pd.DataFrame:
+        table.loc[0, "keypoints"] = "../../etc/passwd"
+        table.loc[1, "mask"] = table.loc[1, "image"]
+        return table
+
+    path = write(tiny_cohort, tmp_path, edit)
+    with pytest.raises(ManifestError) as raised:
+        Manifest.load(path)
+    assert "row 1 (patient" in str(raised.value) and "outside the manifest's folder" in str(
+        raised.value)
+    assert "row 2 (patient" in str(raised.value) and "the image itself" in str(raised.value)
+
+
+def test_manifest_check_and_train_name_a_mask_of_another_shape(tiny_cohort, tmp_path):
+    """A mask whose grid differs from its image's passes the schema but not `manifest check`,
+    and `train` names the row and both files before training."""
+    import numpy as np
+
+    from tasks.imageio import Volume, save_nifti
+    from tests.helpers.cli import assert_one_line_error, run_config, spinefl
+
+    wrong = save_nifti(Volume(np.zeros((5, 6, 7), np.int16), np.eye(4)), tmp_path / "small.nii.gz")
+
+    def edit(table: pd.DataFrame) -> pd.DataFrame:
+        table.loc[4, "mask"] = str(wrong)
+        return table
+
+    path = write(tiny_cohort, tmp_path, edit)
+    Manifest.load(path)  # the schema itself holds
+    assert_one_line_error(spinefl("manifest", "check", path), "row 5 (patient",
+                          "small.nii.gz has shape (5, 6, 7)")
+    config = run_config(tmp_path / "run.toml", tmp_path / "manifest.csv", tmp_path / "run")
+    assert_one_line_error(spinefl("train", "--config", str(config)), "row 5 (patient",
+                          "small.nii.gz")
+    assert not (tmp_path / "run").exists()
