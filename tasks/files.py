@@ -34,9 +34,12 @@ def os_problem(path: Path | str, error: OSError) -> UserError:
 
 def writable_folder(folder: Path) -> Path:
     """Create ``folder`` (and its parents) if needed; UserError when it is a file or
-    cannot be created or written."""
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder}: exists and is not a folder")
+    cannot be created or written (a file in its place, or in a parent's)."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise UserError(f"{place}: exists and is not a folder")
+            break
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -44,6 +47,18 @@ def writable_folder(folder: Path) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{folder}: cannot write (permission denied)")
     return folder
+
+
+def sweep_temporaries(folder: Path) -> int:
+    """Remove the temporary files that writers which have since died left under ``folder``
+    (a SIGKILL between writing and renaming); how many. Call with the folder locked."""
+    swept = 0
+    for path in folder.rglob(".part-*"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            path.unlink(missing_ok=True)
+            swept += 1
+    return swept
 
 
 def temporary_name(path: Path) -> Path:

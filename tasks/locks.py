@@ -6,7 +6,8 @@ into the same folder is refused, naming the holder. The lock is an advisory
 ``flock`` on ``<folder>/.spinefl.lock``, so the kernel releases it however the
 holder ends (SIGKILL included) and a dead holder's lock is taken over. Processes
 started through ``tasks.processes.spawn`` inherit the locks this process holds: a
-folder stays locked until everything working in it has ended.
+folder stays locked until everything working in it has ended. Taking a lock sweeps
+away the temporary files of writers that died mid-write (``tasks.files``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tasks.errors import UserError
-from tasks.files import writable_folder
+from tasks.files import sweep_temporaries, writable_folder
 
 LOCK = ".spinefl.lock"
 # Descriptors of the locks this process holds (inherited by spawned guards).
@@ -58,6 +59,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
                                      "command": " ".join(["spinefl", *sys.argv[1:]]),
                                      "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
     _HELD.add(descriptor)
+    sweep_temporaries(folder)
     try:
         yield
     finally:

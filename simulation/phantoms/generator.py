@@ -28,8 +28,10 @@ from simulation.phantoms.config import CohortConfig, Scanner
 from simulation.phantoms.imaging import acquire, ct_hu, mr_signal, project
 from simulation.phantoms.raster import Grid, grid_around, rasterize
 from tasks.errors import UserError
+from tasks.files import write_text
 from tasks.imageio import Volume, reorient, save_nifti
 from tasks.labels import VERTEBRA_NAMES
+from tasks.locks import LOCK, folder_lock
 from tasks.manifest import DISC_LEVELS, VERTEBRAE, Manifest, format_spacing, from_records
 from tasks.points import CORNERS, to_voxels, write_points
 
@@ -207,26 +209,29 @@ def generate(config: CohortConfig, out: Path, force: bool = False) -> Manifest:
     record = json.dumps({**config.raw, "generator": GENERATOR_VERSION}, indent=2,
                         sort_keys=True)
     manifest_path = out / "manifest.csv"
-    if out.exists() and any(out.iterdir()):
-        previous = out / CONFIG_FILE
-        same = previous.is_file() and previous.read_text() == record and manifest_path.is_file()
-        if same and not force:
-            return Manifest.load(manifest_path)
-        if not force:
-            raise OutputExistsError(
-                f"{out}: folder is not empty and holds a different cohort; "
-                "choose another --out or pass --force to overwrite")
-    sites = site_of_patients(config)
-    splits = splits_of_patients(sites, config.split, config.seed)
-    records = []
-    for index in track(range(config.patients), description="Generating phantoms"):
-        patient = f"P{index + 1:04d}"
-        scanner = sites[index]
-        for row in render_patient(index, scanner, config, out / patient):
-            records.append({"patient_id": patient, "study_id": f"{patient}-{scanner.name}",
-                            "site": scanner.name, "source": "phantoms", "split": splits[index],
-                            **row})
-    manifest = from_records(records, out)
-    manifest.save(manifest_path)
-    (out / CONFIG_FILE).write_text(record)
+    with folder_lock(out):
+        held = [p for p in out.iterdir() if p.name != LOCK and not p.name.startswith(".part-")]
+        if held:
+            previous = out / CONFIG_FILE
+            same = (previous.is_file() and previous.read_text() == record
+                    and manifest_path.is_file())
+            if same and not force:
+                return Manifest.load(manifest_path)
+            if not force:
+                raise OutputExistsError(
+                    f"{out}: folder is not empty and holds a different (or unfinished) cohort; "
+                    "choose another --out or pass --force to overwrite")
+        sites = site_of_patients(config)
+        splits = splits_of_patients(sites, config.split, config.seed)
+        records = []
+        for index in track(range(config.patients), description="Generating phantoms"):
+            patient = f"P{index + 1:04d}"
+            scanner = sites[index]
+            for row in render_patient(index, scanner, config, out / patient):
+                records.append({"patient_id": patient, "study_id": f"{patient}-{scanner.name}",
+                                "site": scanner.name, "source": "phantoms",
+                                "split": splits[index], **row})
+        manifest = from_records(records, out)
+        manifest.save(manifest_path)
+        write_text(out / CONFIG_FILE, record)  # last: it marks the cohort as complete
     return Manifest.load(manifest_path)

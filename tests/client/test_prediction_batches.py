@@ -107,3 +107,23 @@ def test_a_damaged_or_future_checkpoint_is_one_line(payload, message, phantom_tr
     path = tmp_path / "model.pt"
     torch.save(payload, path)
     assert_one_line_error(predict(path, phantom_tree, tmp_path / "out"), "model.pt", message)
+
+
+def test_the_modality_comes_from_the_model_else_the_name_else_is_asked_for(model, tiny_xray,
+                                                                          tiny_cohort, tmp_path):
+    cobb = default_task("cobb")
+    cobb_model = save_checkpoint(tmp_path / "cobb.pt", cobb, cobb.build_model())
+    radiograph = tiny_xray.table[tiny_xray.table.modality == "XR"].image.iloc[0]
+    (tmp_path / "xr").mkdir()
+    shutil.copy(tiny_xray.root / radiograph, tmp_path / "xr" / "radiograph.nii.gz")
+    predict(cobb_model, tmp_path / "xr", tmp_path / "cobb-out")
+    report = pd.read_csv(tmp_path / "cobb-out" / "predictions.csv", keep_default_na=False)
+    assert "modality" not in report.reason.iloc[0], "a Cobb model reads radiographs only"
+
+    (tmp_path / "unnamed").mkdir()
+    shutil.copy(tiny_cohort.root / tiny_cohort.table.image.iloc[0],
+                tmp_path / "unnamed" / "scan.nii.gz")
+    done = predict(model, tmp_path / "unnamed", tmp_path / "seg-out")
+    assert done.returncode == 1
+    report = pd.read_csv(tmp_path / "seg-out" / "predictions.csv", keep_default_na=False)
+    assert "pass --modality (this model takes CT, MR;" in report.reason.iloc[0]

@@ -151,12 +151,15 @@ def grow(mount, size: str) -> None:
     subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
 
 
-def whole_files(folder) -> None:
-    """Every NIfTI, checkpoint and table under ``folder`` reads back whole."""
+def whole_files(folder, killed: bool = False) -> None:
+    """Every NIfTI, checkpoint and table under ``folder`` reads back whole (and no temporary
+    file is left, unless a writer was ``killed`` before it could remove its own)."""
     import nibabel as nib
 
     for path in folder.rglob("*"):
         if path.name.startswith(".part-"):
+            if killed:
+                continue
             raise AssertionError(f"a temporary file was left: {path}")
         if path.name.endswith(".nii.gz"):
             nib.load(path).get_fdata()
@@ -208,3 +211,72 @@ def test_a_full_disk_is_one_line_and_a_rerun_with_room_completes(small_disk, tin
     report = pd.read_csv(predictions / "predictions.csv", keep_default_na=False)
     assert not (report.status == "failed").any(), report
     whole_files(predictions)
+
+
+# ---- a batch stopped half-way ------------------------------------------------------------
+
+def stop_when(command: list[str], ready, stop: int) -> None:
+    """Run ``command``; send ``stop`` once ``ready()`` holds; wait until it has ended."""
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not ready():
+            assert run.poll() is None, "it finished before it could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        run.send_signal(stop)
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+def test_a_prepare_stopped_half_way_is_completed_by_a_rerun(stop, tiny_cohort, tmp_path):
+    out = tmp_path / "prepared"
+    command = [str(SPINEFL), "hospital", "prepare", "--input", str(tiny_cohort.root), "--out",
+               str(out)]
+    stop_when(command, lambda: len(list(out.glob("images/*/*.nii.gz"))) >= 2, stop)
+    whole_files(out, killed=stop == signal.SIGKILL)
+    done = spinefl(*command[1:])
+    assert done.returncode == 0, done.stderr
+    whole_files(out)
+    from tasks.manifest import Manifest
+
+    assert len(Manifest.load(out / "manifest.csv")) == len(tiny_cohort)
+
+
+def test_a_predict_stopped_half_way_is_completed_by_a_rerun(tiny_cohort, tmp_path):
+    from tasks.checkpoint import save_checkpoint
+    from tests.helpers.task_defaults import default_task
+
+    task = default_task("segmentation")
+    task.settings.update(channels=[8, 16])
+    task = type(task)(task.settings)
+    model = save_checkpoint(tmp_path / "model.pt", task, task.build_model())
+    out = tmp_path / "predictions"
+    command = [str(SPINEFL), "predict", "--model", str(model), "--input", str(tiny_cohort.root),
+               "--out", str(out)]
+    stop_when(command, lambda: len(list(out.rglob("*_pred.nii.gz"))) >= 1, signal.SIGTERM)
+    whole_files(out)
+    first = {p: p.stat().st_mtime_ns for p in out.rglob("*_pred.nii.gz")}
+    done = spinefl(*command[1:])
+    assert done.returncode == 0, done.stdout + done.stderr
+    whole_files(out)
+    assert len(list(out.rglob("*_pred.nii.gz"))) == len(tiny_cohort)
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items()), "finished work was redone"
+
+
+@pytest.mark.parametrize("command", ["phantoms", "train", "prepare"])
+def test_an_output_that_is_a_file_is_one_line(command, tiny_cohort, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("someone's file")
+    if command == "phantoms":
+        args = ["phantoms", "--out", str(taken), "--patients", "1"]
+    elif command == "train":
+        config = run_config(tmp_path / "run.toml", tiny_cohort.root / "manifest.csv", taken)
+        args = ["train", "--config", str(config)]
+    else:
+        args = ["hospital", "prepare", "--input", str(tiny_cohort.root), "--out", str(taken)]
+    assert_one_line_error(spinefl(*args), str(taken), "not a folder")
+    assert taken.read_text() == "someone's file"
