@@ -1,17 +1,17 @@
 """What every public-dataset adapter shares: the output layout, splits, masks, keypoints, reports.
 
 An adapter reads a dataset as its users download it (``--root``) and writes
-under ``--out``: ``manifest.csv`` (images referenced where they lie, as paths
-relative to the manifest), ``masks/`` (masks rewritten in the spinefl label
-convention), ``keypoints/`` (labelled points in voxel coordinates of their
-image), ``images/`` (only where the source format is not NIfTI/MHA, e.g.
-DICOM or JPEG) and ``report.csv`` (every case, kept or skipped and why).
+under ``--out``: ``manifest.csv`` (images referenced where they lie, by
+absolute path; what is written under ``--out``, relative to the manifest),
+``masks/`` (masks rewritten in the spinefl label convention), ``keypoints/``
+(labelled points in voxel coordinates of their image), ``images/`` (only where
+the source format is not NIfTI/MHA, e.g. DICOM or JPEG) and ``report.csv``
+(every case, kept or skipped and why).
 Nothing under ``--root`` is written to.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +38,11 @@ class Prepared:
     items: list[Item] = field(default_factory=list)
 
     def relative(self, path: Path) -> str:
-        """``path`` relative to the output folder (where the manifest lies)."""
-        return os.path.relpath(path.resolve(), self.out.resolve())
+        """``path`` as the manifest names it: relative to the output folder (where the
+        manifest lies) when inside it, else absolute (a dataset referenced where it lies; a
+        manifest's relative paths never climb out of its folder)."""
+        path, out = path.resolve(), self.out.resolve()
+        return str(path.relative_to(out)) if path.is_relative_to(out) else str(path)
 
     def skip(self, item: str, kind: str, reason: str, patient: str = "", files: int = 1) -> None:
         """Report a case that could not be used, and go on."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -62,9 +63,20 @@ def audit(federation: Federation, name: str) -> str:
     return done.stdout
 
 
+def copy_of_data(federation: Federation, name: str, new: str) -> Path:
+    """A data folder of its own for another node (one node per data folder: its lock) holding
+    ``name``'s manifest (whose paths are absolute)."""
+    import shutil
+
+    folder = federation.folder / "hospitals" / new
+    folder.mkdir()
+    shutil.copy(federation.hospitals[name] / "manifest.csv", folder)
+    return folder
+
+
 def test_unregistered_nodes_and_other_cas_are_refused(federation):
     federation.keys("rogue")
-    federation.hospitals["rogue"] = federation.hospitals["ct-a"]
+    federation.hospitals["rogue"] = copy_of_data(federation, "ct-a", "rogue")
     rogue = federation.join("rogue")
     assert rogue.wait(timeout=120) != 0
     assert "Failed to activate SuperNode" in (federation.folder / "node-rogue.log").read_text()
@@ -72,7 +84,7 @@ def test_unregistered_nodes_and_other_cas_are_refused(federation):
     other = federation.folder / "other-ca"
     assert spinefl("coordinator", "init", "--out", str(other), "--host", "localhost"
                    ).returncode == 0
-    federation.hospitals["impostor"] = federation.hospitals["ct-a"]
+    federation.hospitals["impostor"] = copy_of_data(federation, "ct-a", "impostor")
     federation.keys("impostor")
     federation.admit("impostor")  # registered, but trusting another CA
     impostor = federation.join("impostor", ca=other / "ca.crt")

@@ -12,7 +12,8 @@ from simulation.federation import run_federated
 from simulation.simulate import simulate, split_hospitals
 from tasks.checkpoint import load_checkpoint
 from tasks.manifest import Manifest
-from tests.helpers.flower_processes import flower_processes
+from tests.helpers.flower_processes import flower_processes, left_after
+from tests.helpers.stops import stop_when
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +33,6 @@ def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_
     Flower and Ray processes end within seconds; --resume continues after round 1 in the
     same folder (each round once), then the baselines and the report are made."""
     import signal
-    import subprocess
-    import time
 
     import tomli_w
 
@@ -43,22 +42,11 @@ def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_
     config = {**smoke, "baselines": {"pooled": False, "local": False}}
     (tmp_path / "smoke.toml").write_text(tomli_w.dumps(config))
     metrics = tmp_path / "run" / "federated" / "federated_metrics.csv"
-    run = subprocess.Popen([str(SPINEFL), "simulate", "--config", str(tmp_path / "smoke.toml")],
-                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while not (metrics.is_file() and len(pd.read_csv(metrics)) >= 3):
-            assert run.poll() is None and time.monotonic() < deadline, "round 1 never ended"
-            time.sleep(0.5)
-        run.send_signal(signal.SIGKILL)
-        run.wait()
-        killed = time.monotonic()
-        while flower_processes(tmp_path) and time.monotonic() < killed + 30:
-            time.sleep(0.5)
-        assert flower_processes(tmp_path) == set(), "a Flower or Ray process outlived SIGKILL"
-    finally:
-        if run.poll() is None:
-            run.kill()
+    stop_when([str(SPINEFL), "simulate", "--config", str(tmp_path / "smoke.toml")],
+              lambda: metrics.is_file() and len(pd.read_csv(metrics)) >= 3,  # round 1 ended
+              signal.SIGKILL, timeout=300, cwd=ROOT)
+    assert left_after(lambda: flower_processes(tmp_path), 30) == set(), \
+        "a Flower or Ray process outlived SIGKILL"
     results = simulate(smoke, resume=True)
     assert flower_processes(tmp_path) == set(), "a Flower or Ray process was left behind"
 
@@ -124,8 +112,6 @@ def test_a_hang_up_stops_every_process_the_run_started(tmp_path):
     serves SIGINT, SIGTERM and SIGHUP; tests/simulation/test_faults.py sends the others to
     `train`): status 129, nothing left running, the folder unlocked."""
     import signal
-    import subprocess
-    import time
 
     import tomli_w
 
@@ -139,21 +125,10 @@ def test_a_hang_up_stops_every_process_the_run_started(tmp_path):
     config["output"]["dir"] = str(tmp_path / "run")
     config["federation"]["rounds"] = 50
     (tmp_path / "smoke.toml").write_text(tomli_w.dumps(config))
-    # As from a terminal: SIGINT at its default, even where this test runs as a background job
-    # (whose shell starts it with SIGINT ignored, an inheritance Python keeps).
-    run = subprocess.Popen([str(SPINEFL), "simulate", "--config", str(tmp_path / "smoke.toml")],
-                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 180
-        while not any("ClientAppActor" in c for _, c in flower_processes(tmp_path)):
-            assert run.poll() is None and time.monotonic() < deadline, "the run never trained"
-            time.sleep(0.5)
-        run.send_signal(signal.SIGHUP)
-        assert run.wait(timeout=90) == 128 + signal.SIGHUP
-    finally:
-        if run.poll() is None:
-            run.kill()
+    run = stop_when([str(SPINEFL), "simulate", "--config", str(tmp_path / "smoke.toml")],
+                    lambda: any("ClientAppActor" in c for _, c in flower_processes(tmp_path)),
+                    signal.SIGHUP, timeout=180, cwd=ROOT)
+    assert run.returncode == 128 + signal.SIGHUP
     assert flower_processes(tmp_path) == set(), "a Flower or Ray process outlived SIGHUP"
     assert not (tmp_path / "run" / ".spinefl.lock").exists()
 

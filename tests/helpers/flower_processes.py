@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",
@@ -31,3 +33,13 @@ def flower_processes(marker: Path) -> set[tuple[int, str]]:
     command line names ``marker`` (the test's folder, where the run's Flower home lives)."""
     return {(pid, command) for pid, command in running(marker)
             if any(name in command for name in FLOWER_PROCESSES)}
+
+
+def left_after(find: Callable[[], set[tuple[int, str]]], seconds: float
+               ) -> set[tuple[int, str]]:
+    """What ``find()`` still returns after waiting up to ``seconds`` for it to come back
+    empty (processes that should end soon after a stop)."""
+    deadline = time.monotonic() + seconds
+    while (found := find()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -17,6 +16,7 @@ from tasks.checkpoint import load_checkpoint
 from tasks.locks import LOCK
 from tests.helpers.cli import SPINEFL, assert_one_line_error, run_config, spinefl
 from tests.helpers.flower_processes import running
+from tests.helpers.stops import stop_when
 
 HOLDER = """
 import sys, time
@@ -28,12 +28,6 @@ with folder_lock(Path(sys.argv[1])):
 """
 
 
-def start_training(config, tmp_path) -> subprocess.Popen:
-    return subprocess.Popen([str(SPINEFL), "train", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path)
-
-
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_ends_training_cleanly(stop, tiny_cohort, tmp_path):
     """Ctrl-C and SIGTERM (systemd, timeout, Slurm) end `train` cleanly: exit 128 + the signal
@@ -41,17 +35,10 @@ def test_a_stop_signal_ends_training_cleanly(stop, tiny_cohort, tmp_path):
     out = tmp_path / "run"
     config = run_config(tmp_path / "run.toml", tiny_cohort.root / "manifest.csv", out,
                         train={"epochs": 500})
-    run = start_training(config, tmp_path)
-    try:
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoint_last.pt").is_file():  # the last file of an epoch
-            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
-            time.sleep(0.2)
-        run.send_signal(stop)
-        assert run.wait(timeout=60) == 128 + stop
-    finally:
-        if run.poll() is None:
-            run.kill()
+    run = stop_when([str(SPINEFL), "train", "--config", str(config)],
+                    lambda: (out / "checkpoint_last.pt").is_file(),  # an epoch's last file
+                    stop, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert run.returncode == 128 + stop
     errors = run.stderr.read()
     assert "Traceback" not in errors and f"stopped ({signal.Signals(stop).name})" in errors
     assert not (out / LOCK).exists()
@@ -214,22 +201,6 @@ def test_a_full_disk_is_one_line_and_a_rerun_with_room_completes(small_disk, tin
 
 
 # ---- a batch stopped half-way ------------------------------------------------------------
-
-def stop_when(command: list[str], ready, stop: int) -> None:
-    """Run ``command``; send ``stop`` once ``ready()`` holds; wait until it has ended."""
-    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while not ready():
-            assert run.poll() is None, "it finished before it could be stopped"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        run.send_signal(stop)
-        run.wait(timeout=60)
-    finally:
-        if run.poll() is None:
-            run.kill()
-
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
 def test_a_prepare_stopped_half_way_is_completed_by_a_rerun(stop, tiny_cohort, tmp_path):

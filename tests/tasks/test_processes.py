@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
 
 from tasks.processes import descendants, stop_tree
-from tests.helpers.flower_processes import running
+from tests.helpers.flower_processes import left_after, running
+from tests.helpers.stops import stop_when
 
 # A parent that, asked to stop, starts one more child (as a Ray raylet may restart a worker)
 # and ignores SIGTERM; its first child ignores SIGTERM too. Only SIGKILL ends them.
@@ -59,19 +61,8 @@ def test_what_a_command_spawned_ends_when_the_command_is_killed(tmp_path):
     """SIGKILL (no handler runs) of a command: the guard it spawned through ends the child
     and the orphaned grandchild within seconds."""
     marker = str(tmp_path / "tree")
-    command = subprocess.Popen([sys.executable, "-c", SPAWNER, marker])
-    try:
-        deadline = time.monotonic() + 30
-        # The guard, the child, and the double-forked grandchild (its first fork exited).
-        while len(running(tmp_path)) < 4:
-            assert time.monotonic() < deadline, f"the tree did not start: {running(tmp_path)}"
-            time.sleep(0.1)
-        command.kill()
-        command.wait()
-        killed = time.monotonic()
-        while running(tmp_path) and time.monotonic() < killed + 10:
-            time.sleep(0.1)
-        assert running(tmp_path) == set(), "a spawned process outlived its command's SIGKILL"
-    finally:
-        if command.poll() is None:
-            command.kill()
+    # Ready once the command, the guard, the child and the double-forked grandchild run.
+    stop_when([sys.executable, "-c", SPAWNER, marker], lambda: len(running(tmp_path)) >= 4,
+              signal.SIGKILL, timeout=30, stdout=None, stderr=None)
+    assert left_after(lambda: running(tmp_path), 10) == set(), \
+        "a spawned process outlived its command's SIGKILL"
