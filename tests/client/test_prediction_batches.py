@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tasks.checkpoint import FORMAT, save_checkpoint
+from tasks.errors import UserError
 from tasks.imageio import Volume, save_nifti
 from tests.helpers.cli import assert_one_line_error, spinefl
 from tests.helpers.task_defaults import default_task
@@ -76,9 +77,12 @@ def test_a_second_batch_adds_to_the_report_and_a_failing_input_sets_the_status(
 
 
 def test_the_output_is_never_inside_the_input(model, phantom_tree):
+    from client.prediction import predict as run_prediction
+
     before = sorted(p.name for p in phantom_tree.rglob("*"))
     for out in (phantom_tree, phantom_tree / "P0001" / "predictions"):
-        assert_one_line_error(predict(model, phantom_tree, out), "inside the input folder")
+        with pytest.raises(UserError, match="inside the input folder"):
+            run_prediction(model, phantom_tree, out)
     assert sorted(p.name for p in phantom_tree.rglob("*")) == before
 
 
@@ -103,10 +107,13 @@ def test_a_one_slice_volume_keeps_its_shape(model, tmp_path):
     ({"format": FORMAT, "version": 99, "task": "segmentation", "settings": {},
       "state_dict": {}}, "checkpoint version 99"),
 ])
-def test_a_damaged_or_future_checkpoint_is_one_line(payload, message, phantom_tree, tmp_path):
+def test_a_damaged_or_future_checkpoint_is_refused_naming_it(payload, message, tmp_path):
+    from tasks.checkpoint import load_checkpoint
+
     path = tmp_path / "model.pt"
     torch.save(payload, path)
-    assert_one_line_error(predict(path, phantom_tree, tmp_path / "out"), "model.pt", message)
+    with pytest.raises(UserError, match=f"model.pt: .*{message}"):
+        load_checkpoint(path)
 
 
 def test_the_modality_comes_from_the_model_else_the_name_else_is_asked_for(model, tiny_xray,

@@ -50,9 +50,9 @@ def hospital(tiny_cohort, tmp_path):
     manifest = tiny_cohort.with_absolute_paths(tmp_path)
     table = manifest.table
     second = table[table.split == "train"].iloc[[0]].assign(series_id="second-series")
-    second["image"] = second["image"].str.replace(".nii.gz", "_copy.nii.gz", regex=False)
-    Path(second["image"].iloc[0]).write_bytes(Path(table[table.split == "train"]
-                                                   .iloc[0]["image"]).read_bytes())
+    copy = tmp_path / "second-series.nii.gz"  # here, not in the cohort other tests share
+    copy.write_bytes(Path(second["image"].iloc[0]).read_bytes())
+    second["image"] = str(copy)
     Manifest(pd.concat([table, second], ignore_index=True), tmp_path).save(
         tmp_path / "manifest.csv")
     return tmp_path
