@@ -26,6 +26,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "MRN002/truncated": ("skipped", "slice0001.dcm: truncated file (pixel data runs past"),
     "MRN002/burned": ("skipped", "burned-in annotation"),
     "MRN002/duplicates": ("kept", "1 duplicate instance(s) ignored"),
+    "MRN002/pixelless": ("skipped", "2 of 6 files have no pixel data"),
     "MRN003/jpeg-lossless": ("skipped", "no decoder"),
     "misc/test-SR.dcm": ("skipped", "without pixel data"),
     "misc/rtdose.dcm": ("skipped", "modality 'RTDOSE'"),
@@ -75,6 +76,11 @@ def build(root: Path) -> Path:
     write_series(volume(6), root / "MRN002" / "burned", BurnedInAnnotation="YES", **other)
     files = write_series(volume(7), root / "MRN002" / "duplicates", **other)
     shutil.copy(files[0], files[0].with_name("copy.dcm"))
+    files = write_series(volume(9), root / "MRN002" / "pixelless", **other)
+    for path in files[1:3]:  # two of six slices lost their pixels on the way
+        ds = pydicom.dcmread(path)
+        del ds.PixelData
+        ds.save_as(path)
     _jpeg_lossless_series(root / "MRN003" / "jpeg-lossless")
     misc = root / "misc"
     misc.mkdir()

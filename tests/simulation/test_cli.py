@@ -83,3 +83,35 @@ def test_predict_with_a_missing_checkpoint(tmp_path):
     done = spinefl("predict", "--model", str(tmp_path / "m.pt"), "--input", str(tmp_path),
                    "--out", str(tmp_path / "o"))
     assert_one_line_error(done, "m.pt: checkpoint not found")
+
+
+def test_simulate_shows_the_runs_progress_and_not_flowers_configuration_tree():
+    from simulation.simulate import PROGRESS_LINE
+
+    shown = ["INFO :      [ROUND 2/5]",
+             "INFO :      round 2 | ct-a | train loss 0.412 | val dice_mean 0.801",
+             "WARNING :   round 2: hospital mr-b failed in train: no rows",
+             "ERROR :     The run stops: only 2 of the 3 hospitals ...",
+             "INFO :      Resuming after round 1 from run/federated/round.pt",
+             "INFO :      Final global model: run/federated/model.pt"]
+    hidden = ["INFO :      │     ├──Minimum nodes: train (3) | evaluate (3)",
+              "INFO :      │     ├──Fraction: train (1.00) | evaluate ( 1.00)",
+              "INFO :      Starting FedAvg strategy:"]
+    assert all(PROGRESS_LINE.search(line) for line in shown)
+    assert not any(PROGRESS_LINE.search(line) for line in hidden)
+
+
+def test_training_without_a_validation_split_says_what_it_keeps_and_what_to_do(tiny_cohort,
+                                                                              tmp_path):
+    from tests.helpers.cli import run_config as write_run_config
+
+    manifest = tiny_cohort.with_absolute_paths(tmp_path)
+    manifest.table.loc[manifest.table.split == "val", "split"] = "train"
+    manifest.save(tmp_path / "manifest.csv")
+    config = write_run_config(tmp_path / "run.toml", tmp_path / "manifest.csv", tmp_path / "run",
+                              train={"epochs": 1})
+    done = spinefl("train", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stdout.split())
+    assert "no validation rows" in said and "give the manifest a val split" in said
+    assert "Best validation" not in said and (tmp_path / "run" / "model.pt").is_file()

@@ -231,3 +231,10 @@ def test_output_folder_with_another_cohort_is_refused(cohort, tmp_path):
 def test_bad_cohort_configs_are_refused_naming_the_key(scanner, message):
     with pytest.raises(ConfigError, match=message):
         cohort_config({"scanner": [scanner]}, "cohort.toml")
+
+
+def test_an_unknown_section_lists_every_known_one():
+    with pytest.raises(ConfigError, match=r"unknown section 'scanners' \(did you mean 'scanner'"):
+        cohort_config({"scanners": [{"name": "a", "modality": "CT"}]}, "cohort.toml")
+    with pytest.raises(ConfigError, match=r"unknown section 'people' \(known: cohort, scanner\)"):
+        cohort_config({"people": {}}, "cohort.toml")
