@@ -27,23 +27,20 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
-# A session fixture that trains for minutes: its users share one worker.
-SHARED_ON_ONE_WORKER = {"trained_run"}
+# Session fixtures that train or generate for minutes: their users share one worker.
+SHARED_ON_ONE_WORKER = {"learning_cohort", "trained_run"}
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's ``--dist loadgroup``, each run whole on one worker: all users
-    of an expensive session fixture together, and a module's tests where they share a
-    module-scoped fixture (a running federation, made once). A test that shares nothing
-    goes to whichever worker is free."""
+    """Groups for pytest-xdist's ``--dist loadgroup``, each run whole on one worker: a
+    module's tests (so a module-scoped fixture, a running federation, is made once), and
+    all users of an expensive session fixture together."""
     for item in items:
         fixtures = item._fixtureinfo.name2fixturedefs
-        if SHARED_ON_ONE_WORKER & set(fixtures):
-            item.add_marker(pytest.mark.xdist_group("trained-run"))
-        elif any(definitions[-1].scope in ("package", "module", "class")
-                 for definitions in fixtures.values()):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        shared = SHARED_ON_ONE_WORKER & set(fixtures)
+        item.add_marker(pytest.mark.xdist_group("learning-cohort" if shared
+                                                else item.module.__name__))
 
 
 @pytest.fixture(scope="session")
