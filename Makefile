@@ -22,12 +22,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/spinefl simulate --out runs/demo --force
 
-# Test workers (pytest-xdist): the end-to-end tests wait on processes, polls and heartbeats
-# for much of their time (two workers on 2 cores kept them busy 62% of the run), so there
-# are three workers for every two cores (18.6 min against 20.1 on 2 cores, 2026-11-30);
-# each takes its share of threads (tests/conftest.py, which also keeps tests sharing an
-# expensive fixture on one worker).
-WORKERS ?= $(shell $(PYTHON) -c "import os; print(max(1, (os.cpu_count() or 1) * 3 // 2))")
+# Test workers (pytest-xdist): the end-to-end tests wait on processes and the network for
+# much of their time, so two workers share 2 cores well; each takes its share of threads
+# (tests/conftest.py, which also keeps tests sharing an expensive fixture on one worker).
+WORKERS ?= auto
 
 test: setup
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup

@@ -61,6 +61,7 @@ def test_outputs_mirror_the_tree_and_masks_are_reported_not_predicted(model, pha
     assert set(report[~report.input.str.contains("_mask")].status) == {"written"}
 
 
+@pytest.mark.slow  # three and four real `spinefl predict` runs
 def test_a_second_batch_adds_to_the_report_and_a_failing_input_sets_the_status(
         model, phantom_tree, tmp_path):
     out = tmp_path / "out"
@@ -116,6 +117,7 @@ def test_a_damaged_or_future_checkpoint_is_refused_naming_it(payload, message, t
         load_checkpoint(path)
 
 
+@pytest.mark.slow  # three and four real `spinefl predict` runs
 def test_the_modality_comes_from_the_model_else_the_name_else_is_asked_for(model, tiny_xray,
                                                                           tiny_cohort, tmp_path):
     cobb = default_task("cobb")

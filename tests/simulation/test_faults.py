@@ -31,6 +31,7 @@ with folder_lock(Path(sys.argv[1])):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_ends_training_cleanly(stop, tiny_cohort, tmp_path):
     """Ctrl-C and SIGTERM (systemd, timeout, Slurm) end `train` cleanly: exit 128 + the signal
@@ -165,6 +166,7 @@ def whole_files(folder, killed: bool = False) -> None:
             raise AssertionError(f"an empty file under its final name: {path}")
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_a_rerun_with_room_completes(small_disk, tiny_cohort,
                                                                  tmp_path):
     """hospital prepare, predict and train on a disk that fills up: one line naming the path,
@@ -214,6 +216,7 @@ def test_a_full_disk_is_one_line_and_a_rerun_with_room_completes(small_disk, tin
 
 # ---- a batch stopped half-way ------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
 def test_a_prepare_stopped_half_way_is_completed_by_a_rerun(stop, tiny_cohort, tmp_path):
     out = tmp_path / "prepared"
@@ -229,6 +232,7 @@ def test_a_prepare_stopped_half_way_is_completed_by_a_rerun(stop, tiny_cohort, t
     assert len(Manifest.load(out / "manifest.csv")) == len(tiny_cohort)
 
 
+@pytest.mark.slow
 def test_a_predict_stopped_half_way_is_completed_by_a_rerun(tiny_cohort, tmp_path):
     from tasks.checkpoint import save_checkpoint
     from tests.helpers.task_defaults import default_task
