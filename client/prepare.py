@@ -188,8 +188,7 @@ class Preparer:
         previous = self.done.get(series)
         if not previous or previous["fingerprint"] != fingerprint:
             return False
-        outputs = [previous["row"].get(c, "") for c in ("image", "mask", "centroids")]
-        if not all((self.options.out / p).exists() for p in outputs if p):
+        if not self._on_disk(previous["row"]):
             return False
         self.rows.append(previous["row"])
         self.new_done[series] = previous
@@ -348,14 +347,17 @@ class Preparer:
             return None
         return Volume(np.rint(mask.array).astype(np.int16), image.affine)
 
+    def _on_disk(self, row: dict[str, str]) -> bool:
+        """Whether every file a manifest row of an earlier run names is still there."""
+        files = [row.get(column, "") for column in ("image", "mask", "centroids")]
+        return all((self.options.out / path).exists() for path in files if path)
+
     def keep_earlier(self) -> int:
         """Keep the series earlier runs prepared that this run's input does not hold (another
         export into the same folder adds to the dataset); how many were kept."""
         kept = 0
         for series, previous in self.done.items():
-            files = [previous["row"].get(c, "") for c in ("image", "mask", "centroids")]
-            if series not in self.new_done and all(
-                    (self.options.out / p).exists() for p in files if p):
+            if series not in self.new_done and self._on_disk(previous["row"]):
                 self.rows.append(previous["row"])
                 self.new_done[series] = previous
                 kept += 1

@@ -38,7 +38,7 @@ from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.evaluation import evaluate
 from tasks.files import writable_folder, write_table, write_text
-from tasks.locks import LOCK, folder_lock
+from tasks.locks import folder_lock, run_files
 from tasks.manifest import Manifest
 from tasks.plots import plot_history
 from tasks.run_config import patient_draws, task_from_config
@@ -48,8 +48,7 @@ def claim_run_folder(out: Path, force: bool) -> None:
     """Create ``out``; refuse a folder that already holds a run unless ``force`` (its lock and
     the leftovers of interrupted writes do not count)."""
     writable_folder(out)
-    held = sorted(p.name for p in out.iterdir()
-                  if p.name != LOCK and not p.name.startswith(".part-"))
+    held = run_files(out)
     if held and not force:
         raise UserError(f"{out}: already holds another run ({', '.join(held[:4])}, ...); "
                         "choose another output folder or pass --force to overwrite it")

@@ -19,23 +19,10 @@ import subprocess
 import sys
 
 from tasks.processes import stop_below
+from tasks.stops import SIGNALS, Stopped, handle_stops
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-
-
-class Stop(Exception):
-    """A stop signal arrived."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _stop(signum: int, frame: object) -> None:
-    for name in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(name, signal.SIG_IGN)
-    raise Stop(signum)
 
 
 def main(argv: list[str]) -> int:
@@ -43,8 +30,7 @@ def main(argv: list[str]) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    for name in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(name, _stop)
+    handle_stops()
     status = 128 + signal.SIGTERM
     try:
         if os.getppid() != parent:  # the parent died before the kernel could be asked
@@ -57,10 +43,10 @@ def main(argv: list[str]) -> int:
                 if status < 0:
                     status = 128 - status
                 break
-    except Stop as stop:
+    except Stopped as stop:
         status = 128 + stop.signum
     finally:
-        for name in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for name in SIGNALS:  # nothing interrupts the stopping below
             signal.signal(name, signal.SIG_IGN)
         stop_below(os.getpid())
     return status

@@ -30,6 +30,13 @@ LOCK = ".spinefl.lock"
 _HELD: set[int] = set()
 
 
+def run_files(folder: Path) -> list[str]:
+    """The names of what ``folder`` holds besides its lock and interrupted writes' leftovers
+    (what tells whether it already holds a run or a cohort)."""
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name != LOCK and not p.name.startswith(".part-"))
+
+
 def held_locks() -> tuple[int, ...]:
     """The file descriptors of the folder locks this process holds now."""
     return tuple(sorted(_HELD))

@@ -31,7 +31,7 @@ from tasks.errors import UserError
 from tasks.files import write_text
 from tasks.imageio import Volume, reorient, save_nifti
 from tasks.labels import VERTEBRA_NAMES
-from tasks.locks import LOCK, folder_lock
+from tasks.locks import folder_lock, run_files
 from tasks.manifest import DISC_LEVELS, VERTEBRAE, Manifest, format_spacing, from_records
 from tasks.points import CORNERS, to_voxels, write_points
 
@@ -210,8 +210,7 @@ def generate(config: CohortConfig, out: Path, force: bool = False) -> Manifest:
                         sort_keys=True)
     manifest_path = out / "manifest.csv"
     with folder_lock(out):
-        held = [p for p in out.iterdir() if p.name != LOCK and not p.name.startswith(".part-")]
-        if held:
+        if run_files(out):
             previous = out / CONFIG_FILE
             same = (previous.is_file() and previous.read_text() == record
                     and manifest_path.is_file())
