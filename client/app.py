@@ -12,15 +12,23 @@ and replies with weights, ``num-examples`` (training samples or evaluated
 images) and metrics.
 
 Every train and evaluate request is checked against the node's policy (the
-tasks its node config accepts) and written, with the reply's hash, to the
-hospital's hash-chained audit log (``client.audit``) before the reply leaves.
+tasks its node config accepts; how many evaluations it answers at most) and
+written, with the reply's hash and the hash of the run's app bundle, to the
+hospital's MAC-chained audit log (``client.audit``) before the reply leaves; a
+node whose audit log is broken or missing serves nothing. In deployment this
+code is the hospital's installed copy, run by ``client.launcher`` for approved
+bundles only.
 When the server runs secure aggregation, training requests arrive through
 Flower's SecAgg+ (``client.secure_aggregation``) and the reply leaves masked.
 
 With DP, the node trains with patient-level DP-SGD (``client.privacy``),
 records the round in its privacy ledger before replying, and refuses (an
-error reply, no training) a round that would pass its own budget, or a
-non-private round when it has a budget at all.
+error reply, no training) a round that would pass its own budget, a
+non-private round when it has a budget at all, and any DP round while its
+ledger holds fewer rounds than its audit log records (a deleted or replaced
+ledger never restarts from zero). A DP round's reply carries only what the
+accountant covers or what is public about the run (weights, epsilon,
+sample counts and steps); the training loss is not sent.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
+from importlib.metadata import version
 from typing import Any
 
 import torch
@@ -39,15 +48,17 @@ from flwr.app import (
     Context,
     Error,
     Message,
+    MessageType,
     MetricRecord,
     RecordDict,
 )
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from client.audit import AuditLog, digest_arrays, digest_config
+from client.audit import AuditBroken, AuditLog, digest_arrays, digest_config
 from client.hospital import Hospital, resolve_hospital
-from client.ledger import BudgetExceeded, PrivacyLedger
+from client.launcher import BUNDLE_KEY
+from client.ledger import PrivacyLedger, PrivacyRefusal
 from client.model_state import norm_state_keys, proximal_penalty
 from client.privacy import Release, planned_noise
 from client.secure_aggregation import secure_aggregation
@@ -55,12 +66,14 @@ from client.trainer import DPSettings, Fit, LocalTrainer
 from tasks.config import ConfigError, validate
 from tasks.contract import PatientDraws, Task
 from tasks.device import select_device
+from tasks.errors import UserError
 from tasks.evaluation import evaluate as evaluate_task
 from tasks.protocol import KEEP_LOCAL_NORM, UNIFORM_WEIGHT
 from tasks.registry import task_class
 from tasks.run_config import LOCAL_TRAIN_KEYS, PRIVACY_KEYS, check_privacy, patient_draws
 
 app = ClientApp()
+SPINEFL_VERSION = version("spinefl")
 
 LOCAL_NORM = "local-norm"
 _LOADERS: dict[tuple[str, str, int, int, bool], Any] = {}
@@ -101,12 +114,23 @@ class Request:
         return validate({name: json.loads(str(self.config.get(name, "{}")))}, {name: keys},
                         "server request")[name]
 
-    def policy_problem(self) -> str | None:
-        """Why this node will not serve the request under its own policy (accepted tasks)."""
-        accepted = self.hospital.accepted_tasks
+    def policy_problem(self, message_type: str, log: AuditLog) -> str | None:
+        """Why this node will not serve the request under its own policy: its audit log is
+        broken, the task is not accepted, or it answered its last evaluation."""
+        hospital = self.hospital
+        broken = log.verify()
+        if broken:
+            return (f"hospital {hospital.name} serves nothing while its audit log is broken "
+                    f"({broken})")
+        accepted = hospital.accepted_tasks
         if accepted is not None and self.task_name not in accepted:
-            return (f"hospital {self.hospital.name} does not accept task '{self.task_name}' "
+            return (f"hospital {hospital.name} does not accept task '{self.task_name}' "
                     f"(its node config accepts: {', '.join(accepted)})")
+        limit = hospital.max_evaluations
+        if message_type == MessageType.EVALUATE and limit is not None and \
+                len(log.served(MessageType.EVALUATE)) >= limit:
+            return (f"hospital {hospital.name} has answered its {limit} evaluation(s) "
+                    "(max-evaluations in its node config); evaluation refused")
         return None
 
 
@@ -152,13 +176,17 @@ def _audited(handler: Handler) -> Callable[[Message, Context], Message]:
     @wraps(handler)
     def serve(msg: Message, context: Context) -> Message:
         request = Request.of(msg, context)
-        problem = request.policy_problem()
+        log = AuditLog(request.hospital.folder)
+        problem = request.policy_problem(msg.metadata.message_type, log)
         reply = _refuse(msg, problem) if problem else handler(msg, context, request)
         event: dict[str, Any] = {
             "type": msg.metadata.message_type, "run": str(msg.metadata.run_id),
             "round": request.server_round, "task": request.task_name,
             "config_sha256": digest_config(request.config),
-            "global_model_sha256": _arrays_digest(msg.content["arrays"])}
+            "global_model_sha256": _arrays_digest(msg.content["arrays"]),
+            "spinefl": SPINEFL_VERSION}
+        if BUNDLE_KEY in context.node_config:  # set by the launcher (not in simulation)
+            event["bundle_sha256"] = str(context.node_config[BUNDLE_KEY])
         if reply.has_error():
             event["refused"] = reply.error.reason
         else:
@@ -169,7 +197,10 @@ def _audited(handler: Handler) -> Callable[[Message, Context], Message]:
             for key in ("epsilon", "epsilon-total", "delta"):
                 if key in metrics:
                     event[key] = float(metrics[key])
-        AuditLog(request.hospital.folder).append(event)
+        try:
+            log.append(event)
+        except AuditBroken as e:  # nothing leaves that the log does not hold
+            return _refuse(msg, f"hospital {request.hospital.name}: {e}")
         return reply
 
     return serve
@@ -216,15 +247,18 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     if private:
         try:
             fit, extra = _private_round(msg, request, trainer, batches, privacy, task)
-        except BudgetExceeded as e:
+        except (PrivacyRefusal, UserError) as e:  # UserError: an unreadable ledger
             return _refuse(msg, f"hospital {hospital.name}: {e}")
     else:
         fit = trainer.fit(batches, local_epochs, max_steps=local_steps or None, penalty=penalty)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if request.keep_local_norm:
         context.state[LOCAL_NORM] = ArrayRecord({k: state[k] for k in norm_state_keys(model)})
+    # With DP, the loss (computed on the hospital's data, not covered by the accountant)
+    # stays at the hospital.
+    loss = {} if private else {"loss": fit.loss}
     metrics = MetricRecord({"num-examples": len(batches.dataset), UNIFORM_WEIGHT: 1.0,
-                            "loss": fit.loss, "steps": fit.steps,
+                            **loss, "steps": fit.steps,
                             "lr": fit.epochs[-1]["lr"] if fit.epochs else settings["lr"],
                             "seconds": time.perf_counter() - started, **extra})
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}),
@@ -244,6 +278,7 @@ def _private_round(msg: Message, request: Request, trainer: LocalTrainer, batche
     noise = planned_noise(privacy, rate, steps * int(config.get("num-rounds", 1)), delta)
     dp = DPSettings.of(privacy, task, noise, delta)
     with PrivacyLedger.locked(request.hospital.folder) as ledger:
+        ledger.check_against(AuditLog(request.hospital.folder))
         ledger.check(Release(noise, rate, steps), budget, privacy["accountant"])
         fit = trainer.fit(batches, int(config["local-epochs"]), max_steps=steps, dp=dp)
         assert fit.release is not None

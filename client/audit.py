@@ -1,20 +1,29 @@
-"""The hospital's audit log: every request it answered, append-only and hash-chained.
+"""The hospital's audit log: every request it answered, append-only and chained by a keyed MAC.
 
 One JSON record per line in ``audit_log.jsonl`` in the hospital's data folder.
 Each record says what arrived (run, round, message type, a hash of the
-round's config, a hash of the global model) and what left (a hash of the
-update, samples, epsilon) or why the node refused; it carries the hash of the
-previous record and its own hash (SHA-256 over its canonical JSON), so any
-edit, insertion, reordering or deletion inside the log breaks the chain and
-``verify`` names the first broken line. Removing records at the end cannot be
-seen from the log alone: compare ``records`` and the last hash with a copy
-kept elsewhere (``spinefl hospital audit`` prints both).
+round's config, a hash of the global model, the SHA-256 of the app bundle the
+run was submitted with), what left (a hash of the update, samples, epsilon)
+or why the node refused, and which spinefl served it. It carries the MAC of
+the previous record and its own: HMAC-SHA256 over its canonical JSON under the
+node's audit key (``.spinefl/audit.key``, 32 random bytes, owner-only, made
+with the first record). Any edit, insertion, reordering or deletion inside the
+log, even one whose attacker recomputes every hash, breaks the chain unless
+the attacker can read the key; ``verify`` names the first broken line.
+
+What this holds against whom: someone who can write the log but not read the
+key (another account, a backup or storage operator, the coordinator) cannot
+change or remove records unseen. The node's own OS account and root can read
+the key and so can rewrite everything; truncating records at the end is seen
+only against a copy of ``records`` and the last MAC kept elsewhere (``spinefl
+hospital audit`` prints both).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import time
@@ -25,7 +34,12 @@ from typing import Any
 import numpy as np
 
 AUDIT_FILE = "audit_log.jsonl"
+KEY_FILE = Path(".spinefl") / "audit.key"
 GENESIS = "0" * 64
+
+
+class AuditBroken(Exception):
+    """The audit log cannot be extended: its key or the log itself is missing or broken."""
 
 
 def digest_arrays(arrays: Mapping[str, Any]) -> str:
@@ -44,35 +58,69 @@ def digest_config(config: Mapping[str, Any]) -> str:
                           .encode()).hexdigest()
 
 
-def _hash(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+def mac(key: bytes, record: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 of a record's canonical JSON (its own ``mac`` left out)."""
+    body = {k: v for k, v in record.items() if k != "mac"}
+    return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
 class AuditLog:
-    """Append to and verify a hospital's hash-chained audit log."""
+    """Append to and verify a hospital's MAC-chained audit log."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / AUDIT_FILE
+        self.folder = Path(folder)
+        self.path = self.folder / AUDIT_FILE
+        self.key_path = self.folder / KEY_FILE
+
+    def _key(self, create: bool) -> bytes:
+        """The audit key; made (owner-only) when ``create`` and there is none yet."""
+        if create and not self.key_path.exists():
+            self.key_path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                descriptor = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process made it first
+            else:
+                with os.fdopen(descriptor, "wb") as stream:
+                    stream.write(os.urandom(32))
+                    stream.flush()
+                    os.fsync(stream.fileno())
+        try:
+            key = self.key_path.read_bytes()
+        except OSError as e:
+            raise AuditBroken(f"{self.key_path}: audit key unreadable ({e.strerror or e})"
+                              ) from None
+        if len(key) != 32:
+            raise AuditBroken(f"{self.key_path}: not an audit key (32 bytes expected)")
+        return key
 
     def append(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Add one record (under an exclusive lock), chained to the last; returns it."""
+        """Add one record (under an exclusive lock), chained to the last; returns it.
+        AuditBroken when the log cannot be extended honestly (see ``problem``)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+") as stream:
             fcntl.flock(stream, fcntl.LOCK_EX)
             try:
                 stream.seek(0)
                 lines = [line for line in stream.read().splitlines() if line.strip()]
-                previous = json.loads(lines[-1])["hash"] if lines else GENESIS
+                if not lines and self.key_path.exists():
+                    raise AuditBroken(self._deleted())
+                key = self._key(create=not lines)
+                previous = json.loads(lines[-1]).get("mac", "") if lines else GENESIS
                 record = {"seq": len(lines) + 1, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                           **event, "prev": previous}
-                record["hash"] = _hash(record)
+                record["mac"] = mac(key, record)
                 stream.write(json.dumps(record, sort_keys=True) + "\n")
                 stream.flush()
                 os.fsync(stream.fileno())
             finally:
                 fcntl.flock(stream, fcntl.LOCK_UN)
         return record
+
+    def _deleted(self) -> str:
+        return (f"{self.path}: missing or empty while its key {self.key_path} exists (made "
+                "with the first record): the log was deleted or truncated; restore it from "
+                "backup")
 
     def records(self) -> list[dict[str, Any]]:
         """Every record, in order (unparseable lines raise ValueError naming the line)."""
@@ -89,11 +137,18 @@ class AuditLog:
         return records
 
     def verify(self) -> str | None:
-        """None when the chain holds; otherwise the first problem, naming its line."""
+        """None when the chain holds under the node's key; otherwise the first problem,
+        naming its line."""
         try:
             records = self.records()
         except ValueError as e:
             return f"{self.path}: {e}"
+        if not records:
+            return self._deleted() if self.key_path.exists() else None
+        try:
+            key = self._key(create=False)
+        except AuditBroken as e:
+            return str(e)
         previous = GENESIS
         for number, record in enumerate(records, start=1):
             if record.get("seq") != number:
@@ -102,8 +157,13 @@ class AuditLog:
             if record.get("prev") != previous:
                 return f"{self.path}: line {number}: does not follow the previous record " \
                        "(a record before it was changed, removed or moved)"
-            if record.get("hash") != _hash(record):
-                return f"{self.path}: line {number}: its content does not match its hash " \
-                       "(the record was edited)"
-            previous = record["hash"]
+            if not hmac.compare_digest(str(record.get("mac", "")), mac(key, record)):
+                return f"{self.path}: line {number}: its MAC does not match (the record " \
+                       "was edited, or written without this node's audit key)"
+            previous = record["mac"]
         return None
+
+    def served(self, message_type: str) -> list[dict[str, Any]]:
+        """The records of requests of ``message_type`` this node answered (not refused)."""
+        return [r for r in self.records() if r.get("type") == message_type
+                and "refused" not in r]

@@ -1,4 +1,5 @@
-"""The hospital's commands: `spinefl hospital ...` (prepare, ledger, audit, join, keys) and
+"""The hospital's commands: `spinefl hospital ...` (prepare, ledger, audit, approve, approvals,
+join, keys) and
 `spinefl predict`, run by a hospital beside its own data.
 
 `hospital_app` is mounted by the root `spinefl` app (simulation.cli), which also registers
@@ -137,29 +138,31 @@ def hospital_ledger(
 def hospital_audit(
     data: Path = typer.Option(..., help="The hospital's data folder (holding its "
                               "audit_log.jsonl)."),
-    verify: bool = typer.Option(False, help="Check the hash chain; exit 2 naming the first "
-                                "broken line."),
+    verify: bool = typer.Option(False, help="Check the MAC chain under the node's audit "
+                                "key; exit 2 naming the first broken line."),
 ) -> None:
-    """The hospital's audit log: every request it served or refused, hash-chained."""
+    """The hospital's audit log: every request it served or refused, MAC-chained."""
     import pandas as pd
 
     from client.audit import AUDIT_FILE, AuditLog
 
     log = AuditLog(data)
-    if not log.path.is_file():
+    if not log.path.is_file() and not (verify and log.key_path.exists()):
         raise UserError(f"{data / AUDIT_FILE}: no audit log (this node served no request)")
     if verify:
         problem = log.verify()
         if problem:
             raise UserError(f"audit log broken: {problem}")
     records = log.records()
-    columns = ["seq", "time", "type", "run", "round", "task", "samples", "epsilon", "refused"]
+    columns = ["seq", "time", "type", "run", "round", "task", "samples", "epsilon", "refused",
+               "bundle_sha256"]
     frame = pd.DataFrame(records).reindex(columns=columns).fillna("")
     frame["refused"] = frame["refused"].astype(str).str.slice(0, 40)
+    frame["bundle_sha256"] = frame["bundle_sha256"].astype(str).str.slice(0, 12)
     _print_table(f"Audit log of {data}", frame)
     state = "intact" if verify else "not verified (--verify)"
-    console.print(f"{len(records)} record(s), chain {state}; last hash "
-                  f"{records[-1]['hash'] if records else '-'}")
+    console.print(f"{len(records)} record(s), chain {state}; last MAC "
+                  f"{records[-1].get('mac', '-') if records else '-'}")
 
 
 @hospital_app.command("join")
@@ -177,26 +180,74 @@ def hospital_join(
                                      "(default: all)."),
     runtime_port: int = typer.Option(9094, help="Local port between the node and its "
                                      "training processes (127.0.0.1; one per node)."),
-    insecure: bool = typer.Option(False, "--insecure", help="No TLS: for a test on one "
-                                  "machine only, never across a network."),
     device: str = typer.Option("auto", help="Where this node trains: auto (CUDA when "
                                "present, else CPU), cpu, cuda or cuda:N; the coordinator "
                                "cannot change it."),
+    max_evaluations: int = typer.Option(None, help="Evaluation requests this node answers "
+                                        "over all runs (each releases validation metrics no "
+                                        "accountant covers); -1: no limit. Default: 100 "
+                                        "with --max-epsilon, else no limit."),
 ) -> None:
-    """Join the federation: run this hospital's SuperNode until stopped."""
-    from client.supernode import FLOWER_HOME, Membership, supernode_command
+    """Join the federation: run this hospital's SuperNode until stopped. It serves only runs
+    whose app bundle was approved here (`spinefl hospital approve`), with the ClientApp
+    installed here."""
+    from client.approvals import Approvals
+    from client.supernode import FLOWER_HOME, Membership, supernode_command, supernode_env
     from tasks.locks import folder_lock
     from tasks.processes import flower_env, run_in_foreground
 
     member = Membership(superlink, data, key, ca, name, max_epsilon, delta,
                         tuple(t.strip() for t in accept_tasks.split(",") if t.strip()),
-                        runtime_port, insecure, device)
+                        runtime_port, device, max_evaluations)
     command = supernode_command(member)
-    console.print(f"Joining {superlink} as {name or data.resolve().name} "
-                  f"({'no TLS' if insecure else 'TLS'}); Ctrl-C leaves.")
+    approved = len(Approvals(data).entries)
+    console.print(f"Joining {superlink} as {name or data.resolve().name} (TLS, node key); "
+                  f"{approved} approved app bundle(s); Ctrl-C leaves.")
+    if not approved:
+        console.print("[yellow]No app bundle is approved here: every run will be refused "
+                      "until one is (spinefl hospital approve).[/]")
     with folder_lock(data):  # one node per data folder (its ledger and audit log)
-        run_in_foreground(command, flower_env((data / FLOWER_HOME).resolve()), data,
-                          "the SuperNode")
+        run_in_foreground({"the SuperNode": command}, supernode_env(member, flower_env(
+            (data / FLOWER_HOME).resolve())), data)
+
+
+@hospital_app.command("approve")
+def hospital_approve(
+    bundle: Path = typer.Argument(..., help="The app folder the coordinator runs (the same "
+                                  "release), or the .fab bundle it sent."),
+    data: Path = typer.Option(..., help="This hospital's data folder (its node's approvals)."),
+    by: str = typer.Option("", help="Who approves (default: user@host)."),
+) -> None:
+    """Approve an app bundle: runs submitted with exactly this bundle (SHA-256) may use this
+    hospital's node; every other run is refused and the refusal audited."""
+    from client.approvals import Approvals
+
+    if not bundle.exists():
+        raise UserError(f"{bundle}: no such app folder or .fab file")
+    approval = Approvals(data).approve(bundle, by or None)
+    console.print(f"Approved {approval.name} {approval.version}: sha256 {approval.sha256} "
+                  f"(by {approval.approved_by}, {approval.approved_at}).")
+
+
+@hospital_app.command("approvals")
+def hospital_approvals(
+    data: Path = typer.Option(..., help="This hospital's data folder."),
+) -> None:
+    """The app bundles this hospital approved."""
+    import pandas as pd
+
+    from client.approvals import Approvals
+
+    approvals = Approvals(data)
+    if not approvals.entries:
+        raise UserError(f"{approvals.path}: no app bundle approved (spinefl hospital approve)")
+    frame = pd.DataFrame([vars(a) for a in approvals.entries])
+    frame["sha256"] = frame.sha256.str.slice(0, 16) + "…"
+    _print_table(f"Approved app bundles of {data}", frame[
+        ["sha256", "name", "version", "approved_by", "approved_at"]])
+    for approval in approvals.entries:
+        console.print(f"{approval.sha256}  {approval.name} {approval.version}",
+                      highlight=False, soft_wrap=True)
 
 
 @hospital_app.command("keys")

@@ -3,10 +3,13 @@
 In deployment the node config names the data (``data-path``: a prepared
 folder holding ``manifest.csv``), optionally the hospital (``hospital-name``),
 its privacy budget (``max-epsilon``, ``delta``), the tasks it accepts
-(``accept-tasks``, comma-separated; all when absent) and the device it trains
-on (``device``: ``auto``, ``cpu``, ``cuda[:N]``; the hospital's choice, never
-the coordinator's). In simulation the node config's ``partition-id`` picks a
-virtual hospital from the partitions folder the server names in its message
+(``accept-tasks``, comma-separated; all when absent), how many evaluation
+requests it answers over all runs (``max-evaluations``; an evaluation
+releases validation metrics that no DP accountant covers, so a node with a
+budget answers at most ``DEFAULT_MAX_EVALUATIONS`` unless it says otherwise)
+and the device it trains on (``device``: ``auto``, ``cpu``, ``cuda[:N]``; the
+hospital's choice, never the coordinator's). In simulation the node config's
+``partition-id`` picks a virtual hospital from the partitions folder the server names in its message
 config (``partitions``: ``hospitals.json`` listing each hospital's name,
 manifest, budget and device). The privacy ledger lives
 in the hospital's data folder.
@@ -25,6 +28,7 @@ from tasks.manifest import Manifest
 
 DEFAULT_DELTA = 1e-5
 NO_LIMIT = Budget(None, DEFAULT_DELTA)
+DEFAULT_MAX_EVALUATIONS = 100
 
 _MANIFESTS: dict[Path, Manifest] = {}
 
@@ -38,6 +42,7 @@ class Hospital:
     budget: Budget = NO_LIMIT
     accepted_tasks: tuple[str, ...] | None = None
     device: str = "auto"
+    max_evaluations: int | None = None
 
     @property
     def folder(self) -> Path:
@@ -59,8 +64,10 @@ def resolve_hospital(node_config: dict[str, Any], message_config: dict[str, Any]
         accepted = node_config.get("accept-tasks")
         tasks = tuple(t.strip() for t in str(accepted).split(",") if t.strip()) \
             if accepted is not None else None
-        return Hospital(name, folder / "manifest.csv", _budget(node_config, "max-epsilon"),
-                        tasks, str(node_config.get("device", "auto")))
+        budget = _budget(node_config, "max-epsilon")
+        return Hospital(name, folder / "manifest.csv", budget, tasks,
+                        str(node_config.get("device", "auto")),
+                        _evaluations(node_config, budget))
     if "partition-id" in node_config and message_config.get("partitions"):
         listing = Path(str(message_config["partitions"])) / "hospitals.json"
         hospitals = json.loads(listing.read_text())
@@ -81,3 +88,15 @@ def _budget(config: dict[str, Any], max_key: str) -> Budget:
     if (limit is not None and limit <= 0) or not 0 < delta < 1:
         raise UserError(f"node config: {max_key} must be > 0 and delta in (0, 1)")
     return Budget(limit, delta)
+
+
+def _evaluations(config: dict[str, Any], budget: Budget) -> int | None:
+    """The node's limit on evaluations answered (``max-evaluations``; -1: none)."""
+    default = DEFAULT_MAX_EVALUATIONS if budget.max_epsilon is not None else -1
+    try:
+        limit = int(config.get("max-evaluations", default))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"node config: max-evaluations must be an integer ({e})") from None
+    if limit < -1:
+        raise UserError("node config: max-evaluations must be >= 0 (or -1: no limit)")
+    return None if limit == -1 else limit

@@ -10,7 +10,9 @@ sent: a crash in between over-counts, never under-counts).
 
 The budget is the node's own (``max-epsilon``, ``delta`` in its node config):
 a round whose release would take the total past ``max-epsilon`` is refused
-before any training, whatever the run config asks.
+before any training, whatever the run config asks. A ledger holding fewer
+rounds than the audit log records (deleted, or replaced by an older copy)
+refuses every DP round instead of starting again from zero.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.audit import AuditLog
 from client.privacy import Release, accountant_state, epsilon
 from tasks.errors import UserError
 
@@ -33,8 +36,16 @@ LEDGER_FILE = "privacy_ledger.json"
 LOCK_FILE = ".privacy_ledger.lock"
 
 
-class BudgetExceeded(Exception):
+class PrivacyRefusal(Exception):
+    """A DP round the node refuses before training (the message says why)."""
+
+
+class BudgetExceeded(PrivacyRefusal):
     """A round would spend more privacy than the hospital allows (the message says how much)."""
+
+
+class LedgerMissing(PrivacyRefusal):
+    """The ledger holds fewer rounds than the audit log records: it was deleted or replaced."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,18 @@ class PrivacyLedger:
     def spent(self, delta: float, accountant: str, run: str | None = None) -> float:
         """Epsilon of everything recorded (or of one run) at ``delta``."""
         return epsilon(self.releases(run), delta, accountant)
+
+    def check_against(self, log: AuditLog) -> None:
+        """LedgerMissing when the audit log records more DP rounds than this ledger holds
+        (a round is recorded here before its audit record, so never the other way round)."""
+        audited = sum(1 for record in log.served("train") if "epsilon" in record)
+        if audited > len(self.entries):
+            state = "missing" if not self.path.is_file() else \
+                f"holds {len(self.entries)} round(s)"
+            raise LedgerMissing(
+                f"privacy ledger {self.path} is {state} but the audit log records {audited} "
+                "DP round(s): the ledger was deleted or replaced, so the privacy spent is "
+                "unknown; DP rounds are refused until it is restored from backup")
 
     def check(self, planned: Release, budget: Budget, accountant: str) -> float:
         """Epsilon after ``planned``; raises BudgetExceeded when it would pass the budget."""

@@ -10,7 +10,10 @@ request is turned into the ordinary request (weights named by the config's
 ``weight-keys``), the ordinary handler (policy, DP, ledger, audit) trains, and
 its reply goes back to SecAgg+ in the legacy layout, where it is clipped to the
 protocol's range, quantised and masked before it leaves. Each hospital's
-weight in the sum is 1 (a uniform average; see docs/deployment.md).
+weight in the sum is 1 (a uniform average; see docs/deployment.md). The node
+takes part only when the threshold the coordinator set is a majority of the
+shares: fewer colluding hospitals (with the coordinator) could otherwise rebuild
+its masks and read its update.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     RECORD_KEY_STATE,
+    Key,
+    Stage,
 )
 from flwr.compat.common import recorddict_compat as compat
 
@@ -41,6 +47,14 @@ def secure_aggregation(msg: Message, context: Context, call_next: ClientAppCalla
     """Answer SecAgg+ stages when the message carries them; otherwise pass it on."""
     if RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, context)
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    if configs.get(Key.STAGE) == Stage.SETUP:
+        shares, threshold = int(configs[Key.SHARE_NUMBER]), int(configs[Key.THRESHOLD])
+        if 2 * threshold <= shares:
+            return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION,
+                                 f"secure aggregation refused: threshold {threshold} of "
+                                 f"{shares} shares is not a majority, so a minority of "
+                                 "hospitals could unmask this node's update"), reply_to=msg)
 
     def train(legacy: Message, ctx: Context) -> Message:
         request = from_legacy(legacy)

@@ -1,14 +1,19 @@
 """A hospital's SuperNode: how ``spinefl hospital join`` starts ``flower-supernode``.
 
-The node connects to the coordinator's SuperLink over TLS, trusting only the
-coordinator's CA (``--root-certificates``), and authenticates with the
-hospital's private node key (``--auth-supernode-private-key``; the coordinator
-registered the public half). Its node config, written to
+The node connects to the coordinator's SuperLink (through its proxy) over TLS,
+trusting only the coordinator's CA (``--root-certificates``), and authenticates
+with the hospital's private node key (``--auth-supernode-private-key``; the
+coordinator registered the public half). Its node config, written to
 ``<data>/.spinefl/node-config.toml``, names the prepared data folder, the
-hospital's name, its privacy budget and the tasks it accepts
-(``client.hospital``). Flower's own files (the apps it is sent) live in
-``<data>/.spinefl/flower``. Runtime dependency installation stays off
-(flower-supernode's default): a node runs only what is installed here.
+hospital's name, its privacy budget, its limit on evaluations and the tasks it
+accepts (``client.hospital``). Flower's own files (the bundles it is sent)
+live in ``<data>/.spinefl/flower``.
+
+The SuperNode starts a ``flwr-clientapp`` process, found on its PATH, for every
+request. ``<data>/.spinefl/bin`` comes first on that PATH and holds the
+hospital's launcher under that name (``client.launcher``): requests of bundles
+the hospital approved are served by the ClientApp installed here, never by
+code from a bundle, and nothing is installed at run time.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
+from client.launcher import LAUNCHER_NAME
 from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.manifest import Manifest
@@ -28,6 +34,7 @@ from tasks.processes import BIN
 
 NODE_CONFIG = Path(".spinefl") / "node-config.toml"
 FLOWER_HOME = Path(".spinefl") / "flower"
+LAUNCHERS = Path(".spinefl") / "bin"
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,8 @@ class Membership:
     delta: float = 1e-5
     accept_tasks: tuple[str, ...] = ()
     runtime_port: int = 9094
-    insecure: bool = False
     device: str = "auto"
+    max_evaluations: int | None = None
 
 
 def check_membership(member: Membership) -> None:
@@ -66,12 +73,12 @@ def check_membership(member: Membership) -> None:
         raise UserError(f"--max-epsilon {member.max_epsilon:g}: must be > 0")
     if not 0 < member.delta < 1:
         raise UserError(f"--delta {member.delta:g}: must be in (0, 1)")
+    if member.max_evaluations is not None and member.max_evaluations < -1:
+        raise UserError(f"--max-evaluations {member.max_evaluations}: must be >= 0 "
+                        "(or -1: no limit)")
     select_device(member.device)
-    if member.insecure:
-        return
     if member.ca is None:
-        raise UserError("--ca: the coordinator's ca.crt is needed (or --insecure for local "
-                        "testing)")
+        raise UserError("--ca: the coordinator's ca.crt is needed")
     try:
         x509.load_pem_x509_certificate(member.ca.read_bytes())
     except (OSError, ValueError) as e:
@@ -88,19 +95,39 @@ def write_node_config(member: Membership) -> Path:
         config["max-epsilon"] = member.max_epsilon
     if member.accept_tasks:
         config["accept-tasks"] = ",".join(member.accept_tasks)
+    if member.max_evaluations is not None:
+        config["max-evaluations"] = member.max_evaluations
     path = data / NODE_CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tomli_w.dumps(config))
     return path
 
 
+def install_launcher(data: Path) -> Path:
+    """``<data>/.spinefl/bin`` holding the hospital's launcher as ``flwr-clientapp``; the
+    folder to put first on the SuperNode's PATH."""
+    folder = data.resolve() / LAUNCHERS
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / LAUNCHER_NAME
+    target = BIN / "spinefl-clientapp"
+    if not target.is_file():
+        raise UserError(f"{target}: spinefl's launcher is not installed (pip install spinefl)")
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+    return folder
+
+
 def supernode_command(member: Membership) -> list[str]:
     """The ``flower-supernode`` command line for this membership (checked first)."""
     check_membership(member)
-    command = [str(BIN / "flower-supernode"), "--superlink", member.superlink,
-               "--auth-supernode-private-key", str(member.key.resolve()),
-               "--node-config", str(write_node_config(member)),
-               "--port", str(member.runtime_port)]
-    if member.insecure:
-        return [*command, "--insecure"]
-    return [*command, "--root-certificates", str(member.ca.resolve())]
+    return [str(BIN / "flower-supernode"), "--superlink", member.superlink,
+            "--auth-supernode-private-key", str(member.key.resolve()),
+            "--node-config", str(write_node_config(member)),
+            "--port", str(member.runtime_port),
+            "--root-certificates", str(member.ca.resolve())]
+
+
+def supernode_env(member: Membership, base: dict[str, str]) -> dict[str, str]:
+    """The SuperNode's environment: ``base`` with the hospital's launcher first on PATH."""
+    return {**base, "PATH": f"{install_launcher(member.data)}:{base['PATH']}"}

@@ -2,9 +2,11 @@
 
 The run config names the experiment file (``experiment``: absolute, or
 relative to the app folder, e.g. ``configs/deployment.toml``), whether to
-``resume`` after the last finished round, and, in simulation, the virtual
-hospitals' folder (``partitions``). A relative output folder is relative to
-the working folder of the SuperLink (the coordinator folder in deployment).
+``resume`` after the last finished round, in simulation the virtual
+hospitals' folder (``partitions``), and in deployment the coordinator's
+admitted list (``admitted``: only those nodes take part; ``server.admission``).
+A relative output folder is relative to the working folder of the SuperLink
+(the coordinator folder in deployment).
 The ServerApp asks every node which hospital it is, then runs the strategy's
 rounds: every update validated before aggregation (``server.validation``),
 no round waiting forever for hospitals that are gone (``server.sampling``),
@@ -36,6 +38,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from server.admission import AdmittedGrid, load_admitted
 from server.config import load_experiment
 from server.recorder import HospitalRecorder
 from server.sampling import SamplingGuard, TooFewHospitals, wait_for_hospitals
@@ -134,6 +137,9 @@ def main(grid: Grid, context: Context) -> None:
     """Run the experiment named in the run config."""
     experiment = load_experiment(experiment_path(str(context.run_config["experiment"])))
     partitions = str(context.run_config.get("partitions", ""))
+    admitted = str(context.run_config.get("admitted", ""))
+    if admitted:
+        grid = AdmittedGrid(grid, load_admitted(Path(admitted)))
     resume = bool(context.run_config.get("resume", False))
     out = Path(experiment["output"]["dir"])
     out.mkdir(parents=True, exist_ok=True)

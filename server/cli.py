@@ -23,20 +23,22 @@ def coordinator_init(
                              "settings, the SuperLink's state)."),
     host: str = typer.Option(..., help="Host names and IP addresses hospitals connect to, "
                              "comma-separated (e.g. fl.example.org,10.0.0.5)."),
-    port: int = typer.Option(9093, help="The SuperLink's HTTPS port."),
-    insecure: bool = typer.Option(False, "--insecure", help="No TLS: for a test on one "
-                                  "machine only, never across a network."),
+    port: int = typer.Option(9093, help="The proxy's HTTPS port, the one hospitals reach."),
+    superlink_port: int = typer.Option(9092, help="The SuperLink's port on 127.0.0.1."),
+    ca_key: Path = typer.Option(None, help="Where to write the CA's private key, outside the "
+                                "coordinator folder (default: <out>-ca/ca.key)."),
 ) -> None:
-    """Create a coordinator folder: a certificate authority, the SuperLink's TLS certificate
-    for these hosts, and the settings `coordinator start/admit/run` read."""
-    from server.superlink import init_coordinator
+    """Create a coordinator folder: a certificate authority (its key kept outside), the
+    coordinator's TLS certificate for these hosts, and the settings `coordinator
+    start/admit/run` read."""
+    from server.superlink import default_ca_key, init_coordinator
 
     hosts = [h.strip() for h in host.split(",") if h.strip()]
-    init_coordinator(out, hosts, port, insecure)
-    trust = ("[red]no TLS (--insecure): local testing only[/]" if insecure else
-             f"certificate authority {out / 'ca.crt'} (its key {out / 'ca.key'} stays "
-             f"here), SuperLink certificate {out / 'server.pem'}")
-    console.print(f"Coordinator folder {out}: {trust}.\nNext:\n"
+    key = ca_key or default_ca_key(out)
+    init_coordinator(out, hosts, port, superlink_port, key)
+    console.print(f"Coordinator folder {out}: certificate authority {out / 'ca.crt'}, "
+                  f"certificate {out / 'server.pem'}; the CA key is {key} (owner-only: move "
+                  "it offline, it is needed only to issue a new certificate).\nNext:\n"
                   f"  1. give {out / 'ca.crt'} and the address {hosts[0]}:{port} to every "
                   "hospital;\n"
                   f"  2. spinefl coordinator start --dir {out}\n"
@@ -49,18 +51,23 @@ def coordinator_init(
 def coordinator_start(
     folder: Path = typer.Option(..., "--dir", help="The coordinator folder."),
 ) -> None:
-    """Run the SuperLink (TLS, node authentication, no runtime installs) until stopped."""
+    """Run the SuperLink (127.0.0.1, TLS, node authentication, no runtime installs) and the
+    proxy hospitals reach (nginx: Fleet API only) until stopped."""
+    from server.proxy import proxy_command
     from server.superlink import coordinator_env, load_coordinator, superlink_command
     from tasks.locks import folder_lock
     from tasks.processes import run_in_foreground
 
-    command = superlink_command(folder)
+    superlink = superlink_command(folder)
     settings = load_coordinator(folder)
-    console.print(f"SuperLink on {settings['bind']}:{settings['port']} "
-                  f"({'no TLS' if settings['insecure'] else 'TLS'}, node authentication); "
-                  "Ctrl-C stops it.")
+    console.print(f"Proxy on {settings['bind']}:{settings['port']} (TLS, Fleet API only"
+                  f"{', from ' + ', '.join(settings['allow']) if settings['allow'] else ''}); "
+                  f"SuperLink on 127.0.0.1:{settings['superlink_port']} (node "
+                  "authentication); Ctrl-C stops both.")
     with folder_lock(folder):
-        run_in_foreground(command, coordinator_env(folder), folder, "the SuperLink")
+        run_in_foreground({"the SuperLink": superlink,
+                           "the proxy (nginx)": proxy_command(folder, settings)},
+                          coordinator_env(folder), folder)
 
 
 @coordinator_app.command("admit")
@@ -69,7 +76,8 @@ def coordinator_admit(
     name: str = typer.Option(..., help="The hospital's name (shown in `flwr supernode ls`)."),
     folder: Path = typer.Option(..., "--dir", help="The coordinator folder."),
 ) -> None:
-    """Register a hospital's node public key with the running SuperLink."""
+    """Register a hospital's node public key with the running SuperLink; only admitted
+    hospitals take part in runs."""
     from server.superlink import admit
 
     console.print(admit(folder, public_key, name))
@@ -84,10 +92,17 @@ def coordinator_run(
                                 "experiment's output folder (after a coordinator crash)."),
 ) -> None:
     """Launch a federated run on the SuperLink (`flwr run`) and stream its log."""
-    from server.superlink import CONNECTION, coordinator_env, load_coordinator, submit_run
+    from server.superlink import (
+        ADMITTED,
+        CONNECTION,
+        coordinator_env,
+        load_coordinator,
+        submit_run,
+    )
 
     load_coordinator(folder)
     log = folder / "runs" / f"{experiment.stem}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    submit_run(CONNECTION, {"experiment": str(experiment), "resume": resume},
+    submit_run(CONNECTION, {"experiment": str(experiment), "resume": resume,
+                            "admitted": str((folder / ADMITTED).resolve())},
                coordinator_env(folder), log, console.print)

@@ -65,8 +65,8 @@ FEDERATION_KEYS = (
     Key("secagg_clipping_range", "float", 8.0, "SecAgg+ clips every weight to [-c, c] "
         "before quantising it; hospitals report the fraction they clipped.", above=0.0),
     Key("secagg_threshold", "float", 0.6, "Fraction of a hospital's neighbours needed to "
-        "rebuild its masks when it drops out (higher: more private, less tolerant).",
-        above=0.0, maximum=1.0),
+        "rebuild its masks when it drops out (higher: more private, less tolerant); more "
+        "than half, or hospitals refuse to take part.", above=0.5, maximum=1.0),
 )
 
 

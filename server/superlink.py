@@ -2,24 +2,31 @@
 
 ``spinefl coordinator init`` makes a coordinator folder:
 
-- ``ca.crt`` / ``ca.key``, ``server.pem`` / ``server.key``: TLS (``server.certificates``);
-- ``coordinator.toml``: the host names hospitals use, the port, the address to listen on;
+- ``ca.crt``, ``server.pem`` / ``server.key``: TLS (``server.certificates``); the CA's
+  key is written outside the folder (``--ca-key``), and ``coordinator start`` refuses to
+  run with a ``ca.key`` inside it;
+- ``coordinator.toml``: the host names hospitals use, the public port and address, the
+  SuperLink's loopback port, an optional allow-list of hospital addresses;
 - ``flwr/config.toml``: the Flower home of the coordinator's own ``flwr`` commands, with one
-  connection, ``spinefl``, to this SuperLink over TLS (trusting ``ca.crt``);
-- ``superlink.db`` (made by the SuperLink): registered nodes and runs, kept across restarts.
+  connection, ``spinefl``, to the SuperLink on 127.0.0.1 over TLS (trusting ``ca.crt``);
+- ``admitted.json``: the hospitals admitted (name, node id, key fingerprint, when);
+- ``superlink.db`` (made by the SuperLink): registered nodes and runs, kept across restarts;
+- ``proxy/``: the reverse proxy's generated config and logs (``server.proxy``).
 
-One HTTPS port serves the Fleet API (SuperNodes), the Control API (``flwr run``,
-``flwr supernode register``) and the ServerApp's runtime traffic (flwr 1.41). The SuperLink
-runs with TLS, SuperNode authentication (only registered public keys connect) and runtime
-dependency installation disabled; its working folder is the coordinator folder, so a run's
-relative output folder lands inside it.
+The SuperLink listens on 127.0.0.1 only, with TLS, SuperNode authentication (only
+registered public keys connect) and runtime dependency installation disabled; hospitals
+reach its Fleet API through the proxy, and its Control API (``flwr run``, ``ls``,
+``stop``, ``supernode register``) answers only on the coordinator's machine. Its working
+folder is the coordinator folder, so a run's relative output folder lands inside it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,7 @@ import tomli_w
 from server.certificates import create_authority
 from tasks.config import Key, load_toml, validate
 from tasks.errors import UserError
+from tasks.files import write_text
 from tasks.processes import BIN, flower_env, spawn, stop_tree
 
 CONNECTION = "spinefl"
@@ -38,39 +46,51 @@ APP_DIR = Path(__file__).resolve().parents[1]
 # The ServerApp's exception at the end of its traceback, as the streamed log shows it.
 ERROR_LINE = re.compile(r"^[\w.]+(Error|Exception|Hospitals): ")
 
+ADMITTED = "admitted.json"
+CA_KEY = "ca.key"
+
 COORDINATOR_KEYS = {"superlink": (
     Key("hosts", "list[str]", [], "Host names and IP addresses hospitals connect to (the "
         "certificate's subject alternative names)."),
-    Key("port", "int", 9093, "The SuperLink's one HTTPS port (Fleet, Control and ServerApp "
-        "traffic).", minimum=1),
-    Key("bind", "str", "0.0.0.0", "Address the SuperLink listens on."),
-    Key("insecure", "bool", False, "No TLS (local testing only; set by `coordinator init "
-        "--insecure`)."),
+    Key("port", "int", 9093, "The proxy's HTTPS port: the only one hospitals reach (Fleet "
+        "API and health check).", minimum=1, maximum=65535),
+    Key("bind", "str", "0.0.0.0", "Address the proxy listens on."),
+    Key("superlink_port", "int", 9092, "The SuperLink's own port, on 127.0.0.1 only (Fleet, "
+        "Control and ServerApp traffic).", minimum=1, maximum=65535),
+    Key("allow", "list[str]", [], "Addresses or networks (CIDR) the proxy accepts hospitals "
+        "from; empty: any (node keys still decide who joins)."),
 )}
 
 
-def init_coordinator(out: Path, hosts: list[str], port: int, insecure: bool = False) -> dict:
-    """Write a coordinator folder: TLS material (unless ``insecure``), settings, and the
-    Flower home of its ``flwr`` commands. Returns the settings."""
+def init_coordinator(out: Path, hosts: list[str], port: int, superlink_port: int,
+                     ca_key: Path | None = None) -> dict:
+    """Write a coordinator folder: TLS material (the CA key at ``ca_key``, by default
+    ``<out>-ca/ca.key``), settings, and the Flower home of its ``flwr`` commands. Returns
+    the settings."""
     if not hosts:
         raise UserError("--host: give at least one host name or IP address hospitals will use")
     if (out / SETTINGS).exists():
         raise UserError(f"{out}: already a coordinator folder ({SETTINGS} exists)")
-    if not insecure:
-        create_authority(out, hosts)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {"hosts": hosts, "port": port, "bind": "0.0.0.0", "insecure": insecure}
+    if superlink_port == port:
+        raise UserError(f"--superlink-port {superlink_port}: must differ from --port (the "
+                        "proxy's)")
+    create_authority(out, hosts, ca_key or default_ca_key(out))
+    settings = {"hosts": hosts, "port": port, "bind": "0.0.0.0",
+                "superlink_port": superlink_port, "allow": []}
     (out / SETTINGS).write_text(tomli_w.dumps({"superlink": settings}))
-    connection: dict[str, Any] = {"address": f"{hosts[0]}:{port}"}
-    if insecure:
-        connection["insecure"] = True
-    else:
-        connection["root-certificates"] = str((out / "ca.crt").resolve())
     home = out / "flwr"
     home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text(tomli_w.dumps(
-        {"superlink": {"default": CONNECTION, CONNECTION: connection}}))
+    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {
+        "default": CONNECTION,
+        CONNECTION: {"address": f"127.0.0.1:{settings['superlink_port']}",
+                     "root-certificates": str((out / "ca.crt").resolve())}}}))
     return settings
+
+
+def default_ca_key(out: Path) -> Path:
+    """Where the CA key goes when not told: an owner-only folder beside the coordinator's."""
+    out = out.resolve()
+    return out.parent / f"{out.name}-ca" / CA_KEY
 
 
 def load_coordinator(folder: Path) -> dict[str, Any]:
@@ -83,18 +103,20 @@ def load_coordinator(folder: Path) -> dict[str, Any]:
 
 
 def superlink_command(folder: Path) -> list[str]:
-    """The ``flower-superlink`` command line for a coordinator folder."""
+    """The ``flower-superlink`` command line for a coordinator folder: 127.0.0.1 only."""
     settings = load_coordinator(folder)
     folder = folder.resolve()
-    command = [str(BIN / "flower-superlink"), "--host", settings["bind"],
-               "--port", str(settings["port"]), "--database", str(folder / DATABASE),
-               "--enable-supernode-auth", "--disable-runtime-dependency-installation"]
-    if settings["insecure"]:
-        return [*command, "--insecure"]
+    if (folder / CA_KEY).exists():
+        raise UserError(f"{folder / CA_KEY}: the CA key must not be in the folder the "
+                        "SuperLink and its ServerApps work in; move it offline (it is needed "
+                        "only to issue a new server certificate)")
     for name in ("ca.crt", "server.pem", "server.key"):
         if not (folder / name).is_file():
             raise UserError(f"{folder / name}: missing (made by `spinefl coordinator init`)")
-    return [*command, "--ssl-ca-certfile", str(folder / "ca.crt"),
+    return [str(BIN / "flower-superlink"), "--host", "127.0.0.1",
+            "--port", str(settings["superlink_port"]), "--database", str(folder / DATABASE),
+            "--enable-supernode-auth", "--disable-runtime-dependency-installation",
+            "--ssl-ca-certfile", str(folder / "ca.crt"),
             "--ssl-certfile", str(folder / "server.pem"),
             "--ssl-keyfile", str(folder / "server.key")]
 
@@ -105,18 +127,40 @@ def coordinator_env(folder: Path) -> dict[str, str]:
 
 
 def admit(folder: Path, public_key: Path, name: str) -> str:
-    """Register a hospital's node public key with the running SuperLink; Flower's answer."""
+    """Register a hospital's node public key with the running SuperLink and add it to the
+    coordinator's admitted list; Flower's answer."""
     load_coordinator(folder)
     if not public_key.is_file():
         raise UserError(f"{public_key}: no such public key file")
     done = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(public_key),
-                           CONNECTION, "--name", name], capture_output=True, text=True,
-                          env=coordinator_env(folder), timeout=120)
+                           CONNECTION, "--name", name, "--format", "json"],
+                          capture_output=True, text=True, env=coordinator_env(folder),
+                          timeout=120)
     answer = (done.stdout + done.stderr).strip()
     if done.returncode != 0:
         last = answer.splitlines()[-1] if answer else f"status {done.returncode}"
         raise UserError(f"{public_key}: not registered: {last}")
-    return answer
+    try:
+        node_id = int(json.loads(done.stdout)["node-id"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{public_key}: Flower's answer names no node id: {answer}") from None
+    admitted = admitted_nodes(folder)
+    admitted[str(node_id)] = {
+        "name": name, "key_sha256": hashlib.sha256(public_key.read_bytes()).hexdigest(),
+        "admitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_text(folder / ADMITTED, json.dumps(admitted, indent=1) + "\n")
+    return f"{name}: node {node_id} registered and admitted"
+
+
+def admitted_nodes(folder: Path) -> dict[str, dict[str, str]]:
+    """The coordinator's admitted list: node id -> name, key fingerprint, when."""
+    path = folder / ADMITTED
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: unreadable admitted list ({e})") from None
 
 
 def submit_run(connection: str, run_config: dict[str, Any], env: dict[str, str], log: Path,

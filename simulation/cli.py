@@ -10,6 +10,7 @@ manifest, config and datasets groups; it mounts the hospital's commands (client.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from client.cli import _print_report, _print_table, hospital_app, predict
 from server.cli import coordinator_app
 from tasks.errors import UserError
 from tasks.files import USER_ERRNOS, os_problem
+from tasks.processes import QUIET
 from tasks.stops import handle_stops, stop_signal
 
 console = Console()
@@ -193,7 +195,9 @@ def config_docs() -> None:
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit status 2; Ctrl-C,
     SIGTERM and SIGHUP stop the command after its clean-up has run (tasks.stops), with
-    status 128 + the signal."""
+    status 128 + the signal. Nothing reports home (tasks.processes.QUIET), here or in any
+    process started from here."""
+    os.environ.update(QUIET)
     handle_stops()
     errors = Console(stderr=True)
     try:

@@ -29,6 +29,10 @@ from tasks.locks import held_locks
 
 # Flower's executables, installed beside the running Python.
 BIN = Path(sys.executable).parent
+# Nothing a spinefl process starts reports home: Flower's telemetry and update check, Ray's
+# usage statistics.
+QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+         "RAY_DISABLE_USAGE_STATS": "1"}
 
 
 def free_port() -> int:
@@ -109,11 +113,11 @@ def spawn(command: list[str], **options: Any) -> subprocess.Popen:
 
 
 def flower_env(home: Path) -> dict[str, str]:
-    """The environment Flower's processes run in: their own Flower home (``FLWR_HOME``) and
+    """The environment Flower's processes run in: their own Flower home (``FLWR_HOME``),
     this environment's executables first on PATH (SuperLink and SuperNode start Flower's
-    helper processes by name)."""
+    helper processes by name), nothing reported home (``QUIET``)."""
     return {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-            "RAY_DISABLE_USAGE_STATS": "1", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+            **QUIET}
 
 
 def wait_until_healthy(port: int, process: subprocess.Popen, timeout: float) -> None:
@@ -132,14 +136,19 @@ def wait_until_healthy(port: int, process: subprocess.Popen, timeout: float) -> 
     raise RuntimeError(f"the SuperLink did not answer on port {port} in {timeout:g} s")
 
 
-def run_in_foreground(command: list[str], env: dict[str, str], cwd: Path, what: str) -> None:
-    """Run a long-lived Flower process until it exits or this process is stopped (Ctrl-C,
-    SIGTERM, SIGHUP: see ``tasks.stops``), then stop it and everything it started; UserError
-    when it failed by itself."""
-    process = spawn(command, env=env, cwd=cwd)
+def run_in_foreground(commands: dict[str, list[str]], env: dict[str, str], cwd: Path
+                      ) -> None:
+    """Run long-lived processes (what each is -> its command) until one exits or this
+    process is stopped (Ctrl-C, SIGTERM, SIGHUP: see ``tasks.stops``), then stop them all
+    and everything they started; UserError naming the one that ended by itself."""
+    processes = {what: spawn(command, env=env, cwd=cwd) for what, command in commands.items()}
     try:
-        status = process.wait()
+        while not (ended := {what: p.returncode for what, p in processes.items()
+                             if p.poll() is not None}):
+            time.sleep(0.3)
     finally:
-        stop_tree(process)
-    if status != 0:
+        for process in processes.values():
+            stop_tree(process)
+    what, status = next(iter(ended.items()))
+    if status != 0 or len(processes) > 1:
         raise UserError(f"{what} exited with status {status} (its log is above)")

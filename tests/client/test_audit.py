@@ -1,5 +1,6 @@
-"""The hospital's audit log: hash-chained, every edit found; written by the real ClientApp for
-each request it serves or refuses; and the node's task policy."""
+"""The hospital's audit log: MAC-chained under the node's key, every edit found (one whose
+hashes were all recomputed included); written by the real ClientApp for each request it serves
+or refuses; the node's task policy and its limit on evaluations."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from flwr.app import Context, RecordDict
 from client.app import app
 from client.audit import AuditLog, digest_arrays
 from tests.helpers.cli import assert_one_line_error, spinefl
-from tests.helpers.messages import request, task
+from tests.helpers.messages import evaluation, request, task
 
 
 def _log(tmp_path, count: int = 4) -> AuditLog:
@@ -32,12 +33,13 @@ def test_an_intact_log_verifies_and_chains_its_records(tmp_path):
     assert log.verify() is None
     records = log.records()
     assert [r["seq"] for r in records] == [1, 2, 3, 4]
-    assert all(b["prev"] == a["hash"] for a, b in pairwise(records))
+    assert all(b["prev"] == a["mac"] for a, b in pairwise(records))
+    assert oct(log.key_path.stat().st_mode & 0o777) == "0o600"
 
 
 @pytest.mark.parametrize(("change", "found"), [
     (lambda lines: [lines[0], lines[1].replace('"samples": 11', '"samples": 99'), *lines[2:]],
-     "line 2: its content does not match its hash"),
+     "line 2: its MAC does not match"),
     (lambda lines: [lines[0], *lines[2:]], "line 2: sequence number 3"),
     (lambda lines: [lines[1], lines[0], *lines[2:]], "line 1: sequence number 2"),
     (lambda lines: [*lines[:2], "not json", *lines[2:]], "line 3 is not a JSON record"),
@@ -48,19 +50,48 @@ def test_every_edit_is_found_and_named(tmp_path, change, found):
     assert found in log.verify()
 
 
-def test_a_record_rewritten_with_a_fresh_hash_still_breaks_the_chain(tmp_path):
-    from client.audit import _hash
+def test_a_log_rewritten_with_recomputed_hashes_fails_without_the_key(tmp_path):
+    """The attack an unkeyed hash chain cannot see: change a record and recompute every
+    hash after it. Without the node's key the MACs cannot be recomputed."""
+    import hashlib
 
     log = _log(tmp_path)
+    records = log.records()
+    records[1]["samples"] = 99
+    previous = records[0]["mac"]
+    for record in records[1:]:  # a forger's best: SHA-256 in the MAC's place, chain intact
+        record["prev"] = previous
+        body = {k: v for k, v in record.items() if k != "mac"}
+        record["mac"] = previous = hashlib.sha256(
+            json.dumps(body, sort_keys=True).encode()).hexdigest()
+    log.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    assert "line 2: its MAC does not match" in log.verify()
+    other = AuditLog(tmp_path / "other")  # or a MAC under a key of the forger's own
+    other.append({})
+    key = other.key_path.read_bytes()
+    from client.audit import mac
 
-    def forge(lines):
-        record = json.loads(lines[1])
-        record["samples"] = 99
-        record["hash"] = _hash(record)
-        return [lines[0], json.dumps(record, sort_keys=True), *lines[2:]]
+    previous = records[0]["mac"]
+    for record in records[1:]:
+        record["prev"] = previous
+        record["mac"] = previous = mac(key, record)
+    log.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    assert "line 2: its MAC does not match" in log.verify()
 
-    _rewrite(log, forge)
-    assert "line 3: does not follow the previous record" in log.verify()
+
+def test_a_deleted_log_or_key_is_found_and_the_node_stops_logging(tmp_path):
+    from client.audit import AuditBroken
+
+    log = _log(tmp_path)
+    log.path.unlink()
+    assert "the log was deleted or truncated" in log.verify()
+    with pytest.raises(AuditBroken, match="deleted or truncated"):
+        log.append({"type": "train"})
+    log = _log(tmp_path / "keyless")
+    log.key_path.unlink()
+    assert "audit key unreadable" in log.verify()
+    with pytest.raises(AuditBroken, match="audit key unreadable"):
+        log.append({"type": "train"})
 
 
 def _node(folder, **config) -> Context:
@@ -106,4 +137,37 @@ def test_audit_command_verifies_and_names_a_broken_line(tmp_path):
     _rewrite(log, lambda lines: [lines[0], lines[1].replace('"run": "7"', '"run": "8"'),
                                  *lines[2:]])
     assert_one_line_error(spinefl("hospital", "audit", "--data", str(tmp_path), "--verify"),
-                          "audit log broken", "line 2: its content does not match its hash")
+                          "audit log broken", "line 2: its MAC does not match")
+
+
+def test_evaluations_past_the_nodes_limit_are_refused_and_logged(hospital, inside_a_run):
+    state = task().build_model().state_dict()
+    limited = _node(hospital, **{"max-evaluations": 2})
+    answers = [app(evaluation(state), limited) for _ in range(3)]
+    assert [a.has_error() for a in answers] == [False, False, True]
+    assert "has answered its 2 evaluation(s)" in answers[2].error.reason
+    assert not app(request(state), limited).has_error()  # training is not limited
+    records = AuditLog(hospital).records()
+    assert [r["type"] for r in records] == ["evaluate"] * 3 + ["train"]
+    assert "refused" in records[2] and AuditLog(hospital).verify() is None
+
+
+def test_a_node_with_a_budget_limits_evaluations_by_default(hospital):
+    from client.hospital import DEFAULT_MAX_EVALUATIONS, resolve_hospital
+
+    config = {"data-path": str(hospital)}
+    assert resolve_hospital(config, {}).max_evaluations is None
+    assert resolve_hospital({**config, "max-epsilon": 8.0}, {}).max_evaluations == \
+        DEFAULT_MAX_EVALUATIONS
+    assert resolve_hospital({**config, "max-epsilon": 8.0, "max-evaluations": -1}, {}
+                            ).max_evaluations is None
+
+
+def test_a_node_whose_log_was_tampered_with_serves_nothing(hospital, inside_a_run):
+    state = task().build_model().state_dict()
+    assert not app(request(state), _node(hospital)).has_error()
+    log = AuditLog(hospital)
+    _rewrite(log, lambda lines: [lines[0].replace('"round": 1', '"round": 5')])
+    reply = app(request(state), _node(hospital))
+    assert reply.has_error() and "serves nothing while its audit log is broken" in \
+        reply.error.reason

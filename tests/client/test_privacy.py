@@ -210,6 +210,30 @@ def test_budget_refusal_is_an_error_reply_and_survives_a_restart(hospital, insid
     assert "privacy budget" in json.loads(done.stdout.strip().splitlines()[-1])["error"]
 
 
+def test_a_deleted_or_replaced_ledger_refuses_dp_rounds_and_reports_no_loss(hospital,
+                                                                            inside_a_run):
+    """The ledger never restarts from zero: with it gone (or an older copy back) while the
+    audit log records DP rounds, the node refuses DP rounds and says why. A DP reply
+    carries no training loss (the accountant does not cover it)."""
+    dp, limit = privacy(noise_multiplier=1.0), {"max-epsilon": 100.0}
+    state = task().build_model().state_dict()
+    for server_round in (1, 2):
+        reply = app(request(state, server_round, dp), node(hospital, **limit))
+        assert not reply.has_error()
+        assert "loss" not in reply.content["metrics"] and "epsilon" in reply.content["metrics"]
+    ledger = hospital / "privacy_ledger.json"
+    older = json.loads(ledger.read_text())
+    ledger.unlink()
+    refused = app(request(state, 3, dp), node(hospital, **limit))
+    assert refused.has_error()
+    assert "is missing but the audit log records 2 DP round(s)" in refused.error.reason
+    ledger.write_text(json.dumps({"entries": older["entries"][:1]}))  # an older backup
+    refused = app(request(state, 3, dp), node(hospital, **limit))
+    assert refused.has_error() and "holds 1 round(s)" in refused.error.reason
+    ledger.write_text(json.dumps(older))  # restored: the node goes on
+    assert not app(request(state, 3, dp), node(hospital, **limit)).has_error()
+
+
 def test_a_node_with_a_budget_refuses_training_without_dp(hospital, inside_a_run):
     reply = app(request(task().build_model().state_dict()), node(hospital, **{"max-epsilon": 8}))
     assert reply.has_error() and "trains only with differential privacy" in reply.error.reason

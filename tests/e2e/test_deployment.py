@@ -1,26 +1,35 @@
-"""A real deployment on 127.0.0.1: a TLS SuperLink with node authentication and three
-hospitals' SuperNodes, started with spinefl's commands; runs launched with `flwr run`
-(through `spinefl coordinator run`). Faults are real: processes are killed."""
+"""A real deployment on 127.0.0.1: a TLS SuperLink with node authentication behind a real
+nginx proxy, and three hospitals' SuperNodes serving runs through their launcher, all started
+with spinefl's commands; runs launched with `flwr run` (through `spinefl coordinator run`).
+Attacks are real (a tampered bundle, a node nobody admitted, the Control API from outside);
+faults are real: processes are killed."""
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import subprocess
+import zipfile
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
+import tomli_w
 import torch
 
+from client.audit import AuditLog
 from server.app import starting_point
 from server.config import load_experiment
+from server.superlink import ADMITTED, coordinator_env
 from simulation.config import load_simulation
 from simulation.phantoms.config import cohort_config
 from simulation.phantoms.generator import generate
 from simulation.simulate import split_hospitals
 from tasks.checkpoint import load_checkpoint
 from tasks.config import load_toml
+from tasks.processes import BIN, flower_env, stop_tree
 from tasks.registry import task_class
 from tests.helpers.cli import SPINEFL, spinefl
 from tests.helpers.deployment import ROOT, Federation, experiment, wait_for
@@ -44,6 +53,7 @@ def federation(tmp_path_factory):
         running.start_coordinator()
         for name in HOSPITALS:
             running.admit(name)
+            running.approve(name)
             running.join(name)
         for name in HOSPITALS:
             running.wait_connected(name)
@@ -90,6 +100,85 @@ def test_unregistered_nodes_and_other_cas_are_refused(federation):
     impostor = federation.join("impostor", ca=other / "ca.crt")
     assert impostor.wait(timeout=120) != 0
     assert "CERTIFICATE_VERIFY_FAILED" in (federation.folder / "node-impostor.log").read_text()
+
+
+def test_from_outside_only_the_fleet_api_answers(federation, tmp_path):
+    """Through the proxy (what hospitals and anyone else reach) the Control API, the
+    ServerApp runtime API and the API docs answer nothing, and `flwr ls`, `stop` and `run`
+    fail; on the coordinator's machine (loopback) `flwr ls` works. The CA key is nowhere
+    in the folder the SuperLink and its ServerApps work in."""
+    base = f"https://localhost:{federation.port}"
+    with httpx.Client(verify=str(federation.coordinator / "ca.crt"), timeout=30) as client:
+        assert client.get(f"{base}/health").status_code == 200
+        for path in ("/v1/control/list-runs", "/v1/control/start-run",
+                     "/v1/control/register-node", "/v1/runtime/pull-task-input"):
+            assert client.post(f"{base}{path}", content=b"").status_code == 404, path
+        for path in ("/docs", "/openapi.json", "/"):
+            assert client.get(f"{base}{path}").status_code == 404, path
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "config.toml").write_text(tomli_w.dumps({"superlink": {
+        "default": "proxy", "proxy": {"address": f"localhost:{federation.port}",
+                                      "root-certificates": str(federation.coordinator /
+                                                               "ca.crt")}}}))
+    env = flower_env(outside)
+    for command in (["ls"], ["stop", "1"], ["run", str(ROOT)]):
+        done = subprocess.run([str(BIN / "flwr"), *command, "proxy"], capture_output=True,
+                              text=True, env=env, timeout=120, cwd=tmp_path)
+        assert done.returncode != 0, (command, done.stdout)
+    inside = subprocess.run([str(BIN / "flwr"), "ls", "spinefl"], capture_output=True,
+                            text=True, env=coordinator_env(federation.coordinator),
+                            timeout=120)
+    assert inside.returncode == 0, inside.stdout + inside.stderr
+    assert not list(federation.coordinator.rglob("ca.key"))
+
+
+def test_a_bundle_nobody_approved_is_refused_and_its_code_never_runs(federation, tmp_path):
+    """A run submitted with a bundle whose client/app.py was changed (same name and version)
+    reaches every hospital's real SuperNode; each refuses it unrun and audits the refusal with
+    the bundle's hash. A node whose key was registered but never admitted by the coordinator
+    is never sent anything, even though it approved that bundle."""
+    from flwr.cli.build import build_fab_from_disk
+
+    from client.approvals import digest
+
+    tampered = tmp_path / "tampered"
+    with zipfile.ZipFile(io.BytesIO(build_fab_from_disk(ROOT))) as bundle:
+        bundle.extractall(tampered)
+    client_app = tampered / "client" / "app.py"
+    client_app.write_text(client_app.read_text() + "\nPath('BUNDLE-CODE-RAN').touch()\n")
+    sha256 = digest(build_fab_from_disk(tampered))
+
+    federation.hospitals["unlisted"] = copy_of_data(federation, "ct-a", "unlisted")
+    federation.approve("unlisted", tampered)
+    registered = subprocess.run(  # through the Control API on loopback, not `admit`
+        [str(BIN / "flwr"), "supernode", "register", str(federation.keys("unlisted") /
+                                                         "node.pub"), "spinefl"],
+        capture_output=True, text=True, env=coordinator_env(federation.coordinator),
+        timeout=120)
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    unlisted = federation.join("unlisted")
+    try:
+        federation.wait_connected("unlisted")
+        config = experiment(tmp_path, "deployment_smoke.toml", "tampered", rounds=1,
+                            round_timeout=60.0)
+        run_config = (f'experiment="{config}" admitted="{federation.coordinator / ADMITTED}"')
+        done = subprocess.run([str(BIN / "flwr"), "run", str(tampered), "spinefl",
+                               "--run-config", run_config, "--stream"], capture_output=True,
+                              text=True, env=coordinator_env(federation.coordinator),
+                              timeout=600, cwd=tmp_path)
+    finally:
+        stop_tree(unlisted)
+    assert "not on the coordinator's admitted list" in done.stdout, done.stdout[-3000:]
+    for name in HOSPITALS:
+        folder = federation.hospitals[name]
+        refused = [r for r in AuditLog(folder).records() if r.get("bundle_sha256") == sha256]
+        assert refused and all("has not approved app bundle" in r["refused"]
+                               for r in refused), name
+        assert {r["type"] for r in refused} >= {"query", "train"}, name
+        assert AuditLog(folder).verify() is None
+    assert not list(federation.folder.rglob("BUNDLE-CODE-RAN"))
+    assert not AuditLog(federation.hospitals["unlisted"]).records()
 
 
 def test_secure_aggregation_with_three_hospitals(federation, tmp_path):

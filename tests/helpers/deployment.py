@@ -28,7 +28,8 @@ class Federation:
         self.nodes: dict[str, subprocess.Popen] = {}
         self.joins: dict[str, int] = {}
         done = spinefl("coordinator", "init", "--out", str(self.coordinator), "--host",
-                       "localhost,127.0.0.1", "--port", str(self.port))
+                       "localhost,127.0.0.1", "--port", str(self.port), "--superlink-port",
+                       str(free_port()))
         assert done.returncode == 0, done.stderr
 
     def _start(self, args: list[str], log: Path) -> subprocess.Popen:
@@ -55,6 +56,12 @@ class Federation:
     def admit(self, name: str) -> None:
         done = spinefl("coordinator", "admit", str(self.keys(name) / "node.pub"), "--name",
                        name, "--dir", str(self.coordinator))
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def approve(self, name: str, bundle: Path = ROOT) -> None:
+        """`spinefl hospital approve` of an app folder (this checkout: what runs are
+        submitted with) at a hospital."""
+        done = spinefl("hospital", "approve", str(bundle), "--data", str(self.hospitals[name]))
         assert done.returncode == 0, done.stdout + done.stderr
 
     def join(self, name: str, *extra: str, ca: Path | None = None) -> subprocess.Popen:

@@ -39,6 +39,12 @@ def request(state: dict, server_round: int = 1, dp: dict | None = None, **config
     return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
 
 
+def evaluation(state: dict, server_round: int = 1) -> Message:
+    """An evaluate request of the global weights ``state``."""
+    train = request(state, server_round)
+    return Message(train.content, dst_node_id=1, message_type=MessageType.EVALUATE)
+
+
 def node(folder, **budget) -> Context:
     return Context(run_id=1, node_id=1, node_config={"data-path": str(folder), **budget},
                    state=RecordDict(), run_config={})

@@ -42,8 +42,25 @@ def test_server_certificate_is_signed_by_the_ca_for_the_given_hosts(authority):
     assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     usage = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
-    for key in ("ca.key", "server.key"):
-        assert oct((authority / key).stat().st_mode & 0o777) == "0o600"
+    ca_key = authority.parent / "ca-ca" / "ca.key"  # outside the coordinator folder
+    assert not (authority / "ca.key").exists()
+    for key in (ca_key, authority / "server.key"):
+        assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert oct(ca_key.parent.stat().st_mode & 0o777) == "0o700"
+    ca_key_pem = ca_key.read_bytes()
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    assert load_pem_private_key(ca_key_pem, None).public_key() == ca.public_key()
+
+
+def test_the_ca_key_is_never_where_the_superlink_works(authority, tmp_path):
+    assert_one_line_error(spinefl("coordinator", "init", "--out", str(tmp_path / "c"),
+                                  "--host", "localhost", "--ca-key",
+                                  str(tmp_path / "c" / "keys" / "ca.key")),
+                          "must be outside the coordinator folder")
+    (authority / "ca.key").write_bytes((authority.parent / "ca-ca" / "ca.key").read_bytes())
+    assert_one_line_error(spinefl("coordinator", "start", "--dir", str(authority)),
+                          "the CA key must not be in the folder the SuperLink")
 
 
 def test_an_existing_authority_is_never_overwritten(authority):
@@ -119,6 +136,7 @@ def test_the_superlink_and_nodes_start_with_tls_and_node_authentication(authorit
                  "--enable-supernode-auth", "--disable-runtime-dependency-installation"):
         assert flag in command
     assert "--insecure" not in command
+    assert command[command.index("--host") + 1] == "127.0.0.1"  # the proxy faces hospitals
     assert spinefl("hospital", "keys", "--out", str(tmp_path / "keys")).returncode == 0
     member = Membership("localhost:9093", tiny_cohort.root, tmp_path / "keys" / "node.key",
                         authority / "ca.crt", "a", 8.0, 1e-5, ("segmentation",))

@@ -53,6 +53,7 @@ def test_legacy_requests_and_replies_keep_every_weight_by_name():
 
 @pytest.mark.parametrize("federation, fragment", [
     ({"strategy": "fedmedian"}, "needs each update"),
+    ({"secagg_threshold": 0.5}, "secagg_threshold"),
     ({"central_dp": True}, "central_dp"),
     ({"max_update_norm": 10.0}, "max_update_norm"),
     ({"min_hospitals": 2}, "at least 3"),
@@ -62,3 +63,33 @@ def test_secure_aggregation_refuses_what_needs_each_update(federation, fragment)
         validate_experiment({"task": {"name": "segmentation"},
                              "federation": {"secure_aggregation": True, "min_hospitals": 3,
                                             **federation}}, "x.toml")
+
+
+@pytest.mark.parametrize("shares, threshold, refused", [(3, 1, True), (4, 2, True),
+                                                        (3, 2, False), (5, 3, False)])
+def test_a_node_takes_part_only_under_a_majority_threshold(shares, threshold, refused):
+    """The coordinator sets SecAgg+'s threshold; a hospital's node refuses a setup in which
+    fewer than a majority of the shares could rebuild its masks."""
+    from flwr.app import ConfigRecord, Context
+    from flwr.common.secure_aggregation.secaggplus_constants import (
+        RECORD_KEY_CONFIGS,
+        Key,
+        Stage,
+    )
+
+    from client.secure_aggregation import secure_aggregation
+
+    content = RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({
+        Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: shares, Key.SHARE_NUMBER: shares,
+        Key.THRESHOLD: threshold, Key.CLIPPING_RANGE: 8.0, Key.TARGET_RANGE: 1 << 16,
+        Key.MOD_RANGE: 1 << 24, Key.MAX_WEIGHT: 1.0})})
+    metadata = Metadata(run_id=1, message_id="m", src_node_id=0, dst_node_id=7,
+                        reply_to_message_id="", group_id="1", created_at=0.0, ttl=60.0,
+                        message_type="train")
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    reply = secure_aggregation(Message(content, metadata=metadata), context,
+                               lambda msg, ctx: pytest.fail("setup never trains"))
+    assert reply.has_error() == refused
+    if refused:
+        assert f"threshold {threshold} of {shares} shares is not a majority" in \
+            reply.error.reason

@@ -1,0 +1,107 @@
+"""The coordinator's reverse proxy: the one door hospitals reach, open to the Fleet API only.
+
+Flower's SuperLink (flwr 1.42) serves the Fleet API (``/v1/fleet/``: SuperNodes),
+the Control API (``/v1/control/``: ``flwr run``, ``ls``, ``stop``, node
+registration), the ServerApp runtime API (``/v1/runtime/``) and ``/docs`` on one
+HTTP port, and the Control API has no authentication of its own. So the
+SuperLink listens on 127.0.0.1 only, and ``spinefl coordinator start`` puts
+nginx (the distribution's package) in front of it on the public address: it
+terminates TLS with the coordinator's certificate and forwards ``/v1/fleet/``
+and ``/health``, nothing else (every other path: 404, never reaching the
+SuperLink). Node authentication (Flower's signed requests, checked by the
+SuperLink against the registered public keys) passes through unchanged. An
+optional allow-list of hospital addresses (``allow``) is enforced by nginx.
+
+Everything nginx needs lives in ``<coordinator>/proxy/``: its generated
+``nginx.conf``, logs, pid file and temporary files.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import UserError
+from tasks.files import write_text
+
+PROXY_DIR = "proxy"
+# What hospitals may reach: Flower's Fleet API and the health check.
+FORWARDED = ("/v1/fleet/", "= /health")
+# Model updates travel as objects of the Fleet API; a bound keeps unauthenticated
+# requests from filling the proxy's disk.
+MAX_BODY = "1g"
+# Where distributions install nginx, often outside a user's PATH.
+SBIN = "/usr/sbin:/usr/local/sbin"
+
+
+def nginx_binary() -> str:
+    """The nginx executable (PATH, then the distribution's sbin folders); UserError naming
+    the package when it is not installed."""
+    found = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:{SBIN}")
+    if found is None:
+        raise UserError("nginx: not installed; the coordinator's proxy needs it (Debian/"
+                        "Ubuntu: apt-get install nginx-light)")
+    return found
+
+
+def nginx_config(folder: Path, settings: dict[str, Any]) -> str:
+    """nginx.conf for a coordinator folder: TLS on ``bind:port``, only ``FORWARDED`` paths
+    passed to the loopback SuperLink (verified against the coordinator's CA)."""
+    proxy = folder / PROXY_DIR
+    upstream = f"https://127.0.0.1:{settings['superlink_port']}"
+    allow = "".join(f"        allow {cidr};\n" for cidr in settings["allow"])
+    if allow:
+        allow += "        deny all;\n"
+    forward = "".join(f"""
+        location {path} {{
+            proxy_pass {upstream};
+            proxy_http_version 1.1;
+            proxy_ssl_trusted_certificate {folder / 'ca.crt'};
+            proxy_ssl_verify on;
+            proxy_ssl_name localhost;
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }}
+""" for path in FORWARDED)
+    # A master started as root would hand the workers to "nobody": keep them this user.
+    user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
+    temporary = "".join(f"    {kind}_temp_path {proxy / 'tmp' / kind};\n"
+                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""# Written by `spinefl coordinator start` from coordinator.toml, anew on each start.
+{user}worker_processes 1;
+daemon off;
+pid {proxy / 'nginx.pid'};
+error_log {proxy / 'error.log'} warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log {proxy / 'access.log'};
+{temporary}    server_tokens off;
+    client_max_body_size {MAX_BODY};
+    server {{
+        listen {settings['bind']}:{settings['port']} ssl;
+        ssl_certificate {folder / 'server.pem'};
+        ssl_certificate_key {folder / 'server.key'};
+        ssl_protocols TLSv1.2 TLSv1.3;
+{allow}{forward}
+        location / {{
+            return 404;
+        }}
+    }}
+}}
+"""
+
+
+def proxy_command(folder: Path, settings: dict[str, Any]) -> list[str]:
+    """Write the proxy's config under ``<folder>/proxy``; the nginx command that runs it in
+    the foreground."""
+    folder = folder.resolve()
+    binary = nginx_binary()
+    proxy = folder / PROXY_DIR
+    (proxy / "tmp").mkdir(parents=True, exist_ok=True)
+    config = write_text(proxy / "nginx.conf", nginx_config(folder, settings))
+    return [binary, "-p", str(proxy), "-c", str(config), "-e", str(proxy / "error.log")]
