@@ -29,6 +29,8 @@ from tasks.errors import UserError
 from tasks.files import write_text
 
 APPROVALS = Path(".spinefl") / "approvals.json"
+# The node config key under which the launcher hands the served bundle's hash to the app.
+BUNDLE_KEY = "bundle-sha256"
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,14 @@ class AuditLog:
             previous = record["mac"]
         return None
 
-    def served(self, message_type: str) -> list[dict[str, Any]]:
-        """The records of requests of ``message_type`` this node answered (not refused)."""
-        return [r for r in self.records() if r.get("type") == message_type
+    def served(self, kind: str) -> list[dict[str, Any]]:
+        """The records of requests of ``kind`` (``train``, ``evaluate``; whatever handler
+        name follows the dot: ``evaluate.default`` is an evaluation) this node answered."""
+        return [r for r in self.records() if message_kind(str(r.get("type", ""))) == kind
                 and "refused" not in r]
+
+
+def message_kind(message_type: str) -> str:
+    """``train``, ``evaluate`` or ``query`` of a Flower message type (``evaluate.default``
+    reaches the same handler as ``evaluate``)."""
+    return message_type.split(".", 1)[0]

@@ -20,13 +20,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from client.ledger import Budget
 from tasks.errors import UserError
-from tasks.manifest import Manifest
+
+if TYPE_CHECKING:
+    from tasks.manifest import Manifest
 
 DEFAULT_DELTA = 1e-5
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The hospital's limit: total epsilon at its delta (None = no limit, ledger only)."""
+
+    max_epsilon: float | None
+    delta: float
+
+
 NO_LIMIT = Budget(None, DEFAULT_DELTA)
 DEFAULT_MAX_EVALUATIONS = 100
 
@@ -51,6 +62,8 @@ class Hospital:
 
     def manifest(self) -> Manifest:
         """The validated manifest (read once per process)."""
+        from tasks.manifest import Manifest  # pandas: only for requests that read data
+
         if self.manifest_path not in _MANIFESTS:
             _MANIFESTS[self.manifest_path] = Manifest.load(self.manifest_path)
         return _MANIFESTS[self.manifest_path]

@@ -49,10 +49,9 @@ from flwr.supernode.runtime.run_clientapp import (
     push_task_output,
 )
 
-from client.approvals import Approvals, bundle_identity, digest
+from client.approvals import BUNDLE_KEY, Approvals, bundle_identity, digest
 from client.audit import AuditBroken, AuditLog
 
-BUNDLE_KEY = "bundle-sha256"
 LAUNCHER_NAME = "flwr-clientapp"
 
 

@@ -24,11 +24,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from client.audit import AuditLog
+from client.hospital import Budget
 from client.privacy import Release, accountant_state, epsilon
 from tasks.errors import UserError
 
@@ -46,14 +46,6 @@ class BudgetExceeded(PrivacyRefusal):
 
 class LedgerMissing(PrivacyRefusal):
     """The ledger holds fewer rounds than the audit log records: it was deleted or replaced."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The hospital's limit: total epsilon at its delta (None = no limit, ledger only)."""
-
-    max_epsilon: float | None
-    delta: float
 
 
 class PrivacyLedger:

@@ -1,6 +1,6 @@
 """Taking part in secure aggregation (Flower's SecAgg+), when the server runs it.
 
-Flower 1.41 offers SecAgg+ only on its legacy path: the server's
+Flower 1.42 offers SecAgg+ only on its legacy path: the server's
 ``SecAggPlusWorkflow`` sends training requests in the legacy layout
 (``fitins.*``: positional arrays, a flat config) with a ``secaggplus_configs``
 record, and the node's ``secaggplus_mod`` answers the protocol's four stages.

@@ -9,11 +9,15 @@ hospital's name, its privacy budget, its limit on evaluations and the tasks it
 accepts (``client.hospital``). Flower's own files (the bundles it is sent)
 live in ``<data>/.spinefl/flower``.
 
-The SuperNode starts a ``flwr-clientapp`` process, found on its PATH, for every
-request. ``<data>/.spinefl/bin`` comes first on that PATH and holds the
-hospital's launcher under that name (``client.launcher``): requests of bundles
-the hospital approved are served by the ClientApp installed here, never by
-code from a bundle, and nothing is installed at run time.
+The SuperNode starts ``flower-superexec`` by name, which starts a process by name
+for every task: ``flwr-clientapp`` for a ClientApp, others (``flwr-agentapp``, ...)
+for other kinds, each of which would import the bundle's code. The SuperNode's
+whole PATH is ``<data>/.spinefl/bin``: ``flower-superexec``, the hospital's
+launcher as ``flwr-clientapp`` (``client.launcher``: requests of bundles the
+hospital approved are served by the ClientApp installed here, never by code
+from a bundle) and, for every other task kind, a stub that refuses. Nothing is
+installed at run time. A data folder others can write to is refused (the
+ledger, audit log and approvals live in it).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
 
 from client.launcher import LAUNCHER_NAME
 from tasks.device import select_device
@@ -59,6 +64,13 @@ def check_membership(member: Membership) -> None:
     host, _, port = member.superlink.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"--superlink '{member.superlink}': expected host:port")
+    data = member.data.resolve()
+    if ":" in str(data):
+        raise UserError(f"--data {data}: a ':' in the path cannot be on the node's PATH "
+                        "(its launcher lives there); move or link the folder")
+    if data.is_dir() and data.stat().st_mode & 0o022:
+        raise UserError(f"--data {data}: writable by others (its privacy ledger, audit log "
+                        "and approvals live here); chmod go-w it")
     Manifest.load(member.data / "manifest.csv")
     try:
         key = load_ssh_private_key(member.key.read_bytes(), None)
@@ -103,18 +115,28 @@ def write_node_config(member: Membership) -> Path:
     return path
 
 
-def install_launcher(data: Path) -> Path:
-    """``<data>/.spinefl/bin`` holding the hospital's launcher as ``flwr-clientapp``; the
-    folder to put first on the SuperNode's PATH."""
+def install_launchers(data: Path) -> Path:
+    """``<data>/.spinefl/bin``, the SuperNode's whole PATH: ``flower-superexec`` (which the
+    SuperNode starts by name), the hospital's launcher as ``flwr-clientapp``, and for every
+    other kind of task Flower's SuperExec could be asked to start (``flwr-agentapp``,
+    ``flwr-serverapp``, ...: each would run the bundle's code) a stub that refuses."""
     folder = data.resolve() / LAUNCHERS
-    folder.mkdir(parents=True, exist_ok=True)
-    link = folder / LAUNCHER_NAME
-    target = BIN / "spinefl-clientapp"
-    if not target.is_file():
-        raise UserError(f"{target}: spinefl's launcher is not installed (pip install spinefl)")
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(target)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    launcher = BIN / "spinefl-clientapp"
+    if not launcher.is_file():
+        raise UserError(f"{launcher}: spinefl's launcher is not installed (pip install "
+                        "spinefl)")
+    for path in folder.iterdir():
+        path.unlink()
+    (folder / "flower-superexec").symlink_to(BIN / "flower-superexec")
+    for command in TASK_TYPE_TO_COMMAND.values():
+        if command == LAUNCHER_NAME:
+            (folder / command).symlink_to(launcher)
+            continue
+        stub = folder / command
+        stub.write_text(f"#!/bin/sh\necho 'spinefl: this node runs ClientApps only; "
+                        f"{command} refused' >&2\nexit 1\n")
+        stub.chmod(0o700)
     return folder
 
 
@@ -129,5 +151,6 @@ def supernode_command(member: Membership) -> list[str]:
 
 
 def supernode_env(member: Membership, base: dict[str, str]) -> dict[str, str]:
-    """The SuperNode's environment: ``base`` with the hospital's launcher first on PATH."""
-    return {**base, "PATH": f"{install_launcher(member.data)}:{base['PATH']}"}
+    """The SuperNode's environment: ``base`` with ``install_launchers``' folder as its
+    whole PATH, so nothing else can be started by name."""
+    return {**base, "PATH": str(install_launchers(member.data))}

@@ -4,7 +4,8 @@ The run config names the experiment file (``experiment``: absolute, or
 relative to the app folder, e.g. ``configs/deployment.toml``), whether to
 ``resume`` after the last finished round, in simulation the virtual
 hospitals' folder (``partitions``), and in deployment the coordinator's
-admitted list (``admitted``: only those nodes take part; ``server.admission``).
+admitted list (``admitted``: only those nodes take part, ``server.admission``;
+a deployed run without it is refused).
 A relative output folder is relative to the working folder of the SuperLink
 (the coordinator folder in deployment).
 The ServerApp asks every node which hospital it is, then runs the strategy's
@@ -140,6 +141,10 @@ def main(grid: Grid, context: Context) -> None:
     admitted = str(context.run_config.get("admitted", ""))
     if admitted:
         grid = AdmittedGrid(grid, load_admitted(Path(admitted)))
+    elif not partitions:  # deployment: never without the coordinator's list
+        raise UserError("the run config names no admitted list ('admitted'): launch "
+                        "deployed runs with `spinefl coordinator run`, which passes the "
+                        "coordinator's admitted.json")
     resume = bool(context.run_config.get("resume", False))
     out = Path(experiment["output"]["dir"])
     out.mkdir(parents=True, exist_ok=True)

@@ -28,11 +28,14 @@ from tasks.errors import UserError
 from tasks.files import write_text
 
 PROXY_DIR = "proxy"
-# What hospitals may reach: Flower's Fleet API and the health check.
-FORWARDED = ("/v1/fleet/", "= /health")
-# Model updates travel as objects of the Fleet API; a bound keeps unauthenticated
-# requests from filling the proxy's disk.
-MAX_BODY = "1g"
+# Request bodies: weights travel as objects (push-object), everything else is small. The
+# SuperLink reads a body before it checks the node's signature, so bounds keep an
+# unauthenticated sender from making it read much.
+MAX_OBJECT, MAX_BODY = "1g", "16m"
+# What hospitals may reach (nginx location -> largest body): Flower's Fleet API, the
+# health check.
+FORWARDED = {"= /v1/fleet/push-object": MAX_OBJECT, "/v1/fleet/": MAX_BODY,
+             "= /health": MAX_BODY}
 # Where distributions install nginx, often outside a user's PATH.
 SBIN = "/usr/sbin:/usr/local/sbin"
 
@@ -57,6 +60,7 @@ def nginx_config(folder: Path, settings: dict[str, Any]) -> str:
         allow += "        deny all;\n"
     forward = "".join(f"""
         location {path} {{
+            client_max_body_size {limit};
             proxy_pass {upstream};
             proxy_http_version 1.1;
             proxy_ssl_trusted_certificate {folder / 'ca.crt'};
@@ -67,7 +71,7 @@ def nginx_config(folder: Path, settings: dict[str, Any]) -> str:
             proxy_read_timeout 1h;
             proxy_send_timeout 1h;
         }}
-""" for path in FORWARDED)
+""" for path, limit in FORWARDED.items())
     # A master started as root would hand the workers to "nobody": keep them this user.
     user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
     temporary = "".join(f"    {kind}_temp_path {proxy / 'tmp' / kind};\n"
@@ -81,7 +85,6 @@ events {{ worker_connections 512; }}
 http {{
     access_log {proxy / 'access.log'};
 {temporary}    server_tokens off;
-    client_max_body_size {MAX_BODY};
     server {{
         listen {settings['bind']}:{settings['port']} ssl;
         ssl_certificate {folder / 'server.pem'};

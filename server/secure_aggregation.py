@@ -1,14 +1,15 @@
 """Rounds under secure aggregation: the coordinator sees only the sum of the updates.
 
-Flower 1.41 runs SecAgg+ (Bell et al., 2020) only on its legacy path, so each
+Flower 1.42 runs SecAgg+ (Bell et al., 2020) only on its legacy path, so each
 round's training goes through Flower's ``SecAggPlusWorkflow`` with a legacy
 FedAvg; evaluation, recording and the round-end callback are those of every
 other run. Each hospital's weights are clipped to ``[-c, c]``
 (``secagg_clipping_range``), quantised, masked with pairwise and private masks,
 and only their sum is unmasked; any ``secagg_threshold`` fraction of a node's
 neighbours can rebuild the masks of a node that drops out, so the round still
-completes. The average is uniform over the hospitals that finished (each
-weight 1). Per-hospital metrics (loss, epsilon, ...) still reach the server;
+completes (the threshold is at least a majority of the sampled hospitals, whatever
+the fraction: hospitals refuse less). The average is uniform over the hospitals
+that finished (each weight 1). Per-hospital metrics (loss, epsilon, ...) still reach the server;
 weights do not, so per-update validation is impossible here and only the
 aggregate is checked (finite, right shapes).
 """
@@ -16,6 +17,7 @@ aggregate is checked (finite, right shapes).
 from __future__ import annotations
 
 import json
+import math
 import timeit
 from collections.abc import Callable
 from logging import INFO, WARNING
@@ -87,14 +89,15 @@ class SecureAggregation:
         self.recorder = recorder
         self.federation = federation
 
-    def workflow(self, timeout: float) -> SecAggPlusWorkflow:
-        """Flower's SecAgg+ workflow: shares to every other sampled hospital, a
-        ``secagg_threshold`` fraction of them needed to rebuild a dropped node's masks."""
-        return SecAggPlusWorkflow(num_shares=1.0,
-                                  reconstruction_threshold=self.federation["secagg_threshold"],
-                                  max_weight=1.0,
-                                  clipping_range=self.federation["secagg_clipping_range"],
-                                  timeout=timeout)
+    def workflow(self, sampled: int, timeout: float) -> SecAggPlusWorkflow:
+        """Flower's SecAgg+ workflow for ``sampled`` hospitals: shares to every other one,
+        ``majority_threshold`` of them needed to rebuild a dropped node's masks."""
+        return SecAggPlusWorkflow(
+            num_shares=1.0,
+            reconstruction_threshold=majority_threshold(self.federation["secagg_threshold"],
+                                                        sampled),
+            max_weight=1.0, clipping_range=self.federation["secagg_clipping_range"],
+            timeout=timeout)
 
     def start(self, grid: Grid, context: Context, arrays: ArrayRecord, num_rounds: int,
               timeout: float, train_config: ConfigRecord, evaluate_config: ConfigRecord,
@@ -116,14 +119,15 @@ class SecureAggregation:
         try:
             for server_round in range(1, num_rounds + 1):
                 log(INFO, "[ROUND %s] secure aggregation", server_round)
-                wait_for_hospitals(grid, federation["min_hospitals"], timeout,
-                                   self.recorder.names)
+                connected = wait_for_hospitals(grid, federation["min_hospitals"], timeout,
+                                               self.recorder.names)
                 legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({
                     WorkflowKey.CURRENT_ROUND: server_round,
                     WorkflowKey.START_TIME: timeit.default_timer()})
                 legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
                     ndarrays_to_parameters([arrays[k].numpy() for k in keys]), keep_input=True)
-                self.workflow(timeout)(grid, legacy)
+                self.workflow(strategy.num_fit_clients(len(connected))[0], timeout)(
+                    grid, legacy)
                 arrays = _named(legacy.state.array_records[MAIN_PARAMS_RECORD], arrays)
                 self._evaluate(grid, server_round, arrays, evaluate_config, timeout)
                 evaluate_fn(server_round, arrays)
@@ -138,6 +142,14 @@ class SecureAggregation:
         messages = self.recorder.configure_evaluate(server_round, arrays, config, grid)
         replies = grid.send_and_receive(messages, timeout=timeout)
         self.recorder.aggregate_evaluate(server_round, replies)
+
+
+def majority_threshold(fraction: float, shares: int) -> int:
+    """Shares needed to rebuild a node's masks: the ``fraction`` of ``shares`` rounded up,
+    and never less than a majority (hospitals refuse less: fewer colluding with the
+    coordinator could unmask them). Flower's own rounding of a fraction can fall to half
+    (0.6 of 4 is 2)."""
+    return max(math.ceil(fraction * shares - 1e-9), shares // 2 + 1)
 
 
 def _named(summed: ArrayRecord, current: ArrayRecord) -> ArrayRecord:

@@ -8,7 +8,7 @@ import json
 from itertools import pairwise
 
 import pytest
-from flwr.app import Context, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from client.app import app
 from client.audit import AuditLog, digest_arrays
@@ -143,12 +143,14 @@ def test_audit_command_verifies_and_names_a_broken_line(tmp_path):
 def test_evaluations_past_the_nodes_limit_are_refused_and_logged(hospital, inside_a_run):
     state = task().build_model().state_dict()
     limited = _node(hospital, **{"max-evaluations": 2})
-    answers = [app(evaluation(state), limited) for _ in range(3)]
+    # Flower routes evaluate.default to the same handler: it counts as an evaluation too.
+    answers = [app(evaluation(state, message_type=kind), limited)
+               for kind in ("evaluate", "evaluate.default", "evaluate.default")]
     assert [a.has_error() for a in answers] == [False, False, True]
     assert "has answered its 2 evaluation(s)" in answers[2].error.reason
     assert not app(request(state), limited).has_error()  # training is not limited
     records = AuditLog(hospital).records()
-    assert [r["type"] for r in records] == ["evaluate"] * 3 + ["train"]
+    assert [r["type"] for r in records] == ["evaluate"] + ["evaluate.default"] * 2 + ["train"]
     assert "refused" in records[2] and AuditLog(hospital).verify() is None
 
 
@@ -171,3 +173,6 @@ def test_a_node_whose_log_was_tampered_with_serves_nothing(hospital, inside_a_ru
     reply = app(request(state), _node(hospital))
     assert reply.has_error() and "serves nothing while its audit log is broken" in \
         reply.error.reason
+    asked = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1,
+                    message_type=MessageType.QUERY)
+    assert app(asked, _node(hospital)).has_error()  # not even its name

@@ -6,8 +6,10 @@ faults are real: processes are killed."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import os
 import re
 import subprocess
 import zipfile
@@ -29,7 +31,7 @@ from simulation.phantoms.generator import generate
 from simulation.simulate import split_hospitals
 from tasks.checkpoint import load_checkpoint
 from tasks.config import load_toml
-from tasks.processes import BIN, flower_env, stop_tree
+from tasks.processes import BIN, descendants, flower_env, stop_tree
 from tasks.registry import task_class
 from tests.helpers.cli import SPINEFL, spinefl
 from tests.helpers.deployment import ROOT, Federation, experiment, wait_for
@@ -131,6 +133,28 @@ def test_from_outside_only_the_fleet_api_answers(federation, tmp_path):
                             timeout=120)
     assert inside.returncode == 0, inside.stdout + inside.stderr
     assert not list(federation.coordinator.rglob("ca.key"))
+    # On the coordinator's machine, a run that bypasses `coordinator run` (and so the
+    # admitted list) is refused by the ServerApp before it contacts any node.
+    bypass = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "spinefl", "--stream"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env=coordinator_env(federation.coordinator))
+    assert "names no admitted list" in bypass.stdout + bypass.stderr, bypass.stdout[-2000:]
+
+
+def test_no_process_reports_home(federation):
+    """Flower's telemetry is off in every Flower process spinefl started: the coordinator's
+    SuperLink, every SuperNode and what runs below them (nginx is no Flower process, and
+    writes its process title over its environment)."""
+    roots = [federation.superlink, *federation.nodes.values()]
+    pids = descendants(*(p.pid for p in roots if p.poll() is None))
+    environments = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            if "python" in os.readlink(f"/proc/{pid}/exe"):
+                environments[pid] = (Path("/proc") / str(pid) / "environ").read_bytes()
+    assert len(environments) >= 4  # a SuperLink, three SuperNodes and their helpers
+    for pid, environ in environments.items():
+        assert b"FLWR_TELEMETRY_ENABLED=0\0" in environ, pid
 
 
 def test_a_bundle_nobody_approved_is_refused_and_its_code_never_runs(federation, tmp_path):

@@ -39,10 +39,11 @@ def request(state: dict, server_round: int = 1, dp: dict | None = None, **config
     return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
 
 
-def evaluation(state: dict, server_round: int = 1) -> Message:
+def evaluation(state: dict, server_round: int = 1, message_type: str = MessageType.EVALUATE
+               ) -> Message:
     """An evaluate request of the global weights ``state``."""
     train = request(state, server_round)
-    return Message(train.content, dst_node_id=1, message_type=MessageType.EVALUATE)
+    return Message(train.content, dst_node_id=1, message_type=message_type)
 
 
 def node(folder, **budget) -> Context:

@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -145,6 +146,47 @@ def test_the_superlink_and_nodes_start_with_tls_and_node_authentication(authorit
     assert "--auth-supernode-private-key" in node and "--insecure" not in node
     written = (tiny_cohort.root / ".spinefl" / "node-config.toml").read_text()
     assert 'accept-tasks = "segmentation"' in written and "max-epsilon = 8.0" in written
+
+
+def test_the_supernode_can_start_nothing_but_the_hospitals_launcher(tiny_cohort, tmp_path):
+    """Every program Flower's SuperExec could start for a task (flwr-clientapp, and
+    flwr-agentapp, flwr-serverapp, ... which would import the bundle's code) resolves on
+    the SuperNode's PATH to the launcher or to a stub that refuses."""
+    import shutil
+
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
+
+    from client.supernode import Membership, supernode_env
+
+    assert spinefl("hospital", "keys", "--out", str(tmp_path / "keys")).returncode == 0
+    member = Membership("localhost:9093", tiny_cohort.root, tmp_path / "keys" / "node.key")
+    env = supernode_env(member, {"PATH": os.environ["PATH"]})
+    folder = tiny_cohort.root.resolve() / ".spinefl" / "bin"
+    assert env["PATH"] == str(folder)
+    assert Path(shutil.which("flower-superexec", path=env["PATH"])).resolve() == \
+        (BIN / "flower-superexec").resolve()
+    for command in TASK_TYPE_TO_COMMAND.values():
+        found = Path(shutil.which(command, path=env["PATH"]))
+        assert found.parent == folder, command
+        if command == "flwr-clientapp":
+            assert found.resolve() == (BIN / "spinefl-clientapp").resolve()
+            continue
+        done = subprocess.run([str(found), "--token", "t"], capture_output=True, text=True,
+                              env=env, timeout=30)
+        assert done.returncode != 0 and f"{command} refused" in done.stderr
+
+
+def test_a_data_folder_others_can_write_is_refused(tiny_cohort, tmp_path):
+    assert spinefl("hospital", "keys", "--out", str(tmp_path / "keys")).returncode == 0
+    mode = tiny_cohort.root.stat().st_mode
+    tiny_cohort.root.chmod(0o777)
+    try:
+        assert_one_line_error(spinefl(
+            "hospital", "join", "--superlink", "localhost:9093", "--ca",
+            str(tmp_path / "keys" / "node.pub"), "--key", str(tmp_path / "keys" / "node.key"),
+            "--data", str(tiny_cohort.root)), "writable by others", "chmod go-w")
+    finally:
+        tiny_cohort.root.chmod(mode & 0o777)
 
 
 @pytest.mark.parametrize("problem, fragment", [

@@ -93,3 +93,16 @@ def test_a_node_takes_part_only_under_a_majority_threshold(shares, threshold, re
     if refused:
         assert f"threshold {threshold} of {shares} shares is not a majority" in \
             reply.error.reason
+
+
+@pytest.mark.parametrize("fraction", [0.51, 0.6, 0.75, 1.0])
+def test_the_coordinators_threshold_is_always_one_the_nodes_accept(fraction):
+    """Flower rounds 0.6 of 4 shares to 2, which every node would refuse; the threshold
+    spinefl asks for is the fraction rounded up and at least a majority."""
+    from server.secure_aggregation import majority_threshold
+
+    for shares in range(3, 16):
+        threshold = majority_threshold(fraction, shares)
+        assert 2 * threshold > shares and threshold <= shares
+        assert threshold >= fraction * shares - 1e-9
+    assert majority_threshold(0.6, 4) == 3 and majority_threshold(0.6, 3) == 2

@@ -1,0 +1,85 @@
+"""A request to a hospital's node, unpacked once, and the node's policy on it.
+
+Light on purpose (no torch, no MONAI, no task code): the ClientApp decides with it
+whether to serve a request before anything heavy is imported, so a request that trains
+nothing (a SecAgg+ key exchange, a name query, a refusal) costs its process little.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType
+from flwr.common.constant import ErrorCode
+
+from client.audit import AuditLog, message_kind
+from client.hospital import Hospital, resolve_hospital
+from tasks.config import validate
+from tasks.protocol import KEEP_LOCAL_NORM
+
+if TYPE_CHECKING:
+    from tasks.contract import Task
+
+
+@dataclass
+class Request:
+    """A request, unpacked once: the hospital serving it, the task and the settings asked."""
+
+    config: ConfigRecord
+    hospital: Hospital
+    task_name: str
+    task_settings: dict[str, Any]
+
+    @classmethod
+    def of(cls, msg: Message, context: Context) -> Request:
+        config = msg.content["config"]
+        spec = json.loads(str(config["task"]))
+        return cls(config, resolve_hospital(dict(context.node_config), dict(config)),
+                   spec["name"], spec["settings"])
+
+    @property
+    def server_round(self) -> int:
+        return int(self.config.get("server-round", 0))
+
+    @property
+    def keep_local_norm(self) -> bool:
+        """FedBN: the hospital keeps its own normalisation layers."""
+        return bool(self.config.get(KEEP_LOCAL_NORM, False))
+
+    def task(self) -> Task:
+        from tasks.registry import task_class  # torch and MONAI: only when a task runs
+
+        cls = task_class(self.task_name)
+        return cls(validate({"task": self.task_settings}, {"task": cls.keys},
+                            "server request")["task"])
+
+    def section(self, name: str, keys: tuple) -> dict[str, Any]:
+        """A JSON section of the request, validated against ``keys``."""
+        return validate({name: json.loads(str(self.config.get(name, "{}")))}, {name: keys},
+                        "server request")[name]
+
+    def policy_problem(self, message_type: str, log: AuditLog) -> str | None:
+        """Why this node will not serve the request under its own policy: its audit log is
+        broken, the task is not accepted, or it answered its last evaluation."""
+        hospital = self.hospital
+        broken = log.verify()
+        if broken:
+            return (f"hospital {hospital.name} serves nothing while its audit log is broken "
+                    f"({broken})")
+        accepted = hospital.accepted_tasks
+        if accepted is not None and self.task_name not in accepted:
+            return (f"hospital {hospital.name} does not accept task '{self.task_name}' "
+                    f"(its node config accepts: {', '.join(accepted)})")
+        limit = hospital.max_evaluations
+        if message_kind(message_type) == MessageType.EVALUATE and limit is not None and \
+                len(log.served(MessageType.EVALUATE)) >= limit:
+            return (f"hospital {hospital.name} has answered its {limit} evaluation(s) "
+                    "(max-evaluations in its node config); evaluation refused")
+        return None
+
+
+def refuse(msg: Message, reason: str) -> Message:
+    """An error reply: the server logs the reason with the hospital's name and goes on."""
+    return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION, reason), reply_to=msg)

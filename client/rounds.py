@@ -1,0 +1,150 @@
+"""The work of a round at a hospital: local training (DP-SGD when asked) and evaluation.
+
+Imported by the ClientApp (``client.app``) only for requests it serves and that train or
+evaluate; the checks before (policy, audit log) need none of this. With DP, the node
+trains with patient-level DP-SGD (``client.privacy``), records the round in its privacy
+ledger before replying, and refuses (an error reply, no training) a round that would pass
+its own budget, a non-private round when it has a budget at all, and any DP round while
+its ledger holds fewer rounds than its audit log records. A DP round's reply carries only
+what the accountant covers or what is public about the run (weights, epsilon, sample
+counts and steps); the training loss is not sent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from client.audit import AuditLog
+from client.hospital import Hospital
+from client.ledger import PrivacyLedger, PrivacyRefusal
+from client.model_state import norm_state_keys, proximal_penalty
+from client.privacy import Release, planned_noise
+from client.requests import Request, refuse
+from client.trainer import DPSettings, Fit, LocalTrainer
+from tasks.config import ConfigError
+from tasks.contract import PatientDraws, Task
+from tasks.device import select_device
+from tasks.errors import UserError
+from tasks.evaluation import evaluate as evaluate_task
+from tasks.protocol import UNIFORM_WEIGHT
+from tasks.run_config import LOCAL_TRAIN_KEYS, PRIVACY_KEYS, check_privacy, patient_draws
+
+LOCAL_NORM = "local-norm"
+_LOADERS: dict[tuple[str, str, int, int, bool], Any] = {}
+
+
+def starting_state(incoming: dict[str, torch.Tensor], context: Context, request: Request
+                   ) -> dict[str, torch.Tensor]:
+    """The global model's state, with this hospital's own normalisation layers under FedBN."""
+    if request.keep_local_norm and LOCAL_NORM in context.state:
+        return {**incoming, **context.state[LOCAL_NORM].to_torch_state_dict()}
+    return incoming
+
+
+def _loader(task: Task, hospital: Hospital, train: dict[str, Any],
+            per_patient: PatientDraws | None):
+    """Training batches, prepared once per process for a hospital and task settings."""
+    key = (str(hospital.manifest_path), json.dumps(task.settings, sort_keys=True),
+           train["batch_size"], train["seed"], per_patient)
+    if key not in _LOADERS:
+        rows = hospital.manifest().select(split="train")
+        _LOADERS[key] = task.train_data(rows, train["batch_size"], train["seed"], per_patient)
+    return _LOADERS[key]
+
+
+def train(msg: Message, context: Context, request: Request) -> Message:
+    """Local training from the global weights (DP-SGD when asked); reply with the new weights."""
+    started = time.perf_counter()
+    hospital, config = request.hospital, request.config
+    task = request.task()
+    settings = request.section("train", LOCAL_TRAIN_KEYS)
+    privacy = request.section("privacy", PRIVACY_KEYS)
+    private = privacy["enabled"]
+    try:
+        check_privacy({"task": {"name": task.name}, "privacy": privacy}, "server request")
+    except ConfigError as e:
+        return refuse(msg, f"hospital {hospital.name}: {e}")
+    if hospital.budget.max_epsilon is not None and not private:
+        return refuse(msg, f"hospital {hospital.name} trains only with differential "
+                       f"privacy (max-epsilon {hospital.budget.max_epsilon:g}); the run asked "
+                       "for none")
+    if len(task.select(hospital.manifest().select(split="train"))) == 0:
+        return refuse(msg, f"hospital {hospital.name} has no training images for "
+                       f"task {task.name} (split 'train' of its manifest)")
+    incoming = msg.content["arrays"].to_torch_state_dict()
+    local_epochs, local_steps = int(config["local-epochs"]), int(config["local-steps"])
+    trainer = LocalTrainer.start(
+        task, settings, select_device(hospital.device),
+        seed=settings["seed"] + request.server_round,
+        state=starting_state(incoming, context, request),
+        run_epochs=int(config.get("num-rounds", 1)) * local_epochs,
+        epochs_done=max(request.server_round - 1, 0) * local_epochs)
+    model = trainer.model
+    mu = float(config.get("proximal-mu", 0.0))
+    penalty = proximal_penalty(model, incoming, mu) if mu > 0 else None
+    batches = _loader(task, hospital, settings, per_patient=patient_draws(privacy))
+    extra: dict[str, float] = {}
+    if private:
+        try:
+            fit, extra = _private_round(msg, request, trainer, batches, privacy, task)
+        except (PrivacyRefusal, UserError) as e:  # UserError: an unreadable ledger
+            return refuse(msg, f"hospital {hospital.name}: {e}")
+    else:
+        fit = trainer.fit(batches, local_epochs, max_steps=local_steps or None, penalty=penalty)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if request.keep_local_norm:
+        context.state[LOCAL_NORM] = ArrayRecord({k: state[k] for k in norm_state_keys(model)})
+    # With DP, the loss (computed on the hospital's data, not covered by the accountant)
+    # stays at the hospital.
+    loss = {} if private else {"loss": fit.loss}
+    metrics = MetricRecord({"num-examples": len(batches.dataset), UNIFORM_WEIGHT: 1.0,
+                            **loss, "steps": fit.steps,
+                            "lr": fit.epochs[-1]["lr"] if fit.epochs else settings["lr"],
+                            "seconds": time.perf_counter() - started, **extra})
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}),
+                   reply_to=msg)
+
+
+def _private_round(msg: Message, request: Request, trainer: LocalTrainer, batches: Any,
+                   privacy: dict[str, Any], task: Task) -> tuple[Fit, dict[str, float]]:
+    """One round of DP-SGD within the hospital's budget, recorded in its ledger before the
+    reply leaves. Returns what the trainer did and the round's privacy metrics."""
+    budget, config = request.hospital.budget, request.config
+    delta = budget.delta
+    rate = 1.0 / len(batches)
+    steps = int(config["local-epochs"]) * len(batches)
+    if int(config["local-steps"]):
+        steps = min(steps, int(config["local-steps"]))
+    noise = planned_noise(privacy, rate, steps * int(config.get("num-rounds", 1)), delta)
+    dp = DPSettings.of(privacy, task, noise, delta)
+    with PrivacyLedger.locked(request.hospital.folder) as ledger:
+        ledger.check_against(AuditLog(request.hospital.folder))
+        ledger.check(Release(noise, rate, steps), budget, privacy["accountant"])
+        fit = trainer.fit(batches, int(config["local-epochs"]), max_steps=steps, dp=dp)
+        assert fit.release is not None
+        entry = ledger.record(str(msg.metadata.run_id), request.server_round, fit.release,
+                              privacy["max_grad_norm"], delta, privacy["accountant"])
+    return fit, {"epsilon": entry["epsilon_run"], "epsilon-total": entry["epsilon_total"],
+                 "delta": delta, "noise-multiplier": noise,
+                 "sample-rate": fit.release.sample_rate}
+
+
+def evaluate(msg: Message, context: Context, request: Request) -> Message:
+    """Evaluate the global weights (with local norms under FedBN) on the val patients."""
+    started = time.perf_counter()
+    task = request.task()
+    device = select_device(request.hospital.device)
+    model = task.build_model()
+    model.load_state_dict(starting_state(msg.content["arrays"].to_torch_state_dict(), context,
+                                         request))
+    model.to(device)
+    rows = task.select(request.hospital.manifest().select(split="val"))
+    evaluation = evaluate_task(task, model, rows, device)
+    metrics = MetricRecord({**evaluation.metrics, "num-examples": len(rows),
+                            "seconds": time.perf_counter() - started})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
