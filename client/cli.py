@@ -179,7 +179,8 @@ def hospital_join(
     accept_tasks: str = typer.Option("", help="Tasks this node serves, comma-separated "
                                      "(default: all)."),
     runtime_port: int = typer.Option(9094, help="Local port between the node and its "
-                                     "training processes (127.0.0.1; one per node)."),
+                                     "training processes (127.0.0.1, open only to holders "
+                                     "of the node's secret; one per node)."),
     device: str = typer.Option("auto", help="Where this node trains: auto (CUDA when "
                                "present, else CPU), cpu, cuda or cuda:N; the coordinator "
                                "cannot change it."),
@@ -192,7 +193,13 @@ def hospital_join(
     whose app bundle was approved here (`spinefl hospital approve`), with the ClientApp
     installed here."""
     from client.approvals import Approvals
-    from client.supernode import FLOWER_HOME, Membership, supernode_command, supernode_env
+    from client.supernode import (
+        FLOWER_HOME,
+        Membership,
+        superexec_command,
+        supernode_command,
+        supernode_env,
+    )
     from tasks.locks import folder_lock
     from tasks.processes import flower_env, run_in_foreground
 
@@ -207,8 +214,10 @@ def hospital_join(
         console.print("[yellow]No app bundle is approved here: every run will be refused "
                       "until one is (spinefl hospital approve).[/]")
     with folder_lock(data):  # one node per data folder (its ledger and audit log)
-        run_in_foreground({"the SuperNode": command}, supernode_env(member, flower_env(
-            (data / FLOWER_HOME).resolve())), data)
+        run_in_foreground({"the SuperNode": command,
+                           "the SuperExec": superexec_command(member)},
+                          supernode_env(member, flower_env((data / FLOWER_HOME).resolve())),
+                          data)
 
 
 @hospital_app.command("approve")

@@ -9,19 +9,25 @@ hospital's name, its privacy budget, its limit on evaluations and the tasks it
 accepts (``client.hospital``). Flower's own files (the bundles it is sent)
 live in ``<data>/.spinefl/flower``.
 
-The SuperNode starts ``flower-superexec`` by name, which starts a process by name
-for every task: ``flwr-clientapp`` for a ClientApp, others (``flwr-agentapp``, ...)
-for other kinds, each of which would import the bundle's code. The SuperNode's
-whole PATH is ``<data>/.spinefl/bin``: ``flower-superexec``, the hospital's
-launcher as ``flwr-clientapp`` (``client.launcher``: requests of bundles the
-hospital approved are served by the ClientApp installed here, never by code
-from a bundle) and, for every other task kind, a stub that refuses. Nothing is
-installed at run time. A data folder others can write to is refused (the
-ledger, audit log and approvals live in it).
+The SuperNode runs with process isolation: it only queues requests on its local
+Runtime API (127.0.0.1, ``--runtime-port``), which hands them out only to a
+holder of the node's secret (``<data>/.spinefl/superexec.secret``), so no other
+account on the machine can take them. ``spinefl hospital join`` starts the
+SuperExec that holds it; for each request it starts a program by name:
+``flwr-clientapp`` for a ClientApp, others (``flwr-agentapp``, ...) for other
+kinds, each of which would import the bundle's code. Its whole PATH is
+``<data>/.spinefl/bin``: the hospital's launcher as ``flwr-clientapp``
+(``client.launcher``: requests of bundles the hospital approved are served by
+the ClientApp installed here, never by code from a bundle) and, for every other
+task kind, a stub that refuses. Nothing is installed at run time. A data folder
+others can write to is refused (the ledger, audit log and approvals live in
+it); ``.spinefl`` is kept owner-only.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +75,8 @@ def check_membership(member: Membership) -> None:
         raise UserError(f"--data {data}: a ':' in the path cannot be on the node's PATH "
                         "(its launcher lives there); move or link the folder")
     if data.is_dir() and data.stat().st_mode & 0o022:
-        raise UserError(f"--data {data}: writable by others (its privacy ledger, audit log "
-                        "and approvals live here); chmod go-w it")
+        raise UserError(f"--data {data}: writable by group or others (its privacy ledger, "
+                        "audit log and approvals live here); chmod go-w it")
     Manifest.load(member.data / "manifest.csv")
     try:
         key = load_ssh_private_key(member.key.read_bytes(), None)
@@ -109,26 +115,44 @@ def write_node_config(member: Membership) -> Path:
         config["accept-tasks"] = ",".join(member.accept_tasks)
     if member.max_evaluations is not None:
         config["max-evaluations"] = member.max_evaluations
-    path = data / NODE_CONFIG
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = node_folder(data) / NODE_CONFIG.name
     path.write_text(tomli_w.dumps(config))
     return path
 
 
+def node_folder(data: Path) -> Path:
+    """``<data>/.spinefl``, the node's own files (config, keys, approvals, launchers),
+    made owner-only whatever the umask or an earlier mode."""
+    folder = data.resolve() / NODE_CONFIG.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    return folder
+
+
+def superexec_secret(data: Path) -> Path:
+    """``<data>/.spinefl/superexec.secret`` (32 random bytes, owner-only, made once): what
+    the SuperExec proves itself with to the SuperNode's local Runtime API, so that no other
+    local account can take the node's requests."""
+    path = node_folder(data) / "superexec.secret"
+    if not path.is_file():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(os.urandom(32))
+    return path
+
+
 def install_launchers(data: Path) -> Path:
-    """``<data>/.spinefl/bin``, the SuperNode's whole PATH: ``flower-superexec`` (which the
-    SuperNode starts by name), the hospital's launcher as ``flwr-clientapp``, and for every
-    other kind of task Flower's SuperExec could be asked to start (``flwr-agentapp``,
-    ``flwr-serverapp``, ...: each would run the bundle's code) a stub that refuses."""
-    folder = data.resolve() / LAUNCHERS
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """``<data>/.spinefl/bin``, the SuperExec's whole PATH: the hospital's launcher as
+    ``flwr-clientapp`` and, for every other kind of task Flower's SuperExec could be asked
+    to start (``flwr-agentapp``, ``flwr-serverapp``, ...: each would run the bundle's code),
+    a stub that refuses."""
     launcher = BIN / "spinefl-clientapp"
-    if not launcher.is_file():
-        raise UserError(f"{launcher}: spinefl's launcher is not installed (pip install "
-                        "spinefl)")
-    for path in folder.iterdir():
-        path.unlink()
-    (folder / "flower-superexec").symlink_to(BIN / "flower-superexec")
+    for needed in (launcher, BIN / "flower-superexec"):
+        if not needed.is_file():
+            raise UserError(f"{needed}: not installed (pip install spinefl)")
+    folder = node_folder(data) / LAUNCHERS.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700)
     for command in TASK_TYPE_TO_COMMAND.values():
         if command == LAUNCHER_NAME:
             (folder / command).symlink_to(launcher)
@@ -141,16 +165,29 @@ def install_launchers(data: Path) -> Path:
 
 
 def supernode_command(member: Membership) -> list[str]:
-    """The ``flower-supernode`` command line for this membership (checked first)."""
+    """The ``flower-supernode`` command line for this membership (checked first): process
+    isolation, its local Runtime API open only to holders of ``superexec_secret``."""
     check_membership(member)
     return [str(BIN / "flower-supernode"), "--superlink", member.superlink,
             "--auth-supernode-private-key", str(member.key.resolve()),
             "--node-config", str(write_node_config(member)),
             "--port", str(member.runtime_port),
-            "--root-certificates", str(member.ca.resolve())]
+            "--root-certificates", str(member.ca.resolve()),
+            "--isolation", "process",
+            "--superexec-auth-secret-file", str(superexec_secret(member.data))]
+
+
+def superexec_command(member: Membership) -> list[str]:
+    """The ``flower-superexec`` command line that serves the node's requests: it claims them
+    from the SuperNode's Runtime API on 127.0.0.1 with the secret and starts, by name from
+    ``install_launchers``' folder, the hospital's launcher for each."""
+    return [str(BIN / "flower-superexec"),
+            "--runtime-api-address", f"127.0.0.1:{member.runtime_port}", "--insecure",
+            "--superexec-auth-secret-file", str(superexec_secret(member.data))]
 
 
 def supernode_env(member: Membership, base: dict[str, str]) -> dict[str, str]:
-    """The SuperNode's environment: ``base`` with ``install_launchers``' folder as its
-    whole PATH, so nothing else can be started by name."""
+    """The environment of the SuperNode and its SuperExec: ``base`` with
+    ``install_launchers``' folder as the whole PATH, so nothing else can be started by
+    name."""
     return {**base, "PATH": str(install_launchers(member.data))}

@@ -141,6 +141,17 @@ def test_from_outside_only_the_fleet_api_answers(federation, tmp_path):
     assert "names no admitted list" in bypass.stdout + bypass.stderr, bypass.stdout[-2000:]
 
 
+def test_another_local_account_cannot_take_a_nodes_requests(federation):
+    """A hospital's SuperNode queues requests on its Runtime API (127.0.0.1); only the
+    SuperExec holding the node's secret may claim them, so another process on the machine
+    cannot answer in the hospital's name around the launcher."""
+    port = federation.runtime_ports["ct-a"]
+    answer = httpx.post(f"http://127.0.0.1:{port}/v1/runtime/acquire-task", content=b"",
+                        headers={"Content-Type": "application/protobuf"}, timeout=30)
+    assert answer.status_code == 401 and "authentication failed" in answer.text.lower(), \
+        answer.text
+
+
 def test_no_process_reports_home(federation):
     """Flower's telemetry is off in every Flower process spinefl started: the coordinator's
     SuperLink, every SuperNode and what runs below them (nginx is no Flower process, and

@@ -27,6 +27,7 @@ class Federation:
         self.superlink: subprocess.Popen | None = None
         self.nodes: dict[str, subprocess.Popen] = {}
         self.joins: dict[str, int] = {}
+        self.runtime_ports: dict[str, int] = {}
         done = spinefl("coordinator", "init", "--out", str(self.coordinator), "--host",
                        "localhost,127.0.0.1", "--port", str(self.port), "--superlink-port",
                        str(free_port()))
@@ -68,11 +69,12 @@ class Federation:
         """`spinefl hospital join` for a hospital, started in the background."""
         log = self.folder / f"node-{name}.log"
         self.joins[name] = self.joins.get(name, 0) + 1
+        self.runtime_ports[name] = free_port()
         node = self._start(["hospital", "join", "--superlink", f"localhost:{self.port}",
                             "--ca", str(ca or self.coordinator / "ca.crt"),
                             "--key", str(self.keys(name) / "node.key"),
                             "--data", str(self.hospitals[name]), "--name", name,
-                            "--runtime-port", str(free_port()), *extra], log)
+                            "--runtime-port", str(self.runtime_ports[name]), *extra], log)
         self.nodes[name] = node
         return node
 

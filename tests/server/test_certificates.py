@@ -151,20 +151,29 @@ def test_the_superlink_and_nodes_start_with_tls_and_node_authentication(authorit
 def test_the_supernode_can_start_nothing_but_the_hospitals_launcher(tiny_cohort, tmp_path):
     """Every program Flower's SuperExec could start for a task (flwr-clientapp, and
     flwr-agentapp, flwr-serverapp, ... which would import the bundle's code) resolves on
-    the SuperNode's PATH to the launcher or to a stub that refuses."""
+    its PATH to the launcher or to a stub that refuses; the SuperNode's Runtime API is
+    open only to holders of the node's secret, which the SuperExec holds."""
     import shutil
 
     from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
 
-    from client.supernode import Membership, supernode_env
+    from client.supernode import Membership, superexec_command, supernode_command, supernode_env
 
     assert spinefl("hospital", "keys", "--out", str(tmp_path / "keys")).returncode == 0
-    member = Membership("localhost:9093", tiny_cohort.root, tmp_path / "keys" / "node.key")
+    authority = tmp_path / "ca"
+    assert spinefl("coordinator", "init", "--out", str(authority), "--host", "localhost"
+                   ).returncode == 0
+    member = Membership("localhost:9093", tiny_cohort.root, tmp_path / "keys" / "node.key",
+                        authority / "ca.crt")
+    node, superexec = supernode_command(member), superexec_command(member)
+    secret = Path(node[node.index("--superexec-auth-secret-file") + 1])
+    assert node[node.index("--isolation") + 1] == "process"
+    assert superexec[superexec.index("--superexec-auth-secret-file") + 1] == str(secret)
+    assert oct(secret.stat().st_mode & 0o777) == "0o600" and len(secret.read_bytes()) == 32
+    assert oct(secret.parent.stat().st_mode & 0o777) == "0o700"
     env = supernode_env(member, {"PATH": os.environ["PATH"]})
     folder = tiny_cohort.root.resolve() / ".spinefl" / "bin"
-    assert env["PATH"] == str(folder)
-    assert Path(shutil.which("flower-superexec", path=env["PATH"])).resolve() == \
-        (BIN / "flower-superexec").resolve()
+    assert env["PATH"] == str(folder) and Path(superexec[0]).is_absolute()
     for command in TASK_TYPE_TO_COMMAND.values():
         found = Path(shutil.which(command, path=env["PATH"]))
         assert found.parent == folder, command
@@ -184,7 +193,7 @@ def test_a_data_folder_others_can_write_is_refused(tiny_cohort, tmp_path):
         assert_one_line_error(spinefl(
             "hospital", "join", "--superlink", "localhost:9093", "--ca",
             str(tmp_path / "keys" / "node.pub"), "--key", str(tmp_path / "keys" / "node.key"),
-            "--data", str(tiny_cohort.root)), "writable by others", "chmod go-w")
+            "--data", str(tiny_cohort.root)), "writable by group or others", "chmod go-w")
     finally:
         tiny_cohort.root.chmod(mode & 0o777)
 
