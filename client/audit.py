@@ -74,17 +74,13 @@ class AuditLog:
 
     def _key(self, create: bool) -> bytes:
         """The audit key; made (owner-only) when ``create`` and there is none yet."""
-        if create and not self.key_path.exists():
-            self.key_path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                descriptor = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process made it first
-            else:
-                with os.fdopen(descriptor, "wb") as stream:
-                    stream.write(os.urandom(32))
-                    stream.flush()
-                    os.fsync(stream.fileno())
+        if create and not self.key_path.exists():  # called under the log's lock
+            self.key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            descriptor = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as stream:
+                stream.write(os.urandom(32))
+                stream.flush()
+                os.fsync(stream.fileno())
         try:
             key = self.key_path.read_bytes()
         except OSError as e:
@@ -96,7 +92,8 @@ class AuditLog:
 
     def append(self, event: dict[str, Any]) -> dict[str, Any]:
         """Add one record (under an exclusive lock), chained to the last; returns it.
-        AuditBroken when the log cannot be extended honestly (see ``problem``)."""
+        AuditBroken when the log cannot be extended honestly (its key is gone, or the log
+        is while the key is there)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+") as stream:
             fcntl.flock(stream, fcntl.LOCK_EX)

@@ -51,6 +51,7 @@ from flwr.supernode.runtime.run_clientapp import (
 
 from client.approvals import BUNDLE_KEY, Approvals, bundle_identity, digest
 from client.audit import AuditBroken, AuditLog
+from tasks.errors import UserError
 
 LAUNCHER_NAME = "flwr-clientapp"
 
@@ -63,14 +64,14 @@ def answer(message: Message, context: Context, bundle: bytes) -> Message:
     name = str(context.node_config.get("hospital-name", folder.name))
     try:
         approval = Approvals(folder).find(sha256)
-    except Exception as e:  # an unreadable approvals file refuses, it never lets through
+    except UserError as e:  # an unreadable approvals file refuses, it never lets through
         approval, problem = None, str(e)
     else:
         problem = ""
     if approval is None:
         try:
             label = " ".join(bundle_identity(bundle, "the run's bundle"))
-        except Exception:  # not even a bundle
+        except UserError:  # not even a bundle
             label = "unnamed bundle"
         reason = (f"hospital {name} has not approved app bundle {sha256} ({label}); "
                   f"a person there approves it with `spinefl hospital approve`"

@@ -23,12 +23,18 @@ from flwr.supercore.run import Run
 
 from tasks.errors import UserError
 
+ADMITTED = "admitted.json"
 
-def load_admitted(path: Path) -> set[int]:
-    """Node ids of the coordinator's admitted list."""
+
+def admitted_nodes(path: Path) -> dict[str, dict[str, str]]:
+    """The coordinator's admitted list: node id -> name, key fingerprint, when (empty when
+    there is no list yet)."""
+    if not path.is_file():
+        return {}
     try:
-        return {int(node) for node in json.loads(path.read_text())}
-    except (OSError, ValueError, TypeError) as e:
+        listing = json.loads(path.read_text())
+        return {str(int(node)): dict(entry) for node, entry in listing.items()}
+    except (OSError, ValueError, TypeError, AttributeError) as e:
         raise UserError(f"{path}: unreadable admitted list ({e})") from None
 
 

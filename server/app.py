@@ -39,7 +39,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from server.admission import AdmittedGrid, load_admitted
+from server.admission import AdmittedGrid, admitted_nodes
 from server.config import load_experiment
 from server.recorder import HospitalRecorder
 from server.sampling import SamplingGuard, TooFewHospitals, wait_for_hospitals
@@ -140,7 +140,7 @@ def main(grid: Grid, context: Context) -> None:
     partitions = str(context.run_config.get("partitions", ""))
     admitted = str(context.run_config.get("admitted", ""))
     if admitted:
-        grid = AdmittedGrid(grid, load_admitted(Path(admitted)))
+        grid = AdmittedGrid(grid, {int(node) for node in admitted_nodes(Path(admitted))})
     elif not partitions:  # deployment: never without the coordinator's list
         raise UserError("the run config names no admitted list ('admitted'): launch "
                         "deployed runs with `spinefl coordinator run`, which passes the "

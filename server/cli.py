@@ -92,13 +92,8 @@ def coordinator_run(
                                 "experiment's output folder (after a coordinator crash)."),
 ) -> None:
     """Launch a federated run on the SuperLink (`flwr run`) and stream its log."""
-    from server.superlink import (
-        ADMITTED,
-        CONNECTION,
-        coordinator_env,
-        load_coordinator,
-        submit_run,
-    )
+    from server.admission import ADMITTED
+    from server.superlink import CONNECTION, coordinator_env, load_coordinator, submit_run
 
     load_coordinator(folder)
     log = folder / "runs" / f"{experiment.stem}.log"

@@ -33,6 +33,7 @@ from typing import Any
 
 import tomli_w
 
+from server.admission import ADMITTED, admitted_nodes
 from server.certificates import create_authority
 from tasks.config import Key, load_toml, validate
 from tasks.errors import UserError
@@ -46,7 +47,6 @@ APP_DIR = Path(__file__).resolve().parents[1]
 # The ServerApp's exception at the end of its traceback, as the streamed log shows it.
 ERROR_LINE = re.compile(r"^[\w.]+(Error|Exception|Hospitals): ")
 
-ADMITTED = "admitted.json"
 CA_KEY = "ca.key"
 
 COORDINATOR_KEYS = {"superlink": (
@@ -144,23 +144,12 @@ def admit(folder: Path, public_key: Path, name: str) -> str:
         node_id = int(json.loads(done.stdout)["node-id"])
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{public_key}: Flower's answer names no node id: {answer}") from None
-    admitted = admitted_nodes(folder)
+    admitted = admitted_nodes(folder / ADMITTED)
     admitted[str(node_id)] = {
         "name": name, "key_sha256": hashlib.sha256(public_key.read_bytes()).hexdigest(),
         "admitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_text(folder / ADMITTED, json.dumps(admitted, indent=1) + "\n")
     return f"{name}: node {node_id} registered and admitted"
-
-
-def admitted_nodes(folder: Path) -> dict[str, dict[str, str]]:
-    """The coordinator's admitted list: node id -> name, key fingerprint, when."""
-    path = folder / ADMITTED
-    if not path.is_file():
-        return {}
-    try:
-        return dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise UserError(f"{path}: unreadable admitted list ({e})") from None
 
 
 def submit_run(connection: str, run_config: dict[str, Any], env: dict[str, str], log: Path,

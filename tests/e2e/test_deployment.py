@@ -22,9 +22,10 @@ import tomli_w
 import torch
 
 from client.audit import AuditLog
+from server.admission import ADMITTED
 from server.app import starting_point
 from server.config import load_experiment
-from server.superlink import ADMITTED, coordinator_env
+from server.superlink import coordinator_env
 from simulation.config import load_simulation
 from simulation.phantoms.config import cohort_config
 from simulation.phantoms.generator import generate
