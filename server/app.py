@@ -49,6 +49,7 @@ from server.validation import UpdateValidation
 from tasks.checkpoint import load_checkpoint, save_checkpoint, starting_weights
 from tasks.contract import Task
 from tasks.errors import UserError
+from tasks.files import write_table
 from tasks.run_config import LOCAL_TRAIN_KEYS, task_from_config
 from tasks.seeding import seed_everything
 
@@ -180,7 +181,7 @@ def main(grid: Grid, context: Context) -> None:
             log(INFO, "round %s | %s | train loss %.3f | val %s %.3f", row["round"],
                 row["hospital"], row.get("train_loss", float("nan")), task.score, score)
         table = pd.concat([earlier, pd.DataFrame(rows)])
-        table.to_csv(path, index=False)
+        write_table(table, path)  # whole or not at all: others read it while a run goes on
         model.load_state_dict(arrays.to_torch_state_dict())
         save_checkpoint(out / ROUND_CHECKPOINT, task, model, round=server_round + done)
         return None
