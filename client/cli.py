@@ -69,26 +69,36 @@ def hospital_prepare(
     new_key: bool = typer.Option(False, help="Create the pseudonym key when there is none "
                                  "(otherwise a missing --key is an error)."),
     split: str = typer.Option("0.7,0.15,0.15", help="train,val,test fractions of patients."),
-    dicom: bool = typer.Option(False, help="Also write de-identified DICOM (PS3.15 basic "
-                               "profile) under <out>/dicom."),
+    dicom: bool = typer.Option(False, help="Also write DICOM de-identified after PS3.15 "
+                               "Annex E and --profile under <out>/dicom."),
+    profile: Path | None = typer.Option(None, help="De-identification profile for --dicom "
+                                        "(default: basic profile with modified dates; "
+                                        "`spinefl hospital profile` writes one to edit)."),
     allow_burned_in: bool = typer.Option(False, help="Keep images flagged with burned-in "
-                                         "annotations."),
+                                         "annotations (their pixels are not changed)."),
     modality: str | None = typer.Option(None, help="CT, MR or XR for NIfTI/MHA inputs whose "
                                         "names do not say."),
 ) -> None:
     """Turn a PACS export or a NIfTI/MHA folder into a de-identified, validated dataset."""
     import pandas as pd
 
-    from client.prepare import PrepareOptions, prepare
+    from client.confidentiality import Profile, load_profile
+    from client.prepare import SOURCES_FILE, STATE_DIR, PrepareOptions, prepare
     from tasks.manifest import parse_fractions
 
     if modality is not None and modality not in ("CT", "MR", "XR"):
         raise UserError(f"--modality must be CT, MR or XR, got '{modality}'")
+    chosen = load_profile(profile) if profile else Profile()
+    if profile and not dicom:
+        raise UserError("--profile applies to the DICOM that --dicom writes; add --dicom")
     options = PrepareOptions(input, out, name or out.resolve().name, key, new_key,
-                             parse_fractions(split), dicom, allow_burned_in, modality)
+                             parse_fractions(split), dicom, allow_burned_in, modality, chosen)
     result = prepare(options, console)
     _print_report(pd.read_csv(result.report, keep_default_na=False))
-    console.print(f"Report: {result.report}")
+    if dicom:
+        console.print(f"DICOM de-identified with profile {chosen.summary()}")
+    console.print(f"Report: {result.report} (input paths, for staff only: "
+                  f"{out / STATE_DIR / SOURCES_FILE})")
     if result.manifest is None:
         raise UserError(f"{input}: no image could be prepared; see {result.report}")
     console.print(f"Manifest: {result.manifest}")
@@ -103,6 +113,25 @@ def _warn_missing_splits(path: Path) -> None:
         console.print(f"[yellow]No patient in split(s) {', '.join(missing)}: training needs "
                       "train and val patients; change --split (splits come from a hash of "
                       "each pseudonym, so small cohorts can miss one).[/]")
+
+
+@hospital_app.command("profile")
+def hospital_profile(
+    out: Path = typer.Option(..., help="The profile file to write (TOML; refused if it "
+                             "exists)."),
+    start: Path | None = typer.Option(None, "--from", help="A profile to start from "
+                                      "(default: the basic profile with modified dates)."),
+) -> None:
+    """Write a de-identification profile for a data protection officer to read and edit."""
+    from client.confidentiality import Profile, load_profile
+    from tasks.files import write_text
+
+    if out.exists():
+        raise UserError(f"{out}: exists; choose another file (it is never overwritten)")
+    profile = load_profile(start) if start else Profile()
+    write_text(out, profile.text())
+    console.print(f"Wrote {out}: {profile.summary()}. Edit it, then "
+                  f"`spinefl hospital prepare --dicom --profile {out} ...`")
 
 
 @hospital_app.command("ledger")

@@ -1,121 +1,74 @@
-"""DICOM de-identification after PS3.15 Annex E, Basic Application Level Confidentiality Profile.
+"""DICOM de-identification after PS3.15 Annex E, with the hospital's profile.
 
-What ``deidentify`` does to a dataset, at every nesting level (sequences too):
+What ``deidentify`` does to a dataset, at every nesting level (sequences too), for
+the attributes Table E.1-1 lists (client/confidentiality.py, actions resolved by the
+profile):
 
-- the identifying attributes of PS3.15 Table E.1-1 are removed (action X),
-  emptied (Z) or replaced by a pseudonym (D: patient name and ID);
-- every UID that is not a registered DICOM UID (SOP classes, transfer syntaxes
-  and coding schemes stay) is remapped through the hospital's keyed hash, so
-  references between instances stay consistent (action U);
-- every person name anywhere is removed, whatever its tag;
+- X: removed; Z: emptied; D: replaced by a dummy valid for the VR (an empty sequence
+  for SQ); U: UIDs remapped through the hospital's keyed hash; K: kept (what an option
+  retains); C: dates shifted back by the patient's number of days (modified dates),
+  times kept; a C spinefl cannot carry out for the VR falls back to the basic action.
+
+And for every attribute, listed or not (catch-all rules):
+
+- every UID that is not a registered DICOM UID (SOP classes, transfer syntaxes and
+  coding schemes stay) is remapped, so references between instances stay consistent;
+- every person name is removed, except PatientName, which becomes the pseudonym, and
+  the table's Z/D person names, emptied or dummied;
 - all private attributes and overlay/curve groups (60xx, 50xx) are removed;
-- dates (DA, DT) are shifted back by a per-patient number of days (the
-  "Retain Longitudinal Temporal Information with Modified Dates" option), so
-  intervals within a patient survive; times stay.
+- dates (DA, DT) not listed are shifted (modified dates), kept (full dates), or
+  shifted too under the bare basic profile: no original date survives anywhere.
 
-The result is marked as PS3.15 asks: Patient Identity Removed = YES, and the
-De-identification Method Code Sequence lists 113100 (basic profile) and
-113107 (modified dates). Images whose header says Burned In Annotation = YES
-are refused by the caller unless the user allows them: pixels with text in
-them cannot be de-identified by header edits.
+The result is marked as PS3.15 asks: Patient Identity Removed = YES, De-identification
+Method (the table's edition and the profile) and its Code Sequence (113100 and one code
+per option). Images whose header says Burned In Annotation = YES are refused by the
+caller unless the user allows them: pixels with text in them cannot be de-identified
+by header edits.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
+from client.confidentiality import Profile
 from client.pseudonyms import PseudonymKey
 
-# PS3.15 Table E.1-1, basic profile: attributes removed (X) ...
-REMOVE = (
-    "AcquisitionComments", "AcquisitionContextSequence", "AcquisitionDeviceProcessingDescription",
-    "AcquisitionProtocolDescription", "ActualHumanPerformersSequence", "AdditionalPatientHistory",
-    "AddressTrial", "AdmissionID", "AdmittingDate", "AdmittingDiagnosesCodeSequence",
-    "AdmittingDiagnosesDescription", "AdmittingTime", "Allergies", "Arbitrary",
-    "AuthorObserverSequence", "BranchOfService", "CassetteID",
-    "CommentsOnThePerformedProcedureStep", "ConfidentialityConstraintOnPatientDataDescription",
-    "ContentCreatorIdentificationCodeSequence", "ContributionDescription", "CountryOfResidence",
-    "CurrentPatientLocation", "CustodialOrganizationSequence", "DataSetTrailingPadding",
-    "DerivationDescription", "DetectorID", "DeviceSerialNumber", "DeviceUID",
-    "DigitalSignaturesSequence", "DischargeDiagnosisDescription", "DistributionAddress",
-    "DistributionName", "EthnicGroup", "FrameComments", "GantryID", "GeneratorID",
-    "HumanPerformerName", "HumanPerformerOrganization", "IconImageSequence",
-    "IdentifyingComments", "ImageComments", "ImagePresentationComments",
-    "ImagingServiceRequestComments", "Impressions", "InstitutionAddress",
-    "InstitutionalDepartmentName", "InstitutionCodeSequence", "InstitutionName",
-    "InsurancePlanIdentification", "IntendedRecipientsOfResultsIdentificationSequence",
-    "InterpretationApproverSequence", "InterpretationAuthor", "InterpretationDiagnosisDescription",
-    "InterpretationIDIssuer", "InterpretationRecorder", "InterpretationText",
-    "InterpretationTranscriber", "IssuerOfAdmissionID", "IssuerOfPatientID",
-    "IssuerOfServiceEpisodeID", "LastMenstrualDate", "MedicalAlerts", "MedicalRecordLocator",
-    "MilitaryRank", "ModifiedAttributesSequence", "ModifiedImageDescription", "ModifyingDeviceID",
-    "NamesOfIntendedRecipientsOfResults", "Occupation", "OperatorIdentificationSequence",
-    "OperatorsName", "OrderCallbackPhoneNumber", "OrderEnteredBy", "OrderEntererLocation",
-    "OriginalAttributesSequence", "OtherPatientIDs", "OtherPatientIDsSequence",
-    "OtherPatientNames", "ParticipantSequence", "PatientAddress", "PatientAge",
-    "PatientBirthName", "PatientBirthTime", "PatientComments", "PatientInstitutionResidence",
-    "PatientInsurancePlanCodeSequence", "PatientMotherBirthName", "PatientReligiousPreference",
-    "PatientSexNeutered", "PatientSize", "PatientState", "PatientTelecomInformation",
-    "PatientTelephoneNumbers", "PatientTransportArrangements", "PatientWeight",
-    "PerformedLocation", "PerformedProcedureStepDescription", "PerformedProcedureStepID",
-    "PerformingPhysicianIdentificationSequence", "PerformingPhysicianName", "PersonAddress",
-    "PersonIdentificationCodeSequence", "PersonName", "PersonTelephoneNumbers",
-    "PhysicianApprovingInterpretation", "PhysiciansOfRecord",
-    "PhysiciansOfRecordIdentificationSequence", "PhysiciansReadingStudyIdentificationSequence",
-    "NameOfPhysiciansReadingStudy", "PlateID", "PreMedication", "PregnancyStatus",
-    "ProtocolName", "ReasonForStudy", "ReasonForTheImagingServiceRequest",
-    "ReferencedDigitalSignatureSequence", "ReferencedPatientAliasSequence",
-    "ReferencedPatientSequence", "ReferencedSOPInstanceMACSequence",
-    "ReferringPhysicianAddress", "ReferringPhysicianIdentificationSequence",
-    "ReferringPhysicianTelephoneNumbers", "RegionOfResidence", "RequestAttributesSequence",
-    "RequestedContrastAgent", "RequestedProcedureComments", "RequestedProcedureDescription",
-    "RequestedProcedureID", "RequestedProcedureLocation", "RequestingPhysician",
-    "RequestingService", "ResponsibleOrganization", "ResponsiblePerson", "ResultsComments",
-    "ResultsDistributionListSequence", "ResultsIDIssuer", "ScheduledHumanPerformersSequence",
-    "ScheduledPatientInstitutionResidence", "ScheduledPerformingPhysicianIdentificationSequence",
-    "ScheduledPerformingPhysicianName", "ScheduledProcedureStepDescription",
-    "ScheduledProcedureStepLocation", "ScheduledStationAETitle",
-    "ScheduledStationGeographicLocationCodeSequence", "ScheduledStationName",
-    "ScheduledStationNameCodeSequence", "ScheduledStudyLocation",
-    "ScheduledStudyLocationAETitle", "SeriesDescription", "ServiceEpisodeDescription",
-    "ServiceEpisodeID", "SmokingStatus", "SpecialNeeds", "StationName", "StudyComments",
-    "StudyDescription", "StudyIDIssuer", "TextComments", "TextString", "TopicAuthor",
-    "TopicKeywords", "TopicSubject", "TopicTitle", "VerifyingObserverIdentificationCodeSequence",
-    "VerifyingOrganization", "VisitComments",
-)
-# ... emptied (Z: type 2 attributes that must stay present) ...
-EMPTY = (
-    "AccessionNumber", "ContentCreatorName", "FillerOrderNumberImagingServiceRequest",
-    "PatientBirthDate", "PatientSex", "PlacerOrderNumberImagingServiceRequest",
-    "ReferringPhysicianName", "StudyID", "VerifyingObserverName",
-)
-# ... and replaced by the patient's pseudonym (D).
 PSEUDONYM = ("PatientID", "PatientName")
-# Every attribute named above: what no de-identified file may carry with a value.
-IDENTIFYING = REMOVE + EMPTY
-_DROP, _EMPTY = frozenset(REMOVE), frozenset(EMPTY)
 # UIDs under the DICOM root are registered ones (SOP classes, transfer syntaxes, coding schemes).
 DICOM_ROOT = "1.2.840.10008."
-METHOD = "PS3.15 basic profile; modified dates; keyed-hash pseudonyms"
-METHOD_CODES = (("113100", "Basic Application Confidentiality Profile"),
-                ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
+# Replacement values of action D, valid for their VR (PS3.5 6.2).
+_TEXT = "ANONYMOUS"
+DUMMIES: dict[str, object] = {
+    "AE": _TEXT, "AS": "000Y", "CS": _TEXT, "DA": "19000101", "DS": "0",
+    "DT": "19000101000000", "IS": "0", "LO": _TEXT, "LT": _TEXT, "PN": _TEXT, "SH": _TEXT,
+    "ST": _TEXT, "TM": "000000", "UC": _TEXT, "UR": "urn:uuid:00000000-0000-0000-0000-000000000000",
+    "UT": _TEXT, "AT": Tag(0), "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "SV": 0, "UL": 0,
+    "US": 0, "UV": 0, "OB": b"\0" * 8, "OD": b"\0" * 8, "OF": b"\0" * 8, "OL": b"\0" * 8,
+    "OV": b"\0" * 8, "OW": b"\0" * 8, "UN": b"\0" * 8,
+}
 
 
-def deidentify(ds: Dataset, key: PseudonymKey, patient: str) -> Dataset:
+def deidentify(ds: Dataset, key: PseudonymKey, patient: str,
+               profile: Profile | None = None) -> Dataset:
     """De-identify ``ds`` in place for the patient pseudonym ``patient``; returns it."""
-    shift = dt.timedelta(days=key.date_shift_days(patient))
-    _clean(ds, key, shift)
+    profile = profile or Profile()
+    cleaner = _Cleaner(profile, key, dt.timedelta(days=key.date_shift_days(patient)))
+    cleaner.clean(ds)
     if getattr(ds, "file_meta", None) is not None:
-        _clean(ds.file_meta, key, shift)
+        cleaner.clean(ds.file_meta)
     for keyword in PSEUDONYM:
         setattr(ds, keyword, patient)
     ds.PatientIdentityRemoved = "YES"
-    ds.LongitudinalTemporalInformationModified = "MODIFIED"
-    ds.DeidentificationMethod = METHOD
+    # The bare basic profile removes the listed dates but shifts the others: modified too.
+    ds.LongitudinalTemporalInformationModified = (
+        "UNMODIFIED" if profile.dates == "keep" else "MODIFIED")
+    ds.DeidentificationMethod = profile.method()
     codes = []
-    for value, meaning in METHOD_CODES:
+    for value, meaning in profile.codes():
         code = Dataset()
         code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "DCM", meaning
         codes.append(code)
@@ -123,28 +76,55 @@ def deidentify(ds: Dataset, key: PseudonymKey, patient: str) -> Dataset:
     return ds
 
 
-def _clean(ds: Dataset, key: PseudonymKey, shift: dt.timedelta) -> None:
-    for element in list(ds):
+class _Cleaner:
+    def __init__(self, profile: Profile, key: PseudonymKey, shift: dt.timedelta) -> None:
+        self.actions, self.key, self.shift = profile.actions(), key, shift
+        self.dates = profile.dates
+
+    def clean(self, ds: Dataset) -> None:
+        for element in list(ds):
+            action = self.action(element)
+            if action == "X":
+                del ds[element.tag]
+            elif action == "Z":
+                element.value = [] if element.VR == "SQ" else None
+            elif action == "D":
+                element.value = self.dummy(element)
+            else:
+                self.keep(element)
+
+    def action(self, element: DataElement) -> str:
+        """X, Z, D or K (kept, with the catch-alls applied) for one element."""
         tag, vr = element.tag, element.VR
-        if _dropped(element):
-            del ds[tag]
-        elif element.keyword in _EMPTY:
-            element.value = None
-        elif vr == "SQ":
+        group = tag.group
+        if tag.is_private or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
+            return "X"
+        if element.keyword in PSEUDONYM:
+            return "K"
+        action, fallback = self.actions.get(f"{group:04X},{tag.element:04X}", ("K", "K"))
+        if action == "C":
+            action = "K" if vr in ("DA", "DT", "TM", "SQ") else fallback
+        if vr == "PN" and action not in ("Z", "D"):
+            return "X"
+        if action == "U" and vr not in ("UI", "SQ"):
+            return "D"  # a UID attribute stored in another VR: nothing to remap, so replace
+        if action in ("X", "Z") or (action == "D" and vr != "UI"):
+            return action
+        return "K"
+
+    def keep(self, element: DataElement) -> None:
+        vr = element.VR
+        if vr == "SQ":
             for item in element.value:
-                _clean(item, key, shift)
+                self.clean(item)
         elif vr == "UI" and element.value:
-            element.value = _uids(element.value, key)
-        elif vr in ("DA", "DT") and element.value:
-            element.value = _shifted(element.value, vr, shift)
+            element.value = _uids(element.value, self.key)
+        elif vr in ("DA", "DT") and element.value and self.dates != "keep":
+            element.value = _shifted(element.value, vr, self.shift)
 
-
-def _dropped(element) -> bool:
-    """Private, overlay/curve, listed as X, or a person name not handled otherwise."""
-    group, keyword = element.tag.group, element.keyword
-    return (element.tag.is_private or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF
-            or keyword in _DROP
-            or (element.VR == "PN" and keyword not in PSEUDONYM and keyword not in _EMPTY))
+    @staticmethod
+    def dummy(element: DataElement) -> object:
+        return [] if element.VR == "SQ" else DUMMIES.get(element.VR, _TEXT)
 
 
 def _uids(value, key: PseudonymKey):

@@ -194,9 +194,12 @@ def series_problem(files: list[DicomFile]) -> str | None:
     if first.modality not in DICOM_MODALITIES:
         return (f"modality '{first.modality or '?'}' ({sop_name}) is not CT, MR or a "
                 "radiograph (CR/DX)")
+    if "LOCALIZER" in first.image_type:
+        return "scout/localizer (ImageType LOCALIZER)"
     description = first.description.lower()
-    if "LOCALIZER" in first.image_type or any(w in description for w in LOCALIZER_WORDS):
-        return f"scout/localizer ('{first.description or 'ImageType LOCALIZER'}')"
+    words = [w for w in LOCALIZER_WORDS if w in description]
+    if words:  # the description itself is not quoted: it may hold identifying text
+        return f"scout/localizer (series description says '{words[0]}')"
     syntaxes = {f.transfer_syntax for f in files}
     for syntax in syntaxes:
         uid = UID(syntax or "1.2.840.10008.1.2")

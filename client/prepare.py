@@ -14,16 +14,19 @@ Stages, each visible under ``--out``:
    (CT in HU, MR and X-ray in their own units, geometry from the headers),
    with its mask and centroids where given beside it;
 4. write: ``manifest.csv`` (pseudonyms only), ``report.csv`` (every series and
-   passed-over file, with what happened and why), ``dicom/`` with
-   de-identified DICOM when asked.
+   passed-over file, with what happened and why, named by a pseudonym of its input
+   path), ``dicom/`` with DICOM de-identified after the hospital's profile when asked
+   (``profile.toml`` records the profile used).
 
 The input is only ever read; every file is written atomically. The pseudonym
 key is created in ``.spinefl/pseudonym.key`` on the first run into an empty
 folder, or elsewhere only with ``--new-key`` (a mistyped ``--key`` is refused,
 never silently replaced by a new key). ``.spinefl/done.json`` lets a second
 run skip series that have not changed (a damaged one is rebuilt), and keeps in
-the manifest the series an earlier export added. ``report.csv`` names input
-files so that staff can find them: like the key, it stays at the hospital.
+the manifest the series an earlier export added. Nothing outside ``.spinefl`` names an
+input file (folder names often hold patient names): ``.spinefl/sources.csv`` maps each
+report item to its input path so that staff can find it; like the key, it stays at the
+hospital.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -43,6 +47,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
+from client.confidentiality import Profile, table
 from client.deidentify import deidentify
 from client.dicom import (
     DICOM_MODALITIES,
@@ -70,11 +75,14 @@ from tasks.imageio import reorient as reorient_volume
 from tasks.labels import structure_of
 from tasks.locks import folder_lock
 from tasks.manifest import format_spacing, from_records, split_of
-from tasks.points import read_points
+from tasks.points import points_only
 
 STATE_DIR = ".spinefl"
 KEY_FILE = "pseudonym.key"
 DONE_FILE = "done.json"
+SOURCES_FILE = "sources.csv"
+PROFILE_FILE = "profile.toml"
+HIDDEN = "<input name>"
 MASK_NAME = re.compile(r"^(?P<stem>.+)_(seg|mask|msk|labels?)$", re.IGNORECASE)
 CENTROIDS_SUFFIX = "_ctd.json"
 
@@ -92,6 +100,7 @@ class PrepareOptions:
     write_dicom: bool = False
     allow_burned_in: bool = False
     modality: str | None = None
+    profile: Profile = field(default_factory=Profile)
 
 
 @dataclass
@@ -171,6 +180,8 @@ class Preparer:
         self.rows: list[dict[str, str]] = []
         self.items: list[Item] = []
         self.new_done: dict[str, dict] = {}
+        # Input paths (relative) behind each report item, whose names the report hides.
+        self.inputs: dict[str, list[str]] = {}
 
     # -- identities ---------------------------------------------------------------------
     def patient(self, raw: str) -> str:
@@ -228,6 +239,8 @@ class Preparer:
         where = files[0].path if len(files) == 1 else folder
         item = Item(self._relative(where), "DICOM series", patient,
                     DICOM_MODALITIES.get(first.modality, first.modality), len(files))
+        self.inputs[item.item] = [self._relative(f.path) for f in files] + (
+            [self._relative(mask_file)] if mask_file else [])
         problem = series_problem(files)
         if problem is None and first.burned_in == "YES" and not self.options.allow_burned_in:
             problem = ("burned-in annotation (the pixels may show identifying text); "
@@ -263,7 +276,7 @@ class Preparer:
         folder.mkdir(parents=True, exist_ok=True)
         for path in files:
             ds = pydicom.dcmread(path)
-            deidentify(ds, self.key, patient)
+            deidentify(ds, self.key, patient, self.options.profile)
             with atomic(folder / f"{ds.SOPInstanceUID}.dcm") as temporary:
                 ds.save_as(temporary, enforce_file_format=True)
 
@@ -275,6 +288,8 @@ class Preparer:
         patient = self.patient(raw_patient)
         kind = "NIfTI" if has_suffix(path, NIFTI_SUFFIXES) else "MetaImage"
         item = Item(str(relative), kind, patient, files=1)
+        self.inputs[item.item] = [str(relative)] + [
+            self._relative(f) for f in (mask_file, centroids_file) if f]
         series = self.key.pseudonym("series", str(relative), "E")
         study = self.key.pseudonym("study", str(relative.parent), "S")
         fingerprint = _fingerprint([path] + [f for f in (mask_file, centroids_file) if f])
@@ -300,8 +315,7 @@ class Preparer:
         centroids = ""
         if centroids_file is not None:
             try:
-                read_points(centroids_file)
-                centroids = centroids_file.read_text()
+                centroids = points_only(centroids_file)
             except UserError as e:
                 notes.append(f"centroids {centroids_file.name} not used: "
                              f"{str(e).removeprefix(f'{centroids_file}: ')}")
@@ -383,6 +397,43 @@ def write_report(items: list[Item], path: Path) -> Path:
     """The report as CSV: one row per series or file, with what happened and why."""
     return write_table(pd.DataFrame([asdict(i) for i in items],
                                     columns=list(Item.__dataclass_fields__)), path)
+
+
+def write_deidentified_report(items: list[Item], inputs: dict[str, list[str]],
+                              key: PseudonymKey, root: Path, out: Path) -> Path:
+    """``report.csv`` naming each item by a keyed pseudonym of its input path, with the
+    names of its input files (and any path under the input ``root``) hidden in the
+    reasons; ``.spinefl/sources.csv`` maps the pseudonyms back to the input paths (and the
+    reasons as they were)."""
+    shared, sources = [], []
+    for item in items:
+        name = key.pseudonym("input", item.item, "I")
+        sources.append({"item": name, "source": item.item, "reason": item.reason})
+        shared.append(Item(**{**asdict(item), "item": name,
+                              "reason": _hidden(item.reason, root,
+                                                inputs.get(item.item, [item.item]))}))
+    write_table(pd.DataFrame(sources, columns=["item", "source", "reason"]),
+                out / STATE_DIR / SOURCES_FILE)
+    return write_report(shared, out / "report.csv")
+
+
+def _hidden(text: str, root: Path, files: list[str]) -> str:
+    """``text`` with paths under ``root`` and the names of ``files`` replaced (reasons name
+    files, and folders only within a path: a library's message quoting one)."""
+    for prefix in {str(root), str(root.resolve())}:
+        text = re.sub(re.escape(prefix) + r"[^\s)'\"]*", HIDDEN, text)
+    for name in sorted({Path(path).name for path in files}, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", HIDDEN, text)
+    return text
+
+
+def write_profile(profile: Profile, path: Path) -> Path:
+    """The profile used for the written DICOM, as the file it came from would read, with the
+    table, its checksum and the time."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return write_text(path, f"# Used by spinefl hospital prepare at {stamp}, from "
+                            f"{profile.source}; table sha256 {table().sha256}.\n"
+                      + profile.text())
 
 
 def check_folders(source: Path, out: Path) -> None:
@@ -474,8 +525,12 @@ def _prepare(options: PrepareOptions, console: Console) -> PrepareResult:
     preparer.items.extend(found.passed_over)
     kept = preparer.keep_earlier()
     writable_folder(state)
+    state.chmod(0o700)  # the key and the input paths (sources.csv) are for staff only
     write_text(done_path, json.dumps(preparer.new_done, indent=1))
-    report = write_report(preparer.items, options.out / "report.csv")
+    report = write_deidentified_report(preparer.items, preparer.inputs, key, options.input,
+                                       options.out)
+    if options.write_dicom:
+        write_profile(options.profile, options.out / PROFILE_FILE)
     if kept:
         console.print(f"Kept {kept} series prepared by earlier runs from other exports")
     if not preparer.rows:

@@ -21,6 +21,8 @@ from tasks.errors import UserError
 from tasks.files import write_text
 
 AXES = ("X", "Y", "Z")
+# Every key of a point entry spinefl reads.
+POINT_KEYS = (*AXES, "label", "level", "condition", "corner")
 # Vertebral body corners on an AP radiograph, in AASCE's order.
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
@@ -46,6 +48,16 @@ def read_points(path: Path) -> list[dict[str, Any]]:
         if not {"X", "Y"} <= set(point):
             raise UserError(f"{path}: point {number} has no X and Y coordinates")
     return points
+
+
+def points_only(path: Path) -> str:
+    """A point file's text rebuilt from its direction and the keys in POINT_KEYS alone (any
+    other key, a name or a note, is dropped); UserError for a file ``read_points`` refuses."""
+    points = read_points(path)
+    direction = [e for e in json.loads(Path(path).read_text()) if "direction" in e][:1]
+    entries = [{"direction": d["direction"]} for d in direction]
+    entries += [{k: p[k] for k in POINT_KEYS if k in p} for p in points]
+    return json.dumps(entries, indent=1)
 
 
 def to_world(points: list[dict[str, Any]], affine: np.ndarray) -> np.ndarray:

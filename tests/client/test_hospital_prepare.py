@@ -4,6 +4,7 @@ the input untouched, pseudonyms stable, geometry right, and a second run that sk
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -12,11 +13,14 @@ import pandas as pd
 import pydicom
 import pytest
 
-from client.deidentify import IDENTIFYING
+from client.confidentiality import Profile
 from tasks.imageio import LPS_TO_RAS, load_image
 from tasks.manifest import Manifest
 from tests.helpers import pacs_export
 from tests.helpers.cli import assert_one_line_error, spinefl
+
+# Table E.1-1 actions under the default profile, by tag.
+ACTIONS = {tag: action for tag, (action, _) in Profile().actions().items()}
 
 
 def _hashes(root: Path) -> dict[str, tuple[str, int]]:
@@ -41,7 +45,21 @@ def prepared(export, tmp_path_factory):
 
 
 def _report(out: Path) -> pd.DataFrame:
-    return pd.read_csv(out / "report.csv", keep_default_na=False).set_index("item")
+    """The report indexed by each item's input path, with the reasons as the key side keeps
+    them (.spinefl/sources.csv)."""
+    report = pd.read_csv(out / "report.csv", keep_default_na=False)
+    sources = pd.read_csv(out / ".spinefl" / "sources.csv", keep_default_na=False)
+    return report.drop(columns="reason").merge(sources, on="item").set_index("source")
+
+
+def test_the_shared_report_names_no_input_file(prepared):
+    out, *_ = prepared
+    text = (out / "report.csv").read_text()
+    assert "MRN00" not in text and "slice0001.dcm" not in text and "nifti/" not in text
+    report = pd.read_csv(out / "report.csv", keep_default_na=False).set_index("item")
+    truncated = _report(out).loc["MRN002/truncated"]
+    assert truncated.reason.startswith("slice0001.dcm: truncated file")
+    assert report.loc[truncated["item"], "reason"].startswith("<input name>: truncated file")
 
 
 def test_every_item_is_kept_or_skipped_with_its_reason(prepared):
@@ -106,7 +124,10 @@ def test_written_dicom_is_deidentified(prepared):
         assert ds.PatientID.startswith("P") and ds.PatientID == str(ds.PatientName)
         assert path.parts[-4] == ds.PatientID
         for element in ds:
-            assert element.keyword not in IDENTIFYING or not element.value
+            action = ACTIONS.get(f"{element.tag.group:04X},{element.tag.element:04X}")
+            assert action != "X", element
+            if action == "Z" and element.keyword not in ("PatientName", "PatientID"):
+                assert not element.value, element
         assert "Doe" not in str(ds) and "MRN" not in str(ds) and "Elsewhere" not in str(ds)
 
 
@@ -192,8 +213,11 @@ def test_a_second_export_adds_patients_and_centroids_stay_with_their_image(tiny_
                    ).returncode == 0
     table = Manifest.load(out / "manifest.csv").table
     assert len(table) == 2 and (table.centroids != "").all()
-    originals = sorted(str(read_points(p)) for p in first.rglob("*_ctd.json"))
-    assert sorted(str(read_points(out / path)) for path in table.centroids) == originals
+    def points(paths) -> list[str]:
+        return sorted(json.dumps(read_points(p), sort_keys=True) for p in paths)
+
+    assert points(out / path for path in table.centroids) == \
+        points(first.rglob("*_ctd.json"))
     report = _report(out)
     assert not report.reason.str.contains("not a DICOM file").any(), "centroids were dropped"
     done = spinefl("hospital", "prepare", "--input", str(second), "--out", str(out))
