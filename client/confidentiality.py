@@ -11,8 +11,10 @@ on, in a TOML file they can read (``spinefl hospital profile`` writes the defaul
     ...
 
 Actions that depend on the object's IOD (Z/D, X/Z, X/D, X/Z/D, X/Z/U*) are resolved
-without reading the IOD to the alternative that keeps every IOD valid: the dummy (D), the
-empty value (Z) or the remapped UIDs (U). No original value survives any of them.
+without reading the IOD to the alternative that keeps the attribute present: the dummy
+(D), the empty value (Z) or the remapped UIDs (U). No original value survives any of
+them. (A sequence under D becomes empty, which an IOD requiring items there, such as an
+SR's Content Sequence, does not allow: spinefl writes image objects.)
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ OPTIONS = {
         "(allergies, patient state, pre-medication, special needs are still removed)"),
     "retain_device_identity": (
         "113109", "Retain Device Identity Option",
-        "station names, device serial numbers and labels, detector and gantry IDs, "
-        "calibration dates are kept (AE titles are still removed; device UIDs remapped)"),
+        "station names, device serial numbers and labels, detector and gantry IDs and "
+        "calibration dates are kept (the dates shifted unless full dates are kept; AE "
+        "titles still removed; device UIDs remapped)"),
     "retain_institution_identity": (
         "113112", "Retain Institution Identity Option",
         "institution name, address and department, clinical trial site are kept"),

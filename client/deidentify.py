@@ -11,10 +11,17 @@ profile):
 
 And for every attribute, listed or not (catch-all rules):
 
-- every UID that is not a registered DICOM UID (SOP classes, transfer syntaxes and
-  coding schemes stay) is remapped, so references between instances stay consistent;
-- every person name is removed, except PatientName, which becomes the pseudonym, and
-  the table's Z/D person names, emptied or dummied;
+- every UID outside the DICOM root ``1.2.840.10008.`` (where SOP classes, transfer
+  syntaxes and DICOM's own coding schemes lie) is remapped, so references between
+  instances stay consistent; other registries' UIDs (SNOMED's coding scheme UID, a
+  vendor's private SOP class) are remapped too;
+- the file meta is made afresh (SOP class and instance, the transfer syntax kept as
+  it was, spinefl's implementation) and the preamble zeroed;
+- elements pydicom cannot name (VR UN, no keyword: public tags newer than its
+  dictionary) are removed;
+- every person name is removed, except the top-level PatientName, which becomes the
+  pseudonym, and the table's Z/D person names, emptied or dummied (a PatientName or
+  PatientID nested in a sequence is emptied as the table says);
 - all private attributes and overlay/curve groups (60xx, 50xx) are removed;
 - dates (DA, DT) not listed are shifted (modified dates), kept (full dates), or
   shifted too under the bare basic profile: no original date survives anywhere.
@@ -31,13 +38,16 @@ from __future__ import annotations
 import datetime as dt
 
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian
 
 from client.confidentiality import Profile
 from client.pseudonyms import PseudonymKey
 
 PSEUDONYM = ("PatientID", "PatientName")
+# What deidentify does, versioned: prepare rewrites the DICOM it wrote under other rules.
+RULES_VERSION = 2
 # UIDs under the DICOM root are registered ones (SOP classes, transfer syntaxes, coding schemes).
 DICOM_ROOT = "1.2.840.10008."
 # Replacement values of action D, valid for their VR (PS3.5 6.2).
@@ -57,9 +67,15 @@ def deidentify(ds: Dataset, key: PseudonymKey, patient: str,
     """De-identify ``ds`` in place for the patient pseudonym ``patient``; returns it."""
     profile = profile or Profile()
     cleaner = _Cleaner(profile, key, dt.timedelta(days=key.date_shift_days(patient)))
-    cleaner.clean(ds)
-    if getattr(ds, "file_meta", None) is not None:
-        cleaner.clean(ds.file_meta)
+    cleaner.clean(ds, top=True)
+    # The file meta and preamble are made afresh: AE titles, addresses, private information
+    # and the preamble of the sending system go (Table E.1-1 lists none of them).
+    transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds.preamble = b"\0" * 128
     for keyword in PSEUDONYM:
         setattr(ds, keyword, patient)
     ds.PatientIdentityRemoved = "YES"
@@ -81,9 +97,9 @@ class _Cleaner:
         self.actions, self.key, self.shift = profile.actions(), key, shift
         self.dates = profile.dates
 
-    def clean(self, ds: Dataset) -> None:
+    def clean(self, ds: Dataset, top: bool = False) -> None:
         for element in list(ds):
-            action = self.action(element)
+            action = self.action(element, top)
             if action == "X":
                 del ds[element.tag]
             elif action == "Z":
@@ -93,13 +109,17 @@ class _Cleaner:
             else:
                 self.keep(element)
 
-    def action(self, element: DataElement) -> str:
-        """X, Z, D or K (kept, with the catch-alls applied) for one element."""
+    def action(self, element: DataElement, top: bool) -> str:
+        """X, Z, D or K (kept, with the catch-alls applied) for one element; the pseudonym
+        attributes are left for the caller at the top level only."""
         tag, vr = element.tag, element.VR
         group = tag.group
-        if tag.is_private or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
+        # UN without a keyword: a public tag pydicom's dictionary does not know (its value
+        # cannot be told apart from a name or a UID), so it goes.
+        if (tag.is_private or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF
+                or (vr == "UN" and not element.keyword)):
             return "X"
-        if element.keyword in PSEUDONYM:
+        if top and element.keyword in PSEUDONYM:
             return "K"
         action, fallback = self.actions.get(f"{group:04X},{tag.element:04X}", ("K", "K"))
         if action == "C":
@@ -141,9 +161,9 @@ def _shifted(value, vr: str, shift: dt.timedelta):
         text = str(text)
         try:
             day = dt.datetime.strptime(text[:8], "%Y%m%d") - shift
-        except ValueError:
+        except (ValueError, OverflowError):  # not a date, or shifted before year 1
             return ""
-        return day.strftime("%Y%m%d") + (text[8:] if vr == "DT" else "")
+        return f"{day.year:04d}{day.month:02d}{day.day:02d}" + (text[8:] if vr == "DT" else "")
 
     if isinstance(value, str):
         return one(value)

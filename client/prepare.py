@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from client.confidentiality import Profile, table
-from client.deidentify import deidentify
+from client.deidentify import RULES_VERSION, deidentify
 from client.dicom import (
     DICOM_MODALITIES,
     DicomFile,
@@ -75,7 +75,7 @@ from tasks.imageio import reorient as reorient_volume
 from tasks.labels import structure_of
 from tasks.locks import folder_lock
 from tasks.manifest import format_spacing, from_records, split_of
-from tasks.points import points_only
+from tasks.points import centroids_text
 
 STATE_DIR = ".spinefl"
 KEY_FILE = "pseudonym.key"
@@ -182,6 +182,10 @@ class Preparer:
         self.new_done: dict[str, dict] = {}
         # Input paths (relative) behind each report item, whose names the report hides.
         self.inputs: dict[str, list[str]] = {}
+        # What the written DICOM depends on: a series whose DICOM was written under other
+        # rules, table or options is converted again rather than left behind.
+        self.dicom = (f"{RULES_VERSION} {table().sha256} {','.join(options.profile.options)}"
+                      if options.write_dicom else "")
 
     # -- identities ---------------------------------------------------------------------
     def patient(self, raw: str) -> str:
@@ -195,9 +199,13 @@ class Preparer:
                 "source": self.options.name, "split": split_of(patient, self.options.split),
                 "mask": mask, "view": view, "centroids": ""}
 
-    def _reuse(self, series: str, fingerprint: str, item: Item) -> bool:
+    def _reuse(self, series: str, fingerprint: str, item: Item, dicom: bool = False) -> bool:
+        """Whether an earlier run prepared ``series`` from the same files (and, for a DICOM
+        series when --dicom is given, wrote its DICOM as this run would)."""
         previous = self.done.get(series)
         if not previous or previous["fingerprint"] != fingerprint:
+            return False
+        if dicom and self.dicom and previous.get("dicom") != self.dicom:
             return False
         if not self._on_disk(previous["row"]):
             return False
@@ -242,14 +250,15 @@ class Preparer:
         self.inputs[item.item] = [self._relative(f.path) for f in files] + (
             [self._relative(mask_file)] if mask_file else [])
         problem = series_problem(files)
-        if problem is None and first.burned_in == "YES" and not self.options.allow_burned_in:
+        burned_in = any(f.burned_in == "YES" for f in files)
+        if problem is None and burned_in and not self.options.allow_burned_in:
             problem = ("burned-in annotation (the pixels may show identifying text); "
                        "--allow-burned-in keeps such images")
         if problem:
             item.reason = problem
             return item
         fingerprint = _fingerprint([f.path for f in files] + ([mask_file] if mask_file else []))
-        if self._reuse(series, fingerprint, item):
+        if self._reuse(series, fingerprint, item, dicom=True):
             return item
         try:
             built = build_volume(files)
@@ -266,6 +275,7 @@ class Preparer:
                     sequence, first.view)
         if self.options.write_dicom:
             self._write_dicom(built.files, patient, study, series)
+            self.new_done[series]["dicom"] = self.dicom
         item.reason = "; ".join(notes)
         return item
 
@@ -315,7 +325,7 @@ class Preparer:
         centroids = ""
         if centroids_file is not None:
             try:
-                centroids = points_only(centroids_file)
+                centroids = centroids_text(centroids_file)
             except UserError as e:
                 notes.append(f"centroids {centroids_file.name} not used: "
                              f"{str(e).removeprefix(f'{centroids_file}: ')}")
@@ -418,12 +428,22 @@ def write_deidentified_report(items: list[Item], inputs: dict[str, list[str]],
 
 
 def _hidden(text: str, root: Path, files: list[str]) -> str:
-    """``text`` with paths under ``root`` and the names of ``files`` replaced (reasons name
-    files, and folders only within a path: a library's message quoting one)."""
-    for prefix in {str(root), str(root.resolve())}:
-        text = re.sub(re.escape(prefix) + r"[^\s)'\"]*", HIDDEN, text)
+    """``text`` with the item's input paths (absolute or relative, whole or their folders),
+    its files' names and any other path under ``root`` replaced. Reasons name files, and
+    folders only within a path (a library's message quoting one)."""
+    paths: set[str] = set()
+    for base in {str(root), str(root.resolve())}:
+        for relative in files:
+            paths.update(str(Path(base) / q) for q in (Path(relative), *Path(relative).parents)
+                         if q != Path("."))
+    for relative in files:
+        paths.update(str(q) for q in (Path(relative), *Path(relative).parents) if len(q.parts) > 1)
+    for path in sorted(paths, key=len, reverse=True):
+        text = text.replace(path, HIDDEN)
     for name in sorted({Path(path).name for path in files}, key=len, reverse=True):
         text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", HIDDEN, text)
+    for base in {str(root), str(root.resolve())}:  # another path under the input: all of
+        text = re.sub(re.escape(base) + r"[^)'\"]*", HIDDEN, text)  # it, spaces too
     return text
 
 

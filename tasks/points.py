@@ -10,6 +10,7 @@ vertebra's VerSe value; ``level``, ``condition`` or ``corner`` for keypoints).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,7 @@ from tasks.errors import UserError
 from tasks.files import write_text
 
 AXES = ("X", "Y", "Z")
-# Every key of a point entry spinefl reads.
-POINT_KEYS = (*AXES, "label", "level", "condition", "corner")
+AXIS_CODES = ("R", "L", "A", "P", "S", "I")
 # Vertebral body corners on an AP radiograph, in AASCE's order.
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
@@ -50,13 +50,30 @@ def read_points(path: Path) -> list[dict[str, Any]]:
     return points
 
 
-def points_only(path: Path) -> str:
-    """A point file's text rebuilt from its direction and the keys in POINT_KEYS alone (any
-    other key, a name or a note, is dropped); UserError for a file ``read_points`` refuses."""
+def centroids_text(path: Path) -> str:
+    """A centroid file rebuilt from what spinefl reads of it: the direction (three axis
+    codes) and, per point, numeric ``X``, ``Y`` (``Z``) and an integer ``label``. Nothing
+    else of the file survives (a name, a note, text in place of a number): UserError
+    naming the point or entry that is not so."""
     points = read_points(path)
-    direction = [e for e in json.loads(Path(path).read_text()) if "direction" in e][:1]
-    entries = [{"direction": d["direction"]} for d in direction]
-    entries += [{k: p[k] for k in POINT_KEYS if k in p} for p in points]
+    entries: list[dict[str, Any]] = []
+    for entry in json.loads(Path(path).read_text()):
+        if "direction" in entry:
+            codes = entry["direction"]
+            if (not isinstance(codes, list) or len(codes) != 3
+                    or not all(isinstance(c, str) and c in AXIS_CODES for c in codes)):
+                raise UserError(f"{path}: direction must be three axis codes of R, L, A, P, "
+                                "S, I")
+            entries.append({"direction": list(codes)})
+            break
+    for number, point in enumerate(points, start=1):
+        kept = {k: point[k] for k in (*AXES, "label") if k in point}
+        if not all(isinstance(v, int | float) and not isinstance(v, bool)
+                   and math.isfinite(v) for v in kept.values()) or \
+                not isinstance(kept.get("label"), int):
+            raise UserError(f"{path}: point {number} needs numeric X, Y (Z) and an integer "
+                            "label")
+        entries.append(kept)
     return json.dumps(entries, indent=1)
 
 

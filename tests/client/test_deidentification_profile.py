@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
+from rich.console import Console
 
 from client.confidentiality import NOT_OFFERED, OPTIONS, Profile, load_profile, table
+from client.prepare import PrepareOptions, prepare
 from tasks.errors import UserError
 from tasks.imageio import Volume
 from tests.helpers.cli import assert_one_line_error, spinefl
@@ -161,3 +164,33 @@ def test_a_profile_written_edited_and_used_by_the_commands(tmp_path):
                    "--dicom", "--profile", str(path))
     assert_one_line_error(done, str(path), "'retain_uids' is not offered")
     assert not (tmp_path / "b").exists()
+
+
+def _prepare(export: Path, out: Path, **options: object) -> pd.DataFrame:
+    prepare(PrepareOptions(export, out, "h", **options), Console(quiet=True))
+    return pd.read_csv(out / "report.csv", keep_default_na=False)
+
+
+def test_dicom_written_under_other_options_is_written_again(tmp_path):
+    export = tmp_path / "export"
+    write_series(Volume(np.zeros((8, 8, 3)), np.eye(4)), export / "ct", StationName="CTROOM7")
+    out = tmp_path / "out"
+    assert list(_prepare(export, out, write_dicom=True).status) == ["kept"]
+    assert list(_prepare(export, out, write_dicom=True).status) == ["unchanged"]
+    assert list(_prepare(export, out).status) == ["unchanged"]  # no DICOM asked: nothing to redo
+    device = Profile("device", ("retain_device_identity",))
+    assert list(_prepare(export, out, write_dicom=True, profile=device).status) == ["kept"]
+    files = list((out / "dicom").rglob("*.dcm"))
+    assert len(files) == 3
+    assert all(pydicom.dcmread(f).StationName == "CTROOM7" for f in files)
+    assert "retain_device_identity = true" in (out / "profile.toml").read_text()
+
+
+def test_a_series_with_one_file_flagged_burned_in_is_refused(tmp_path):
+    export = tmp_path / "export"
+    paths = write_series(Volume(np.zeros((8, 8, 3)), np.eye(4)), export / "ct")
+    flagged = pydicom.dcmread(paths[1])
+    flagged.BurnedInAnnotation = "YES"
+    flagged.save_as(paths[1], enforce_file_format=True)
+    report = _prepare(export, tmp_path / "out")
+    assert list(report.status) == ["skipped"] and "burned-in" in report.reason[0]

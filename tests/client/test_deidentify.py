@@ -117,3 +117,13 @@ def test_dates_move_back_by_the_patients_own_offset(tmp_path):
     assert ds.PatientBirthDate in ("", None)
     assert key.date_shift_days("Pa") != key.date_shift_days("Pb") or \
         key.date_shift_days("Pc") != key.date_shift_days("Pa")
+
+
+def test_dates_near_the_calendar_start_shift_to_valid_dates_or_go(tmp_path):
+    key = PseudonymKey.load_or_create(tmp_path / "k.key", create=True)
+    ds = _loaded_with_extras("CT_small.dcm")
+    ds.StudyDate, ds.ContentDate = "00010101", "10000201"
+    deidentify(ds, key, "Pa")
+    assert ds.StudyDate in ("", None)  # before year 1 once shifted
+    shifted = dt.date(1000, 2, 1) - dt.timedelta(days=key.date_shift_days("Pa"))
+    assert ds.ContentDate == f"{shifted.year:04d}{shifted.month:02d}{shifted.day:02d}"

@@ -123,7 +123,7 @@ def test_written_dicom_is_deidentified(prepared):
         assert ds.PatientIdentityRemoved == "YES"
         assert ds.PatientID.startswith("P") and ds.PatientID == str(ds.PatientName)
         assert path.parts[-4] == ds.PatientID
-        for element in ds:
+        for element in [*ds.iterall(), *ds.file_meta]:  # nested items too
             action = ACTIONS.get(f"{element.tag.group:04X},{element.tag.element:04X}")
             assert action != "X", element
             if action == "Z" and element.keyword not in ("PatientName", "PatientID"):
