@@ -1,9 +1,9 @@
-"""The hospital's commands: `spinefl hospital ...` (prepare, ledger, audit, approve, approvals,
-join, keys) and
-`spinefl predict`, run by a hospital beside its own data.
+"""The hospital's commands: `spinefl hospital ...` (prepare, profile, ledger, audit, approve,
+approvals, join, keys), and `spinefl predict` and `spinefl evaluate`, run by a hospital
+beside its own data (and by researchers).
 
 `hospital_app` is mounted by the root `spinefl` app (simulation.cli), which also registers
-`predict`. The table printers here are shared with the root app.
+`predict` and `evaluate`. The table printers here are shared with the root app.
 """
 
 from __future__ import annotations
@@ -55,6 +55,34 @@ def predict(
         console.print(f"[yellow]{failed} of {len(report)} input(s) failed; see "
                       f"{out / 'predictions.csv'}[/]")
         raise typer.Exit(PARTLY_FAILED)
+
+
+def evaluate(
+    model: Path = typer.Option(..., help="Checkpoint written by train or simulate (model.pt)."),
+    manifest: Path = typer.Option(..., help="Manifest whose images to score (CSV or Parquet)."),
+    split: str = typer.Option("test", help="train, val, test, or all (every row)."),
+    out: Path = typer.Option(..., help="Folder for metrics.csv, per_image.csv and scores.png."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    force: bool = typer.Option(False, help="Replace an evaluation already in --out."),
+) -> None:
+    """Score a trained model on a manifest's split: the task's metrics, per image and over
+    the images, with a plot."""
+    import pandas as pd
+
+    from client.scoring import score_model
+
+    scored = score_model(model, manifest, split, out, device, force)
+    evaluation = scored.evaluation
+    metrics = pd.DataFrame([{"images": len(evaluation.per_image), **{
+        k: round(v, 4) for k, v in evaluation.metrics.items()}}])
+    _print_table(f"{split}: metrics", metrics)
+    per_image = evaluation.per_image
+    if scored.metric in per_image:
+        by_site = per_image.groupby(["site", "modality"])[scored.metric].agg(
+            ["count", "mean", "std", "min", "max"]).round(4).reset_index()
+        _print_table(f"{scored.metric} per image, by site", by_site)
+    console.print(f"Results: {out / 'metrics.csv'}, {out / 'per_image.csv'}, "
+                  f"{out / 'scores.png'}")
 
 
 @hospital_app.command("prepare")

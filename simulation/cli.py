@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from client.cli import _print_report, _print_table, hospital_app, predict
+from client.cli import _print_report, _print_table, evaluate, hospital_app, predict
 from server.cli import coordinator_app
 from tasks.errors import UserError
 from tasks.files import USER_ERRNOS, os_problem
@@ -37,7 +37,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-manifest_app = typer.Typer(help="Check manifests (the data contract).", no_args_is_help=True)
+manifest_app = typer.Typer(help="Check manifests (the data contract) and export them for nnU-Net "
+                            "or MONAI.", no_args_is_help=True)
 config_app = typer.Typer(help="Config reference.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Public spine datasets, as downloaded, into manifests.",
                            no_args_is_help=True)
@@ -126,6 +127,7 @@ def simulate(
 
 
 app.command()(predict)
+app.command()(evaluate)
 
 
 @datasets_app.command("list")
@@ -174,6 +176,34 @@ def manifest_check(path: Path = typer.Argument(..., help="Manifest (CSV or Parqu
     summary = table.groupby(["site", "split", "modality"]).agg(
         patients=("patient_id", "nunique"), images=("image", "count")).reset_index()
     _print_table(f"{path}: valid", summary)
+
+
+@manifest_app.command("export")
+def manifest_export(
+    path: Path = typer.Argument(..., help="Manifest (CSV or Parquet)."),
+    format: str = typer.Option(..., "--format", help="nnunet (a raw dataset folder) or monai "
+                               "(a Decathlon-style datalist.json)."),
+    out: Path = typer.Option(..., help="Folder to write the export into."),
+    labels: str = typer.Option("structures", help="structures (vertebra, disc, canal) or "
+                               "vertebrae (each VerSe vertebra value)."),
+    modality: str | None = typer.Option(None, help="CT, MR or XR: the rows to export (needed "
+                                        "when the manifest holds several)."),
+    dataset_id: int = typer.Option(501, help="nnU-Net dataset number (Dataset<id>_<name>)."),
+    name: str = typer.Option("Spine", help="nnU-Net dataset name."),
+    force: bool = typer.Option(False, help="Replace an earlier export in --out."),
+) -> None:
+    """Write a manifest as nnU-Net or MONAI read it: the same patients, splits and classes,
+    for baselines on the very same data."""
+    import pandas as pd
+
+    from simulation.baselines import export
+
+    folder = export(path, out, format, labels, modality, dataset_id, name, force)
+    cases = pd.read_csv(folder / "cases.csv", keep_default_na=False)
+    summary = cases.groupby("split").agg(cases=("case", "count"),
+                                         labelled=("label", lambda v: int((v != "").sum())))
+    _print_table(f"{format} export", summary.reset_index())
+    console.print(f"Written: {folder}")
 
 
 @manifest_app.command("docs")

@@ -32,6 +32,24 @@ def plot_history(history: pd.DataFrame, path: Path, score: str) -> Path:
     return path
 
 
+def plot_image_scores(per_image: pd.DataFrame, metric: str, path: Path, title: str) -> Path:
+    """Each image's ``metric``, one column of points per site and modality, the median
+    marked."""
+    groups = list(per_image.groupby(["site", "modality"])) if len(per_image) else []
+    figure, axis = plt.subplots(figsize=(max(4.0, 1.2 * len(groups) + 2), 4))
+    for i, (_, group) in enumerate(groups):
+        values = group[metric].dropna()
+        axis.scatter([i] * len(values), values, alpha=0.6)
+        if len(values):
+            axis.hlines(values.median(), i - 0.3, i + 0.3, color="black")
+    axis.set_xticks(range(len(groups)),
+                    [f"{site}\n{modality}\n({len(g)})" for (site, modality), g in groups])
+    axis.set(ylabel=metric, title=title)
+    axis.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 def save_figure(figure: Figure, path: Path) -> Path:
     """Write ``figure`` as a PNG atomically and close it."""
     try:

@@ -15,17 +15,12 @@ from tasks.checkpoint import FORMAT, save_checkpoint
 from tasks.errors import UserError
 from tasks.imageio import Volume, save_nifti
 from tests.helpers.cli import assert_one_line_error, spinefl
-from tests.helpers.task_defaults import default_task
+from tests.helpers.task_defaults import default_task, untrained_segmentation
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A small untrained segmentation checkpoint (CT and MR)."""
-    task = default_task("segmentation")
-    task.settings.update(channels=[8, 16], spacing=[4.0, 4.0, 4.0])
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    return save_checkpoint(path, type(task)(task.settings), type(task)(task.settings)
-                           .build_model())
+    return untrained_segmentation(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture

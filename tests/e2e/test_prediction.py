@@ -119,3 +119,20 @@ def test_grading_predictions_take_the_centroids_a_labelling_model_writes(tiny_co
     grades = json.loads((tmp_path / "out" / f"{rows[0]['patient_id']}_grades.json").read_text())
     assert "l4_l5" in grades and 1 <= grades["l4_l5"]["pfirrmann"] <= 5
     assert sum(grades["l4_l5"]["pfirrmann_probabilities"]) == pytest.approx(1, abs=1e-3)
+
+
+def test_evaluate_scores_what_training_scored(trained_run, tmp_path):
+    """`spinefl evaluate` on the validation split gives the metrics and per-image rows the
+    training run recorded for its best model: one evaluation, inside and outside training."""
+    manifest, result = trained_run
+    done = spinefl("evaluate", "--model", str(result.folder / "model.pt"), "--manifest",
+                   str(manifest.root / "manifest.csv"), "--split", "val", "--out",
+                   str(tmp_path / "val"))
+    assert done.returncode == 0, done.stderr
+    _, _, payload = load_checkpoint(result.folder / "model.pt")
+    metrics = pd.read_csv(tmp_path / "val" / "metrics.csv").iloc[0]
+    for name, value in payload["metrics"].items():
+        assert metrics[name] == pytest.approx(value, abs=1e-5), name
+    recorded = pd.read_csv(result.folder / "val_per_image.csv").drop(columns="seconds")
+    scored = pd.read_csv(tmp_path / "val" / "per_image.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(scored, recorded, atol=1e-5)
