@@ -1,5 +1,5 @@
-"""The coordinator's commands: `spinefl coordinator ...` (init, start, admit, run), run by
-whoever operates the federation's SuperLink.
+"""The coordinator's commands: `spinefl coordinator ...` (init, start, admit, run, status,
+log, stop), run by whoever operates the federation's SuperLink.
 
 `coordinator_app` is mounted by the root `spinefl` app (simulation.cli).
 """
@@ -13,7 +13,8 @@ from rich.console import Console
 
 console = Console()
 coordinator_app = typer.Typer(help="What the coordinator runs: certificates, the "
-                              "SuperLink, admitting hospitals, launching runs.",
+                              "SuperLink, admitting hospitals, launching, watching and "
+                              "stopping runs.",
                               no_args_is_help=True)
 
 
@@ -101,3 +102,38 @@ def coordinator_run(
     submit_run(CONNECTION, {"experiment": str(experiment), "resume": resume,
                             "admitted": str((folder / ADMITTED).resolve())},
                coordinator_env(folder), log, console.print)
+
+
+@coordinator_app.command("status")
+def coordinator_status(
+    folder: Path = typer.Option(..., "--dir", help="The coordinator folder."),
+) -> None:
+    """The SuperLink's runs (status, time, bundle) and its hospitals' nodes (online or not)."""
+    from server.operations import nodes, runs
+    from tasks.tables import frame_table
+
+    console.print(frame_table("Runs", runs(folder)))
+    console.print(frame_table("Hospitals' nodes", nodes(folder)))
+
+
+@coordinator_app.command("log")
+def coordinator_log(
+    run: int = typer.Argument(..., help="The run's id (`spinefl coordinator status`)."),
+    folder: Path = typer.Option(..., "--dir", help="The coordinator folder."),
+) -> None:
+    """Print a run's log as the SuperLink keeps it."""
+    from server.operations import run_log
+
+    typer.echo(run_log(folder, run), nl=False)
+
+
+@coordinator_app.command("stop")
+def coordinator_stop(
+    run: int = typer.Argument(..., help="The run's id (`spinefl coordinator status`)."),
+    folder: Path = typer.Option(..., "--dir", help="The coordinator folder."),
+) -> None:
+    """Stop a run: its ServerApp ends and the hospitals' tasks with it; the SuperLink and
+    the hospitals' nodes stay up for the next run."""
+    from server.operations import stop_run
+
+    console.print(stop_run(folder, run))

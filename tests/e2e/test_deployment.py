@@ -25,6 +25,7 @@ from client.audit import AuditLog
 from server.admission import ADMITTED
 from server.app import starting_point
 from server.config import load_experiment
+from server.operations import nodes, runs
 from server.superlink import coordinator_env
 from simulation.config import load_simulation
 from simulation.phantoms.config import cohort_config
@@ -34,7 +35,7 @@ from tasks.checkpoint import load_checkpoint
 from tasks.config import load_toml
 from tasks.processes import BIN, descendants, flower_env, stop_tree
 from tasks.registry import task_class
-from tests.helpers.cli import SPINEFL, spinefl
+from tests.helpers.cli import SPINEFL, assert_one_line_error, spinefl
 from tests.helpers.deployment import ROOT, Federation, experiment, wait_for
 from tests.helpers.flower_processes import flower_processes
 
@@ -234,6 +235,41 @@ def test_secure_aggregation_with_three_hospitals(federation, tmp_path):
     assert all(torch.isfinite(final[k]).all() for k in final)
     moved = [k for k in initial if not torch.equal(initial[k], final[k])]
     assert len(moved) > len(initial) // 2, "the unmasked sum did not reach the global model"
+
+
+def test_the_coordinator_watches_and_stops_a_run(federation, tmp_path):
+    """`coordinator status` shows a 50-round run running and the three hospitals online by
+    name; `coordinator stop` ends it in round 1 (`coordinator run` returns, every hospital
+    stays up); `coordinator log` prints what the SuperLink kept of it."""
+    config = experiment(tmp_path, "deployment_smoke.toml", "stopped", rounds=50)
+    log, folder = federation.coordinator / "runs/stopped.log", federation.coordinator
+    run = subprocess.Popen([str(SPINEFL), "coordinator", "run", str(config), "--dir",
+                            str(folder)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        wait_for(lambda: log.is_file() and "[ROUND 1/50]" in log.read_text(), 300,
+                 "round 1 did not start")
+        status = spinefl("coordinator", "status", "--dir", str(folder))
+        assert status.returncode == 0, status.stderr
+        shown = runs(folder)
+        (running,) = shown[shown.status == "running"].run
+        online = nodes(folder).set_index("hospital").status
+        assert all(online[name] == "online" for name in HOSPITALS), online
+        assert all(name in status.stdout for name in (*HOSPITALS, running, "running")), \
+            status.stdout
+        stop = spinefl("coordinator", "stop", running, "--dir", str(folder))
+        assert stop.returncode == 0, stop.stderr
+        run.wait(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert runs(folder).set_index("run").loc[running, "status"] == "finished:stopped"
+    assert not (federation.output("runs/stopped") / "model.pt").is_file()
+    shown = spinefl("coordinator", "log", running, "--dir", str(folder))
+    assert shown.returncode == 0 and "[ROUND 1/50]" in shown.stdout, shown.stderr
+    assert set(nodes(folder).set_index("hospital").status[list(HOSPITALS)]) == {"online"}
+    assert_one_line_error(spinefl("coordinator", "stop", "999999", "--dir", str(folder)),
+                          "no run 999999 on this SuperLink")
 
 
 def test_two_rounds_over_tls_through_a_killed_node_and_a_crashed_coordinator(federation,

@@ -220,3 +220,11 @@ def test_joining_with_a_mistake_is_one_line(authority, tmp_path, tiny_cohort, pr
         args["--data"] = str(tmp_path)
     assert_one_line_error(spinefl("hospital", "join", *[x for pair in args.items()
                                                          for x in pair]), fragment)
+
+
+@pytest.mark.parametrize("command", [["status"], ["log", "1"], ["stop", "1"]])
+def test_watching_a_coordinator_that_is_not_started_is_one_line(authority, command):
+    """`coordinator status | log | stop` ask the SuperLink; when it is not running they say
+    so in one line (they work on a running one: tests/e2e/test_deployment.py)."""
+    done = spinefl("coordinator", *command, "--dir", str(authority))
+    assert_one_line_error(done, str(authority), "is `spinefl coordinator start` running?")
