@@ -38,6 +38,8 @@ def predict(
     centroids: Path | None = typer.Option(None, help="Folder of <stem>_ctd.json vertebra "
                                           "centroids (e.g. a labelling model's predictions), "
                                           "for disc grading."),
+    qc: bool = typer.Option(False, help="Also write <stem>_qc.png: the prediction over its "
+                            "image (three planes, the label convention's colours)."),
 ) -> None:
     """Run a trained model on new images; outputs keep each input's exact geometry and mirror
     the input tree. Exit status 1 when any input failed (the others are written)."""
@@ -48,7 +50,7 @@ def predict(
     if centroids is not None and not centroids.is_dir():
         raise UserError(f"{centroids}: --centroids must be a folder of <stem>_ctd.json files")
     extra = {} if centroids is None else {"centroids": centroids}
-    report = run_prediction(model, input, out, modality, device, force, extra)
+    report = run_prediction(model, input, out, modality, device, force, extra, qc)
     _print_table("Predictions", report)
     failed = int((report.status == "failed").sum())
     if failed:

@@ -48,7 +48,8 @@ from tasks.imageio import (
     modality_in_name,
 )
 from tasks.locks import folder_lock
-from tasks.outputs import MaskOutput
+from tasks.outputs import MaskOutput, RecordOutput
+from tasks.plots import plot_overlay
 from tasks.points import read_points
 
 # Stems of files that hold a mask or label map, not an image.
@@ -122,8 +123,9 @@ def check_output_folder(input_path: Path, out: Path) -> None:
 
 def predict(model_path: Path, input_path: Path, out: Path, modality: str | None = None,
             device_name: str = "auto", force: bool = False,
-            extra: Mapping[str, Path] | None = None) -> pd.DataFrame:
-    """Predict every input; return this batch's report (input, output, status, reason)."""
+            extra: Mapping[str, Path] | None = None, qc: bool = False) -> pd.DataFrame:
+    """Predict every input; return this batch's report (input, output, status, reason).
+    ``qc`` adds ``<stem>_qc.png`` beside each output: the prediction over its image."""
     task, model, _ = load_checkpoint(model_path)
     check_output_folder(input_path, out)
     inputs = list(find_inputs(input_path))
@@ -137,8 +139,8 @@ def predict(model_path: Path, input_path: Path, out: Path, modality: str | None 
                             f"({earlier}); choose another folder or pass --force")
         device = select_device(device_name)
         model.to(device)
-        report = [_predict_one(task, model, item, out, modality, device, force, extra or {})
-                  for item in track(inputs, description="Predicting")]
+        report = [_predict_one(task, model, item, out, modality, device, force, extra or {},
+                               qc) for item in track(inputs, description="Predicting")]
         write_text(earlier, labels)
         frame = pd.DataFrame(report)
         table = out / "predictions.csv"
@@ -150,8 +152,18 @@ def predict(model_path: Path, input_path: Path, out: Path, modality: str | None 
     return pd.DataFrame(report)
 
 
+def _qc(volume: Volume, output: MaskOutput | RecordOutput, path: Path, name: str) -> None:
+    """The prediction over its image: a label map in the convention's colours, or the
+    record's points with their labels and its caption."""
+    if isinstance(output, MaskOutput):
+        plot_overlay(volume, path, name, labels=output.volume.array)
+    else:
+        plot_overlay(volume, path, f"{name}  {output.caption}".strip(), points=output.points)
+
+
 def _predict_one(task: Task, model: nn.Module, item: Input, out: Path, modality: str | None,
-                 device: torch.device, force: bool, extra: Mapping[str, Path]) -> dict[str, str]:
+                 device: torch.device, force: bool, extra: Mapping[str, Path],
+                 qc: bool = False) -> dict[str, str]:
     """Predict one input into ``out``; its report row."""
     target = out / item.place.parent / f"{item.stem}{task.output_suffix}"
     entry = {"input": item.name, "output": str(target), "status": "written", "reason": ""}
@@ -168,6 +180,8 @@ def _predict_one(task: Task, model: nn.Module, item: Input, out: Path, modality:
             raise UserError(f"{item.name}: pass --modality (this model takes "
                             f"{', '.join(task.modalities)}; the file name does not say)")
         output = task.predict(model, volume, device, item.extra(task.inputs, extra))
+        if qc:
+            _qc(volume, output, out / item.place.parent / f"{item.stem}_qc.png", item.name)
         if isinstance(output, MaskOutput) and volume.stored_shape is not None:
             output.volume.array = output.volume.array.reshape(volume.stored_shape)
         output.save(target)

@@ -43,7 +43,7 @@ def comparison(results: pd.DataFrame, score: str) -> pd.DataFrame:
 def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataFrame,
                  config: dict[str, Any], folder: Path) -> Path:
     """Write results.csv, comparison.csv, <score>_per_round.png (the task's score),
-    comparison.png and summary.md."""
+    comparison.png and summary.md (markdown that shows the plots beside its tables)."""
     folder.mkdir(parents=True, exist_ok=True)
     score = task_class(config["task"]["name"]).score
     write_table(results, folder / "results.csv")
@@ -83,10 +83,11 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
         + f"; partition `{config['partition']['method']}`.", "",
         "## Hospitals", "", markdown_table(hospitals), "",
         f"## Test {score} per hospital", "", markdown_table(table), "",
+        "![Each hospital's test patients, every model](comparison.png)", "",
+        f"![Validation {score} per round at each hospital]({per_round})", "",
         *privacy_lines,
-        f"Plots: `{per_round}`, `comparison.png`. Per-image metrics of every model: "
-        "`results.csv`; per-hospital metrics of every round: "
-        "`../federated/federated_metrics.csv`.", "",
+        "Per-image metrics of every model: `results.csv`; per-hospital metrics of every "
+        "round: `../federated/federated_metrics.csv`.", "",
     ]
     write_text(folder / "summary.md", "\n".join(lines))
     return folder / "summary.md"
@@ -115,12 +116,13 @@ def privacy_statement(rounds: pd.DataFrame, config: dict[str, Any], folder: Path
                   f"augmentation(s) averaged into one gradient clipped to "
                   f"{privacy['max_grad_norm']:g} (one clipped gradient per patient per step), "
                   f"training {trained}; {privacy['accountant'].upper()} accountant, "
-                  "add/remove one patient (plot: `epsilon_per_round.png`):", ""]
+                  "add/remove one patient:", ""]
         for hospital, group in rounds.dropna(subset=["train_epsilon"]).groupby("hospital"):
             last = group.sort_values("round").iloc[-1]
             lines.append(f"- ({last['train_epsilon']:.2f}, {last['train_delta']:g}) per patient "
                          f"at hospital {hospital} after {len(group)} round(s) of this run "
                          f"({last['train_epsilon-total']:.2f} over every run in its ledger).")
+        lines += ["", "![Epsilon spent per round at each hospital](epsilon_per_round.png)"]
     if "train_error" in rounds:
         refused = rounds[rounds["train_error"].fillna("").str.contains("privacy budget")]
         for _, row in refused.iterrows():

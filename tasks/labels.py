@@ -50,3 +50,23 @@ def label_name(value: int) -> str:
     if value == CANAL:
         return "canal"
     raise ValueError(f"{value} is not a label of the spinefl convention")
+
+
+# Display colours of the convention (RGB, 0-1): vertebrae by region (cervical blues,
+# thoracic greens, lumbar oranges, sacrum and coccyx purple), discs light grey, canal yellow.
+_REGIONS = ((range(1, 8), (0.25, 0.45, 0.95)), (range(8, 20), (0.2, 0.7, 0.3)),
+            (range(20, 26), (0.95, 0.55, 0.15)), (range(26, 29), (0.6, 0.35, 0.75)))
+
+
+def label_colour(value: int) -> tuple[float, float, float]:
+    """The display colour of a label value; neighbouring vertebrae alternate in brightness
+    so that each stands apart."""
+    if structure_of(value) == "disc":
+        return (0.85, 0.85, 0.9)
+    if value == CANAL:
+        return (0.95, 0.85, 0.2)
+    for values, (r, g, b) in _REGIONS:
+        if value in values:
+            shade = 1.0 if value % 2 else 0.7
+            return (r * shade, g * shade, b * shade)
+    return (1.0, 0.0, 0.0)  # outside the convention: shown, in red

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,13 @@ class MaskOutput:
 
 @dataclass
 class RecordOutput:
-    """A predicted record (centroid list, grades, angles) written as JSON."""
+    """A predicted record (centroid list, grades, angles) written as JSON, with what a person
+    checking it should see over the image: labelled points (voxel coordinates ``X``, ``Y``,
+    ``Z`` of the input, ``label`` a convention value or a word) and a caption."""
 
     record: Any
+    points: list[dict[str, Any]] = field(default_factory=list)
+    caption: str = ""
 
     def save(self, path: Path) -> None:
         write_text(path, json.dumps(self.record, indent=1))

@@ -90,10 +90,14 @@ class CobbTask:
                     for x, y, _ in to_voxels(world[:, :3], volume.affine)]
 
         tilts = [body.tilt for body in found]
+        angle = round(cobb_angle(tilts), 2)
+        corners = [{"X": x, "Y": y, "label": ""} for body in found
+                   for x, y in pixels(body.corners)]
         return RecordOutput({
-            "cobb_angle": round(cobb_angle(tilts), 2),
+            "cobb_angle": angle,
             "vertebrae": [{"centre": pixels(body.centre[None])[0], "tilt": round(body.tilt, 2),
-                           "corners": pixels(body.corners)} for body in found]})
+                           "corners": pixels(body.corners)} for body in found]},
+            points=corners, caption=f"Cobb angle {angle:g} degrees")
 
     def score_image(self, model: nn.Module, manifest: Manifest, row: dict[str, str],
                     device: torch.device) -> ImageScore:

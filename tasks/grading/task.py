@@ -114,7 +114,9 @@ class GradingTask:
                 "spinal_canal_stenosis": SEVERITY_NAMES[int(severities[i].argmax())],
                 "spinal_canal_stenosis_probabilities": [round(float(p), 4)
                                                         for p in severities[i]]}
-        return RecordOutput(record)
+        return RecordOutput(record, points=[
+            {"X": v["X"], "Y": v["Y"], "Z": v["Z"], "label": f"{level} P{v['pfirrmann']}"}
+            for level, v in record.items()], caption="Pfirrmann grade per disc")
 
     def score_image(self, model: nn.Module, manifest: Manifest, row: dict[str, str],
                     device: torch.device) -> ImageScore | None:

@@ -85,7 +85,9 @@ class LabellingTask:
                 extra: Mapping[str, Any]) -> RecordOutput:
         modality = accepted_modality(volume, self.settings["modalities"])
         found = self.centroids(model, volume, modality, device)
-        return RecordOutput(centroid_list(found, volume.affine))
+        record = centroid_list(found, volume.affine)
+        return RecordOutput(record, points=[e for e in record if "label" in e],
+                            caption=f"{len(found)} vertebrae")
 
     def score_image(self, model: nn.Module, manifest: Manifest, row: dict[str, str],
                     device: torch.device) -> ImageScore:

@@ -38,6 +38,17 @@ def predict(model, source, out, *extra):
                    *extra)
 
 
+def test_qc_pictures_are_written_beside_the_predictions(model, phantom_tree, tmp_path):
+    out = tmp_path / "out"
+    done = predict(model, phantom_tree, out, "--qc")
+    assert done.returncode == 0, done.stdout + done.stderr
+    predictions = sorted(out.rglob("*_pred.nii.gz"))
+    pictures = sorted(out.rglob("*_qc.png"))
+    assert [p.name.replace("_pred.nii.gz", "") for p in predictions] == \
+        [p.name.replace("_qc.png", "") for p in pictures]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pictures)
+
+
 def test_outputs_mirror_the_tree_and_masks_are_reported_not_predicted(model, phantom_tree,
                                                                       tmp_path):
     out = tmp_path / "out"

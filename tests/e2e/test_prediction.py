@@ -109,7 +109,7 @@ def test_grading_predictions_take_the_centroids_a_labelling_model_writes(tiny_co
     shutil.copy(tiny_cohort.path(rows[0], "centroids"), centroids / f"{first}_ctd.json")
     done = spinefl("predict", "--model", str(tmp_path / "grading.pt"), "--input", str(images),
                    "--centroids", str(centroids), "--modality", "CT", "--out",
-                   str(tmp_path / "out"))
+                   str(tmp_path / "out"), "--qc")
     assert done.returncode == 1, done.stderr  # one input failed (no centroids for it)
     report = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
     status = dict(zip(report.input.map(lambda p: p.split("/")[-1]), report.status, strict=True))
@@ -119,6 +119,8 @@ def test_grading_predictions_take_the_centroids_a_labelling_model_writes(tiny_co
     grades = json.loads((tmp_path / "out" / f"{rows[0]['patient_id']}_grades.json").read_text())
     assert "l4_l5" in grades and 1 <= grades["l4_l5"]["pfirrmann"] <= 5
     assert sum(grades["l4_l5"]["pfirrmann_probabilities"]) == pytest.approx(1, abs=1e-3)
+    # --qc: the graded discs drawn over the image that was written, nothing for the failure
+    assert [p.name for p in (tmp_path / "out").glob("*_qc.png")] == [f"{first}_qc.png"]
 
 
 def test_evaluate_scores_what_training_scored(trained_run, tmp_path):

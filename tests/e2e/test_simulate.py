@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -72,6 +73,8 @@ def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_
     assert payload["round"] == 2 and task.name == "segmentation"
     for name in ("summary.md", "comparison.png", "dice_mean_per_round.png", "results.csv"):
         assert (run / "report" / name).is_file()
+    shown = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (run / "report" / "summary.md").read_text())
+    assert set(shown) == {"comparison.png", "dice_mean_per_round.png"}  # the plots, shown
 
 
 def test_a_failing_hospital_does_not_stop_the_round(smoke, tmp_path):
@@ -171,6 +174,7 @@ def test_dp_simulation_records_epsilon_and_a_refusing_hospital_lets_the_round_go
     assert "per patient at hospital" in summary
     assert "2 slice(s) x 2 augmentation(s) averaged into one gradient clipped to 1" in \
         " ".join(summary.split())
+    assert "![Epsilon spent per round at each hospital](epsilon_per_round.png)" in summary
     assert (run / "report" / "epsilon_per_round.png").is_file()
 
 
