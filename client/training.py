@@ -42,6 +42,7 @@ from tasks.locks import folder_lock, run_files
 from tasks.manifest import Manifest
 from tasks.plots import plot_history
 from tasks.run_config import patient_draws, task_from_config
+from tasks.tracking import TENSORBOARD, ScalarLog
 
 
 def claim_run_folder(out: Path, force: bool) -> None:
@@ -135,6 +136,7 @@ def _train(config: dict[str, dict[str, Any]], task: Task, train_rows: Manifest,
             row["seconds"] = trainer.elapsed()
             history.append(row)
             write_table(pd.DataFrame(history), out / "metrics.csv")
+            scalars.add("train", row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
             save_checkpoint(out / "checkpoint_last.pt", task, model, epoch=row["epoch"],
                             optimizer=trainer.optimizer.state_dict())
             status = f"epoch {row['epoch']}/{run['epochs']}  loss {row['train_loss']:.3f}"
@@ -142,10 +144,14 @@ def _train(config: dict[str, dict[str, Any]], task: Task, train_rows: Manifest,
                 status += f"  val {task.score} {row[score]:.3f}"
             progress.update(bar, status=status)
 
-        fit = trainer.fit(batches, run["epochs"], dp=dp,
-                          evaluate=validate if len(val_rows) else None,
-                          eval_every=run["eval_every"], on_epoch_end=epoch_end,
-                          on_step=lambda: progress.advance(bar))
+        scalars = ScalarLog(out / TENSORBOARD)
+        try:
+            fit = trainer.fit(batches, run["epochs"], dp=dp,
+                              evaluate=validate if len(val_rows) else None,
+                              eval_every=run["eval_every"], on_epoch_end=epoch_end,
+                              on_step=lambda: progress.advance(bar))
+        finally:
+            scalars.close()
     if fit.out_of_time:
         console.print(f"Stopped after epoch {len(history)}: time budget of "
                       f"{run['max_minutes']:g} min reached")

@@ -18,7 +18,8 @@ a callback writes, in the experiment's output folder:
 - ``federated_metrics.csv``: one row per hospital per round (training loss,
   steps, samples, learning rate, time; the task's validation metrics; errors; the round's
   wall time on the server);
-- ``checkpoint_round.pt``: the global weights and the round reached, to resume.
+- ``checkpoint_round.pt``: the global weights and the round reached, to resume;
+- ``tensorboard/<hospital>/``: the same metrics as TensorBoard scalars, step = round.
 
 At the end ``model.pt`` holds the final global model, usable by
 ``spinefl predict`` as it is.
@@ -52,6 +53,7 @@ from tasks.errors import UserError
 from tasks.files import write_table
 from tasks.run_config import LOCAL_TRAIN_KEYS, task_from_config
 from tasks.seeding import seed_everything
+from tasks.tracking import TENSORBOARD, ScalarLog
 
 app = ServerApp()
 
@@ -162,6 +164,7 @@ def main(grid: Grid, context: Context) -> None:
                                 round_offset=done)
     model = task.build_model()
     clock = {"last": time.perf_counter()}
+    scalars = ScalarLog(out / TENSORBOARD, fresh=done == 0)
 
     def round_end(server_round: int, arrays: ArrayRecord) -> None:
         now = time.perf_counter()
@@ -182,6 +185,9 @@ def main(grid: Grid, context: Context) -> None:
                 row["hospital"], row.get("train_loss", float("nan")), task.score, score)
         table = pd.concat([earlier, pd.DataFrame(rows)])
         write_table(table, path)  # whole or not at all: others read it while a run goes on
+        for row in rows:
+            scalars.add(row["hospital"], row["round"],
+                        {k: v for k, v in row.items() if k != "round"})
         model.load_state_dict(arrays.to_torch_state_dict())
         save_checkpoint(out / ROUND_CHECKPOINT, task, model, round=server_round + done)
         return None
@@ -208,6 +214,8 @@ def main(grid: Grid, context: Context) -> None:
             log(ERROR, "The run stops: %s. Finished rounds are kept in %s; when the hospitals "
                 "are back, run again with resume=true.", e, out / ROUND_CHECKPOINT)
             raise
+        finally:
+            scalars.close()
         weights = arrays.to_torch_state_dict()
     model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
     save_checkpoint(out / "model.pt", task, model, round=federation["rounds"])

@@ -15,6 +15,7 @@ from tasks.checkpoint import load_checkpoint
 from tasks.manifest import Manifest
 from tests.helpers.flower_processes import flower_processes, left_after
 from tests.helpers.stops import stop_when
+from tests.helpers.tracking import scalars
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +59,11 @@ def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_
     rounds = pd.read_csv(run / "federated" / "federated_metrics.csv")
     assert sorted(rounds["round"].unique()) == [1, 2]
     assert (rounds.groupby("round").size() == 3).all(), "each round once, three hospitals"
+    for hospital, group in rounds.groupby("hospital"):  # TensorBoard: each round once too
+        logged = scalars(run / "federated" / "tensorboard" / hospital)["train_loss"]
+        assert [step for step, _ in logged] == [1, 2], (hospital, logged)
+        assert [v for _, v in logged] == pytest.approx(list(group.sort_values("round")
+                                                           .train_loss))
     assert set(rounds.hospital) == {"ct-a", "ct-c", "mr-b"}
     assert {"train_loss", "train_num-examples", "val_dice_vertebra", "val_dice_disc",
             "val_dice_canal", "train_seconds"} <= set(rounds.columns)
