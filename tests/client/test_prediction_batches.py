@@ -38,6 +38,7 @@ def predict(model, source, out, *extra):
                    *extra)
 
 
+@pytest.mark.slow  # a real `spinefl predict` run
 def test_qc_pictures_are_written_beside_the_predictions(model, phantom_tree, tmp_path):
     out = tmp_path / "out"
     done = predict(model, phantom_tree, out, "--qc")

@@ -309,6 +309,7 @@ def test_ledger_command_prints_every_round_and_the_total(tmp_path):
                           "no privacy ledger")
 
 
+@pytest.mark.slow  # a real DP training run (half a minute)
 def test_pooled_dp_training_reaches_its_target_epsilon(tiny_cohort, tmp_path):
     def config(**privacy):
         return run_config(tmp_path / "run.toml", tiny_cohort.root / "manifest.csv",
@@ -326,6 +327,7 @@ def test_pooled_dp_training_reaches_its_target_epsilon(tiny_cohort, tmp_path):
     assert metrics["epsilon"].is_monotonic_increasing
 
 
+@pytest.mark.slow  # a real DP training run (half a minute)
 def test_pooled_dp_from_a_starting_model_trains_only_the_chosen_part(tiny_cohort, tmp_path):
     """`spinefl train` starts from train.init_checkpoint and, with privacy.trainable = head,
     leaves every other parameter at the starting model's value; a part the task does not

@@ -32,6 +32,7 @@ def test_every_test_image_is_scored_and_summarised_with_a_plot(model, tiny_cohor
     assert len(everything.evaluation.per_image) == len(Manifest.load(manifest))
 
 
+@pytest.mark.slow  # five real `spinefl evaluate` runs
 def test_the_command_refuses_in_one_line(model, tiny_cohort, tiny_xray, tmp_path):
     manifest = tiny_cohort.root / "manifest.csv"
     out = tmp_path / "eval"

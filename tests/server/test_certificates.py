@@ -222,6 +222,7 @@ def test_joining_with_a_mistake_is_one_line(authority, tmp_path, tiny_cohort, pr
                                                          for x in pair]), fragment)
 
 
+@pytest.mark.slow  # three real commands against a coordinator folder
 @pytest.mark.parametrize("command", [["status"], ["log", "1"], ["stop", "1"]])
 def test_watching_a_coordinator_that_is_not_started_is_one_line(authority, command):
     """`coordinator status | log | stop` ask the SuperLink; when it is not running they say

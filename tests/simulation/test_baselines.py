@@ -14,6 +14,8 @@ from tasks.imageio import load_image
 from tasks.manifest import Manifest
 from tests.helpers.cli import assert_one_line_error, spinefl
 
+pytestmark = pytest.mark.slow  # real `spinefl manifest export` runs
+
 
 def _export(manifest, out, *extra):
     return spinefl("manifest", "export", str(manifest), "--out", str(out), *extra)

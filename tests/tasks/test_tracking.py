@@ -26,6 +26,7 @@ def test_finite_numbers_are_logged_per_run_and_a_resumed_log_goes_on(tmp_path):
     assert not (tmp_path / "tb").exists()
 
 
+@pytest.mark.slow  # a real training run
 def test_spinefl_train_logs_what_metrics_csv_holds(tiny_cohort, tmp_path):
     from tests.helpers.training import train_for
 
