@@ -18,6 +18,7 @@ from server.superlink import CONNECTION, coordinator_env, load_coordinator
 from tasks.errors import UserError
 from tasks.processes import BIN
 
+NOT_RUNNING = "is `spinefl coordinator start` running?"
 RUN_COLUMNS = {"run-id": "run", "status": "status", "elapsed": "elapsed",
                "fab-hash": "bundle sha256"}
 
@@ -30,13 +31,12 @@ def flwr(folder: Path, *args: str, timeout: float = 60) -> str:
         done = subprocess.run([str(BIN / "flwr"), *args], capture_output=True, text=True,
                               env=coordinator_env(folder), timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise UserError(f"{folder}: `flwr {args[0]}` got no answer in {timeout:g} s; is "
-                        "`spinefl coordinator start` running?") from None
+        raise UserError(f"{folder}: `flwr {args[0]}` got no answer in {timeout:g} s; "
+                        f"{NOT_RUNNING}") from None
     answer = (done.stdout + done.stderr).strip()
     if done.returncode != 0:
         last = answer.splitlines()[-1] if answer else f"status {done.returncode}"
-        raise UserError(f"{folder}: flwr {args[0]} failed: {last} (is `spinefl coordinator "
-                        "start` running?)")
+        raise UserError(f"{folder}: flwr {args[0]} failed: {last} ({NOT_RUNNING})")
     return done.stdout
 
 
@@ -50,8 +50,8 @@ def _json(folder: Path, *args: str) -> dict:
         raise UserError(f"{folder}: Flower's answer is not JSON: {text[:200]}") from None
     if not answer.get("success", False):
         message = str(answer.get("error-message", "")).strip().splitlines() or ["no reason"]
-        raise UserError(f"{folder}: flwr {args[0]} failed: {message[-1].strip()} (is "
-                        "`spinefl coordinator start` running?)")
+        raise UserError(f"{folder}: flwr {args[0]} failed: {message[-1].strip()} "
+                        f"({NOT_RUNNING})")
     return answer
 
 

@@ -199,7 +199,8 @@ def test_no_original_value_leaves_prepare(export, tmp_path, name):
     # What an option keeps is kept, at both levels (the scan would be vacuous otherwise).
     dicom = pydicom.dcmread(next(p for p, _ in written if p.suffix == ".dcm"))
     retained = [t for t in kept if originals[t][0] not in ("PN", "UI", "SQ")]
-    assert len(retained) > (100 if name == "retain-all" else -1)
+    if name == "retain-all":
+        assert len(retained) > 100
     for level in (dicom, dicom.RelatedSeriesSequence[0]):
         for tag in retained:
             element = level.get(int(tag.replace(",", ""), 16))
