@@ -41,12 +41,12 @@ from client.training import train  # noqa: E402
 from simulation.config import load_simulation  # noqa: E402
 from simulation.phantoms.config import cohort_config  # noqa: E402
 from simulation.phantoms.generator import generate  # noqa: E402
-from simulation.report import markdown_table  # noqa: E402
 from simulation.simulate import evaluate_on_hospitals, simulate  # noqa: E402
 from tasks.config import load_toml  # noqa: E402
 from tasks.device import select_device  # noqa: E402
 from tasks.manifest import Manifest  # noqa: E402
 from tasks.run_config import load_run_config  # noqa: E402
+from tasks.tables import markdown_table  # noqa: E402
 
 EPSILONS = (8.0, 4.0, 1.0)
 STARTS = ("scratch", "public")

@@ -40,6 +40,9 @@ def predict(
                                           "for disc grading."),
     qc: bool = typer.Option(False, help="Also write <stem>_qc.png: the prediction over its "
                             "image (three planes, the label convention's colours)."),
+    dicom: bool = typer.Option(False, help="For DICOM series, also write <stem>_seg.dcm (DICOM "
+                               "SEG of a label map) or <stem>_sr.dcm (DICOM SR measurement "
+                               "report of angles and grades), referencing the series."),
 ) -> None:
     """Run a trained model on new images; outputs keep each input's exact geometry and mirror
     the input tree. Exit status 1 when any input failed (the others are written)."""
@@ -50,7 +53,7 @@ def predict(
     if centroids is not None and not centroids.is_dir():
         raise UserError(f"{centroids}: --centroids must be a folder of <stem>_ctd.json files")
     extra = {} if centroids is None else {"centroids": centroids}
-    report = run_prediction(model, input, out, modality, device, force, extra, qc)
+    report = run_prediction(model, input, out, modality, device, force, extra, qc, dicom)
     _print_table("Predictions", report)
     failed = int((report.status == "failed").sum())
     if failed:

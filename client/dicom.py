@@ -423,14 +423,15 @@ def scan_folder(folder: Path) -> tuple[dict[str, list[DicomFile]], list[tuple[Pa
     return group_series(headers), skipped
 
 
-def load_series(files: list[DicomFile]) -> Volume:
-    """A kept series as a volume; raises SeriesError naming the series' folder and the reason."""
+def load_series(files: list[DicomFile]) -> SeriesVolume:
+    """A kept series as a volume, with its files in slice order; raises SeriesError naming the
+    series' folder and the reason."""
     problem = series_problem(files)
     where = files[0].path.parent
     if problem:
         raise SeriesError(f"{where}: {problem}")
     try:
-        return build_volume(files).volume
+        return build_volume(files)
     except SeriesError as e:
         raise SeriesError(f"{where}: {e}") from None
 
@@ -441,4 +442,4 @@ def load_folder(path: Path) -> Volume:
     series, _ = scan_folder(path)
     if len(series) != 1:
         raise ImageError(f"{path}: expected one DICOM series, found {len(series)}")
-    return load_series(next(iter(series.values())))
+    return load_series(next(iter(series.values()))).volume

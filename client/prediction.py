@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ import torch
 from rich.progress import track
 from torch import nn
 
-from client.dicom import load_series, scan_folder
+from client.dicom import DicomFile, load_series, scan_folder
+from client.dicom_outputs import write_report, write_segmentation
 from tasks.checkpoint import load_checkpoint
 from tasks.contract import Task
 from tasks.device import select_device
@@ -47,6 +48,7 @@ from tasks.imageio import (
     load_image,
     modality_in_name,
 )
+from tasks.labels import colour_table
 from tasks.locks import folder_lock
 from tasks.outputs import MaskOutput, RecordOutput
 from tasks.plots import plot_overlay
@@ -59,16 +61,27 @@ LABEL_STEMS = re.compile(r"_(mask|msk|seg|label|labels|pred)$", re.IGNORECASE)
 @dataclass
 class Input:
     """One image to predict on: a display name, where its output goes (relative to the output
-    folder, without the suffix), how to load it, and why it is skipped (empty: it is not)."""
+    folder, without the suffix), its file or DICOM series, and why it is skipped (empty: it is
+    not). ``sources``: a loaded series' files in slice order."""
 
     name: str
     place: Path
-    load: Callable[[], Volume]
+    path: Path | None = None
+    series: list[DicomFile] | None = None
     skip: str = ""
+    sources: list[Path] = field(default_factory=list)
 
     @property
     def stem(self) -> str:
         return self.place.name
+
+    def load(self) -> Volume:
+        """The image (a series: its volume, remembering its ordered files)."""
+        if self.series is None:
+            return load_image(self.path)
+        built = load_series(self.series)
+        self.sources = built.files
+        return built.volume
 
     def extra(self, inputs: Mapping[str, str], folders: Mapping[str, Path]) -> dict[str, Any]:
         """This input's declared extra inputs (name -> file suffix) that ``folders`` hold, as
@@ -93,7 +106,7 @@ def find_inputs(path: Path) -> Iterator[Input]:
     """Images under ``path``: the file itself, or a folder's image files and DICOM series
     (hidden files and folders are passed over)."""
     if path.is_file():
-        yield Input(str(path), Path(_stem(path)), lambda: load_image(path))
+        yield Input(str(path), Path(_stem(path)), path)
         return
     if not path.is_dir():
         raise UserError(f"{path}: input not found")
@@ -104,12 +117,12 @@ def find_inputs(path: Path) -> Iterator[Input]:
         if file.is_file() and has_suffix(file, NIFTI_SUFFIXES + ITK_SUFFIXES):
             place = relative.parent / _stem(file)
             skip = "a mask or label map, not an image" if LABEL_STEMS.search(place.name) else ""
-            yield Input(str(file), place, lambda file=file: load_image(file), skip)
+            yield Input(str(file), place, file, skip=skip)
     series, _ = scan_folder(path)
     for uid, files in series.items():
         folder = files[0].path.parent
         yield Input(f"{folder} (series {uid})", folder.relative_to(path) / f"series-{uid}",
-                    lambda files=files: load_series(files))
+                    series=files)
 
 
 def check_output_folder(input_path: Path, out: Path) -> None:
@@ -123,15 +136,19 @@ def check_output_folder(input_path: Path, out: Path) -> None:
 
 def predict(model_path: Path, input_path: Path, out: Path, modality: str | None = None,
             device_name: str = "auto", force: bool = False,
-            extra: Mapping[str, Path] | None = None, qc: bool = False) -> pd.DataFrame:
+            extra: Mapping[str, Path] | None = None, qc: bool = False,
+            dicom: bool = False) -> pd.DataFrame:
     """Predict every input; return this batch's report (input, output, status, reason).
-    ``qc`` adds ``<stem>_qc.png`` beside each output: the prediction over its image."""
+    ``qc`` adds ``<stem>_qc.png`` beside each output: the prediction over its image; ``dicom``
+    adds, for a DICOM series, ``<stem>_seg.dcm`` (a label map) or ``<stem>_sr.dcm`` (a record's
+    findings), with the report's ``dicom`` column naming it or saying why there is none."""
     task, model, _ = load_checkpoint(model_path)
     check_output_folder(input_path, out)
     inputs = list(find_inputs(input_path))
     if not inputs:
         raise UserError(f"{input_path}: no NIfTI, MHA or DICOM image found")
-    labels = json.dumps(task.describe_output(), indent=2)
+    described = task.describe_output()
+    labels = json.dumps(described, indent=2)
     with folder_lock(out):
         earlier = out / "labels.json"
         if earlier.is_file() and earlier.read_text() != labels and not force:
@@ -140,8 +157,11 @@ def predict(model_path: Path, input_path: Path, out: Path, modality: str | None 
         device = select_device(device_name)
         model.to(device)
         report = [_predict_one(task, model, item, out, modality, device, force, extra or {},
-                               qc) for item in track(inputs, description="Predicting")]
+                               qc, dicom) for item in track(inputs, description="Predicting")]
         write_text(earlier, labels)
+        if "classes" in described:
+            write_text(out / "labels.ctbl", colour_table(
+                {int(v): n for v, n in described["classes"].items()}))
         frame = pd.DataFrame(report)
         table = out / "predictions.csv"
         if table.is_file():
@@ -161,12 +181,34 @@ def _qc(volume: Volume, output: MaskOutput | RecordOutput, path: Path, name: str
         plot_overlay(volume, path, f"{name}  {output.caption}".strip(), points=output.points)
 
 
+def _dicom_object(task: Task, output: MaskOutput | RecordOutput, item: Input,
+                  folder: Path) -> str:
+    """Write a prediction's DICOM object into ``folder``; its path, or why there is none."""
+    if not item.sources:
+        return "none: the input is not a DICOM series"
+    try:
+        if isinstance(output, MaskOutput):
+            classes = {int(v): n for v, n in task.describe_output()["classes"].items()}
+            return str(write_segmentation(output.volume.array, classes, task.name,
+                                          item.sources, folder / f"{item.stem}_seg.dcm"))
+        if output.findings:
+            return str(write_report(output.findings, task.name, item.sources,
+                                    folder / f"{item.stem}_sr.dcm"))
+    except UserError as e:
+        return f"none: {e}"
+    except (ValueError, TypeError, AttributeError) as e:  # highdicom refusing the source
+        return f"none: the source series cannot be referenced ({str(e).splitlines()[0]})"
+    return f"none: a {task.name} record has no measurements or grades to report"
+
+
 def _predict_one(task: Task, model: nn.Module, item: Input, out: Path, modality: str | None,
                  device: torch.device, force: bool, extra: Mapping[str, Path],
-                 qc: bool = False) -> dict[str, str]:
+                 qc: bool = False, dicom: bool = False) -> dict[str, str]:
     """Predict one input into ``out``; its report row."""
     target = out / item.place.parent / f"{item.stem}{task.output_suffix}"
     entry = {"input": item.name, "output": str(target), "status": "written", "reason": ""}
+    if dicom:
+        entry["dicom"] = ""
     if item.skip:
         return {**entry, "output": "", "status": "skipped", "reason": item.skip}
     if target.exists() and not force:
@@ -182,6 +224,8 @@ def _predict_one(task: Task, model: nn.Module, item: Input, out: Path, modality:
         output = task.predict(model, volume, device, item.extra(task.inputs, extra))
         if qc:
             _qc(volume, output, out / item.place.parent / f"{item.stem}_qc.png", item.name)
+        if dicom:
+            entry["dicom"] = _dicom_object(task, output, item, out / item.place.parent)
         if isinstance(output, MaskOutput) and volume.stored_shape is not None:
             output.volume.array = output.volume.array.reshape(volume.stored_shape)
         output.save(target)

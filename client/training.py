@@ -42,7 +42,7 @@ from tasks.locks import folder_lock, run_files
 from tasks.manifest import Manifest
 from tasks.plots import plot_history
 from tasks.run_config import patient_draws, task_from_config
-from tasks.tracking import TENSORBOARD, ScalarLog
+from tasks.tracking import ScalarLog
 
 
 def claim_run_folder(out: Path, force: bool) -> None:
@@ -144,7 +144,7 @@ def _train(config: dict[str, dict[str, Any]], task: Task, train_rows: Manifest,
                 status += f"  val {task.score} {row[score]:.3f}"
             progress.update(bar, status=status)
 
-        scalars = ScalarLog(out / TENSORBOARD)
+        scalars = ScalarLog(out)
         try:
             fit = trainer.fit(batches, run["epochs"], dp=dp,
                               evaluate=validate if len(val_rows) else None,

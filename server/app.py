@@ -53,7 +53,7 @@ from tasks.errors import UserError
 from tasks.files import write_table
 from tasks.run_config import LOCAL_TRAIN_KEYS, task_from_config
 from tasks.seeding import seed_everything
-from tasks.tracking import TENSORBOARD, ScalarLog
+from tasks.tracking import ScalarLog
 
 app = ServerApp()
 
@@ -164,7 +164,7 @@ def main(grid: Grid, context: Context) -> None:
                                 round_offset=done)
     model = task.build_model()
     clock = {"last": time.perf_counter()}
-    scalars = ScalarLog(out / TENSORBOARD, fresh=done == 0)
+    scalars = ScalarLog(out, fresh=done == 0)
 
     def round_end(server_round: int, arrays: ArrayRecord) -> None:
         now = time.perf_counter()

@@ -130,6 +130,20 @@ app.command()(predict)
 app.command()(evaluate)
 
 
+@app.command()
+def export(
+    model: Path = typer.Option(..., help="Checkpoint written by train or simulate (model.pt)."),
+    out: Path = typer.Option(..., help="Folder for the MONAI bundle (configs/, models/, docs/)."),
+    force: bool = typer.Option(False, help="Replace a bundle already in --out."),
+) -> None:
+    """Write a segmentation model as a MONAI bundle that MONAI's bundle tools run without
+    spinefl (`python -m monai.bundle run`; see its docs/README.md)."""
+    from tasks.bundle import export_bundle
+
+    folder = export_bundle(model, out, force)
+    console.print(f"MONAI bundle: {folder}  (run it as {folder / 'docs' / 'README.md'} says)")
+
+
 @datasets_app.command("list")
 def datasets_list() -> None:
     """The public datasets spinefl can prepare."""

@@ -15,18 +15,9 @@ from matplotlib.ticker import MaxNLocator
 from tasks.files import write_table, write_text
 from tasks.plots import save_figure
 from tasks.registry import task_class
+from tasks.tables import markdown_table
 
 MODELS = ("federated", "local", "pooled")
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A DataFrame (index included) as a Markdown table."""
-    frame = frame.reset_index() if frame.index.name else frame
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    body = ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |"
-            for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
 
 
 def comparison(results: pd.DataFrame, score: str) -> pd.DataFrame:

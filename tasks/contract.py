@@ -69,6 +69,13 @@ def accepted_modality(volume: Volume, modalities: list[str]) -> str:
     return volume.modality
 
 
+def without_bundle(task: str, outputs: str) -> UserError:
+    """Why a task's model has no MONAI bundle: its outputs are decoded by spinefl's code."""
+    return UserError(f"a {task} model has no MONAI bundle: its {outputs} are decoded from the "
+                     "network's scores by spinefl's own code, which a bundle's MONAI steps "
+                     "cannot express (run it with `spinefl predict`)")
+
+
 class Output(Protocol):
     """A task's prediction for one image."""
 
@@ -143,4 +150,9 @@ class Task(Protocol):
 
     def describe_output(self) -> dict[str, Any]:
         """What predicted values mean (e.g. the label map), written beside predictions."""
+        ...
+
+    def bundle_configs(self) -> dict[str, dict[str, Any]]:
+        """A MONAI bundle's configs (``configs/<name>``: ``inference.json`` first) that give
+        ``predict``'s outputs with MONAI alone; ``without_bundle``'s error where they cannot."""
         ...

@@ -70,3 +70,25 @@ def label_colour(value: int) -> tuple[float, float, float]:
             shade = 1.0 if value % 2 else 0.7
             return (r * shade, g * shade, b * shade)
     return (1.0, 0.0, 0.0)  # outside the convention: shown, in red
+
+
+# A structure class's colour (structures labels, whose values 1-3 are not VerSe's): that of a
+# value of the structure.
+_STRUCTURE_VALUES = {"vertebra": 20, "disc": 123, "canal": 200}
+
+
+def class_colour(value: int, name: str) -> tuple[float, float, float]:
+    """The display colour of a model's class: its label value's, or a structure class's
+    (background black)."""
+    return (0.0, 0.0, 0.0) if value == 0 else label_colour(_STRUCTURE_VALUES.get(name, value))
+
+
+def colour_table(classes: dict[int, str]) -> str:
+    """3D Slicer's colour table (a ``.ctbl`` file: value, name, R G B A in 0-255) of a model's
+    classes (value -> name), background transparent."""
+    lines = ["# Color table file (3D Slicer): spinefl label convention",
+             f"# {len(classes)} values"]
+    for value, name in sorted(classes.items()):
+        r, g, b = (round(255 * c) for c in class_colour(value, name))
+        lines.append(f"{value} {name.replace(' ', '_')} {r} {g} {b} {0 if value == 0 else 255}")
+    return "\n".join(lines) + "\n"

@@ -9,6 +9,11 @@ from torch import nn
 
 from tasks.device import autocast
 
+# Slices per network call (2D networks on volumes); windows per call and their overlap (3D).
+SLICE_BATCH = 32
+WINDOW_BATCH = 4
+WINDOW_OVERLAP = 0.25
+
 
 def _pad(x: torch.Tensor, minimum: list[int], multiple: int) -> tuple[torch.Tensor, list[slice]]:
     """Pad the spatial dims of (B, C, *S) symmetrically, as training does, to at least
@@ -26,13 +31,14 @@ def _pad(x: torch.Tensor, minimum: list[int], multiple: int) -> tuple[torch.Tens
 
 @torch.no_grad()
 def score_image(model: nn.Module, image: torch.Tensor, spatial_dims: int, divisor: int,
-                patch: list[int], device: torch.device, batch: int = 32) -> torch.Tensor:
+                patch: list[int], device: torch.device, batch: int = SLICE_BATCH) -> torch.Tensor:
     """Softmax scores (C, *S) for a prepared image (1, *S); S is (X, Y, Z) or (U, V)."""
     model.eval()
     with autocast(device):
         if spatial_dims == 3:
             x, crop = _pad(image[None].to(device), patch, divisor)
-            logits = sliding_window_inference(x, tuple(patch), 4, model, overlap=0.25)
+            logits = sliding_window_inference(x, tuple(patch), WINDOW_BATCH, model,
+                                                overlap=WINDOW_OVERLAP)
             return torch.softmax(logits[0].float(), 0)[(slice(None), *crop)].cpu()
         if image.ndim == 3:  # a radiograph: one slice
             x, crop = _pad(image[None].to(device), patch, divisor)

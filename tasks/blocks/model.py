@@ -18,16 +18,18 @@ from torch import nn
 UNET_PARTS = {"decoder": r"(^|\.)(model|submodule)\.2\.", "head": r"^model\.2\."}
 
 
+def unet_arguments(settings: dict[str, Any], out_channels: int) -> dict[str, Any]:
+    """MONAI ``UNet``'s arguments for the settings (what ``build_network`` builds and a MONAI
+    bundle's ``network_def`` names)."""
+    channels = list(settings["channels"])
+    return {"spatial_dims": 2 if settings["network"] == "unet2d" else 3, "in_channels": 1,
+            "out_channels": out_channels, "channels": channels,
+            "strides": [2] * (len(channels) - 1), "num_res_units": settings["res_units"],
+            "norm": ["instance", {"affine": settings["norm_affine"]}]}
+
+
 def build_network(settings: dict[str, Any], out_channels: int) -> nn.Module:
     """U-Net mapping (B, 1, *S) images to (B, out_channels, *S) logits; S is 2D or 3D and each
     spatial size must be divisible by 2 ** (len(channels) - 1)."""
-    channels = tuple(settings["channels"])
-    return UNet(
-        spatial_dims=2 if settings["network"] == "unet2d" else 3,
-        in_channels=1,
-        out_channels=out_channels,
-        channels=channels,
-        strides=(2,) * (len(channels) - 1),
-        num_res_units=settings["res_units"],
-        norm=("instance", {"affine": settings["norm_affine"]}),
-    )
+    arguments = unet_arguments(settings, out_channels)
+    return UNet(**{**arguments, "norm": tuple(arguments["norm"])})

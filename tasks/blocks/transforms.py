@@ -41,11 +41,20 @@ class Prepared:
     affine: np.ndarray
 
 
-def intensity_transform(modality: str, ct_window: list[float]) -> mt.Transform:
-    """CT: the HU window to [0, 1]; MR and XR: 0.5-99.5th percentiles to [0, 1] (scale-robust)."""
+def intensity_arguments(modality: str, ct_window: list[float]) -> tuple[str, dict[str, Any]]:
+    """The MONAI intensity transform for a modality, by class name and arguments: CT: the HU
+    window to [0, 1]; MR and XR: 0.5-99.5th percentiles to [0, 1] (scale-robust)."""
     if modality == "CT":
-        return mt.ScaleIntensityRange(ct_window[0], ct_window[1], 0.0, 1.0, clip=True)
-    return mt.ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True)
+        return "ScaleIntensityRange", {"a_min": ct_window[0], "a_max": ct_window[1],
+                                       "b_min": 0.0, "b_max": 1.0, "clip": True}
+    return "ScaleIntensityRangePercentiles", {"lower": 0.5, "upper": 99.5, "b_min": 0.0,
+                                              "b_max": 1.0, "clip": True}
+
+
+def intensity_transform(modality: str, ct_window: list[float]) -> mt.Transform:
+    """The intensity transform of ``intensity_arguments``."""
+    name, arguments = intensity_arguments(modality, ct_window)
+    return getattr(mt, name)(**arguments)
 
 
 RAS = nib.orientations.axcodes2ornt("RAS")

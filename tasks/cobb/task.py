@@ -20,11 +20,11 @@ from tasks.cobb.geometry import Body, angle_between, bodies, cobb_angle
 from tasks.cobb.landmarks import BODY, corner_target
 from tasks.cobb.metric import circular_mae, smape
 from tasks.config import Key
-from tasks.contract import ImageScore, PatientDraws
+from tasks.contract import ImageScore, PatientDraws, without_bundle
 from tasks.errors import UserError
 from tasks.imageio import Volume, load_image
 from tasks.manifest import Manifest
-from tasks.outputs import RecordOutput
+from tasks.outputs import Finding, RecordOutput
 from tasks.points import to_voxels
 
 
@@ -97,7 +97,8 @@ class CobbTask:
             "cobb_angle": angle,
             "vertebrae": [{"centre": pixels(body.centre[None])[0], "tilt": round(body.tilt, 2),
                            "corners": pixels(body.corners)} for body in found]},
-            points=corners, caption=f"Cobb angle {angle:g} degrees")
+            points=corners, caption=f"Cobb angle {angle:g} degrees",
+            findings=[Finding("spine", measurements=(("Cobb angle", angle, "deg"),))])
 
     def score_image(self, model: nn.Module, manifest: Manifest, row: dict[str, str],
                     device: torch.device) -> ImageScore:
@@ -122,3 +123,6 @@ class CobbTask:
         return {"task": self.name, "format": "cobb_angle (degrees, the largest angle between "
                 "two endplates) and, per vertebral body top to bottom, its centre, endplate "
                 "tilt (degrees) and four corners in pixel coordinates (X, Y) of the input"}
+
+    def bundle_configs(self) -> dict[str, dict[str, Any]]:
+        raise without_bundle(self.name, "Cobb angles")

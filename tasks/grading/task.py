@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.config import Key
-from tasks.contract import ImageScore, PatientDraws, accepted_modality
+from tasks.contract import ImageScore, PatientDraws, accepted_modality, without_bundle
 from tasks.device import autocast
 from tasks.errors import UserError
 from tasks.grading.config import KEYS
@@ -28,7 +28,7 @@ from tasks.grading.metric import (
 from tasks.grading.model import GRADES, PARTS, SEVERITIES, build_network
 from tasks.imageio import Volume
 from tasks.manifest import Manifest
-from tasks.outputs import RecordOutput
+from tasks.outputs import Finding, RecordOutput
 from tasks.points import to_voxels
 
 SEVERITY_NAMES = ("normal/mild", "moderate", "severe")
@@ -116,7 +116,11 @@ class GradingTask:
                                                         for p in severities[i]]}
         return RecordOutput(record, points=[
             {"X": v["X"], "Y": v["Y"], "Z": v["Z"], "label": f"{level} P{v['pfirrmann']}"}
-            for level, v in record.items()], caption="Pfirrmann grade per disc")
+            for level, v in record.items()], caption="Pfirrmann grade per disc", findings=[
+            Finding(level.upper().replace("_", "/"),  # l4_l5: the convention's L4/L5
+                    measurements=(("Pfirrmann grade", v["pfirrmann"], "{grade}"),),
+                    evaluations=(("Spinal canal stenosis", v["spinal_canal_stenosis"]),))
+            for level, v in record.items()])
 
     def score_image(self, model: nn.Module, manifest: Manifest, row: dict[str, str],
                     device: torch.device) -> ImageScore | None:
@@ -169,3 +173,6 @@ class GradingTask:
                 "X, Y, Z in voxel coordinates of the input, the Pfirrmann grade 1-5 and the "
                 "spinal canal stenosis (normal/mild, moderate, severe), each with its "
                 "probabilities"}
+
+    def bundle_configs(self) -> dict[str, dict[str, Any]]:
+        raise without_bundle(self.name, "disc grades")

@@ -22,7 +22,7 @@ from tasks.blocks.classes import NAMED_VERTEBRAE
 from tasks.blocks.model import UNET_PARTS
 from tasks.blocks.segmenter import Segmenter
 from tasks.config import Key
-from tasks.contract import ImageScore, PatientDraws, accepted_modality
+from tasks.contract import ImageScore, PatientDraws, accepted_modality, without_bundle
 from tasks.imageio import Volume, load_image
 from tasks.labelling.centroids import Centroids, centroid_list, read_centroids
 from tasks.labelling.config import KEYS
@@ -107,3 +107,6 @@ class LabellingTask:
                 "label (VerSe value) and X, Y, Z in voxel coordinates of the input",
                 "labels": {v: self.levels.table.names[i]
                            for i, v in enumerate(self.levels.table.values) if v}}
+
+    def bundle_configs(self) -> dict[str, dict[str, Any]]:
+        raise without_bundle(self.name, "vertebra centroids")

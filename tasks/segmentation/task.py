@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tasks.blocks.bundle import bundle_configs
 from tasks.blocks.model import UNET_PARTS
 from tasks.blocks.segmenter import Segmenter
 from tasks.config import Key
@@ -67,3 +68,6 @@ class SegmentationTask(Segmenter):
         return {"task": self.name, "labels": self.settings["labels"],
                 "classes": {int(v): n for v, n in zip(self.table.values, self.table.names,
                                                       strict=True)}}
+
+    def bundle_configs(self) -> dict[str, dict[str, Any]]:
+        return bundle_configs(self.settings, self.table)

@@ -15,7 +15,7 @@ from tasks.checkpoint import load_checkpoint
 from tasks.manifest import Manifest
 from tests.helpers.flower_processes import flower_processes, left_after
 from tests.helpers.stops import stop_when
-from tests.helpers.tracking import scalars
+from tests.helpers.tracking import mlflow_metrics, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +62,7 @@ def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_
     for hospital, group in rounds.groupby("hospital"):  # TensorBoard: each round once too
         logged = scalars(run / "federated" / "tensorboard" / hospital)["train_loss"]
         assert [step for step, _ in logged] == [1, 2], (hospital, logged)
+        assert mlflow_metrics(run / "federated" / "mlruns", hospital)["train_loss"] == logged
         assert [v for _, v in logged] == pytest.approx(list(group.sort_values("round")
                                                            .train_loss))
     assert set(rounds.hospital) == {"ct-a", "ct-c", "mr-b"}

@@ -25,7 +25,7 @@ def write_series(volume: Volume, folder: Path, modality: str = "CT", intercept: 
     lps = LPS_TO_RAS @ volume.affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     row, col = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
-    series, study = generate_uid(), generate_uid()
+    series, study, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
     paths = []
     for z in range(volume.array.shape[2]):
         meta = FileMetaDataset()
@@ -37,7 +37,10 @@ def write_series(volume: Volume, folder: Path, modality: str = "CT", intercept: 
         ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.PatientID, ds.PatientName = modality, "TEST", "Test^Phantom"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.InstanceNumber = z + 1
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
+        ds.PatientBirthDate, ds.PatientSex, ds.StudyID, ds.AccessionNumber = "", "O", "1", ""
+        ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = "20260101", "120000", ""
+        ds.SeriesNumber, ds.InstanceNumber = 3, z + 1
         ds.ImageOrientationPatient = [*map(float, row), *map(float, col)]
         ds.ImagePositionPatient = [float(v) for v in (lps @ [0, 0, z, 1])[:3]]
         ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
