@@ -6,7 +6,8 @@ highdicom from the source series' own files:
   source series' frame of reference and referencing its instances;
 - a record's findings (a Cobb angle, disc grades) become a Comprehensive 3D SR measurement
   report (TID 1500): one measurement group per finding, with its site, measurements (UCUM
-  units) and graded evaluations, whose evidence is the source series.
+  units) and graded evaluations; the source series is the report's evidence (a finding
+  is of a level, not of one slice).
 
 Each object is a new series of the source's study (new series and instance UIDs), made by
 an algorithm named with the task and spinefl's version.
@@ -39,8 +40,9 @@ _MEASURED = {"Cobb angle": codes.SCT.CobbAngle,
              "Pfirrmann grade": Code("pfirrmann-grade", SCHEME, "Pfirrmann grade")}
 _UNITS = {"deg": codes.UCUM.Degree, "{grade}": Code("{grade}", "UCUM", "grade")}
 _EVALUATED = {"Spinal canal stenosis": codes.SCT.Stenosis}
-_GRADES = {"normal/mild": codes.SCT.Mild, "moderate": codes.SCT.Moderate,
-           "severe": codes.SCT.Severe}
+# RSNA's canal stenosis grades: "normal/mild" is one grade, not SNOMED CT's mild.
+_GRADES = {"normal/mild": Code("normal-mild", SCHEME, "Normal or mild"),
+           "moderate": codes.SCT.Moderate, "severe": codes.SCT.Severe}
 
 
 def site_code(name: str) -> Code:
@@ -124,9 +126,7 @@ def write_report(findings: list[Finding], task: str, sources: list[Path], path: 
         measurements=[hd.sr.Measurement(name=_MEASURED[name], value=value, unit=_UNITS[unit])
                       for name, value, unit in finding.measurements],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(_EVALUATED[name], _GRADES[grade])
-                                 for name, grade in finding.evaluations],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
-                       for ds in datasets[:1]])
+                                 for name, grade in finding.evaluations])
         for finding in findings]
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,

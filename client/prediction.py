@@ -196,7 +196,7 @@ def _dicom_object(task: Task, output: MaskOutput | RecordOutput, item: Input,
                                     folder / f"{item.stem}_sr.dcm"))
     except UserError as e:
         return f"none: {e}"
-    except (ValueError, TypeError, AttributeError) as e:  # highdicom refusing the source
+    except (ValueError, AttributeError) as e:  # highdicom refusing the source's content
         return f"none: the source series cannot be referenced ({str(e).splitlines()[0]})"
     return f"none: a {task.name} record has no measurements or grades to report"
 

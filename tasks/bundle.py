@@ -11,7 +11,9 @@ The bundle (https://docs.monai.io/en/stable/mb_specification.html) holds:
 - ``docs/README.md``: the task, labels, preprocessing, the run's data, epsilon spent per
   hospital and metrics (read from the tables beside the checkpoint), and how to run it.
 
-The bundle is written to a temporary folder beside ``out`` and moved into place whole.
+The bundle is written to a temporary folder beside ``out`` and moved into place whole;
+``--force`` replaces only a bundle (never a folder holding anything else, nor the
+checkpoint's own).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import logging
 import shutil
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +37,26 @@ from tasks.blocks.bundle import VOLUME_MODALITIES
 from tasks.checkpoint import load_checkpoint
 from tasks.contract import Task
 from tasks.errors import UserError
-from tasks.files import temporary_name, writable_folder
+from tasks.files import sweep_temporaries, temporary_name, writable_folder
 from tasks.tables import markdown_table
 
 SCHEMA = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
           "meta_schema_20240725.json")
+# What MONAI's bundle runner needs beside MONAI, with the least version where not installed.
+RUNNER = {"pytorch-ignite": "0.4.11", "fire": "0.6.0"}
 # The run tables `spinefl train` and a federation write beside their model.pt.
 POOLED, FEDERATED = "metrics.csv", "federated_metrics.csv"
 
 
 def export_bundle(model_path: Path, out: Path, force: bool = False) -> Path:
     """Write ``model_path``'s MONAI bundle to ``out`` (refused where it exists, unless
-    ``force``); return ``out``."""
+    ``force`` and it holds a bundle); return ``out``."""
     task, model, payload = load_checkpoint(model_path)
     configs = task.bundle_configs()
-    if out.exists() and not force:
-        raise UserError(f"{out}: exists; choose another folder or pass --force to replace it")
+    out = out.resolve()
+    _check_target(out, model_path.resolve(), force)
     writable_folder(out.parent)
+    sweep_temporaries(out.parent, out.name)  # what a killed export of it left
     staging = temporary_name(out)
     try:
         for name, config in configs.items():
@@ -63,12 +69,41 @@ def export_bundle(model_path: Path, out: Path, force: bool = False) -> Path:
         (staging / "docs").mkdir()
         (staging / "docs" / "README.md").write_text(_readme(task, model_path, payload,
                                                             metadata, list(configs)))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        _swap(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _check_target(out: Path, model_path: Path, force: bool) -> None:
+    """Refuse an ``out`` that is a file, holds anything but a bundle, holds anything
+    without ``force``, or holds the checkpoint itself."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    if out == model_path.parent or out in model_path.parents:
+        raise UserError(f"{out}: holds the checkpoint {model_path.name}; export elsewhere")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out}: exists; choose another folder or pass --force to "
+                            "replace the bundle in it")
+        if not (out / "configs" / "metadata.json").is_file():
+            raise UserError(f"{out}: holds something other than a MONAI bundle; --force "
+                            "replaces only a bundle")
+
+
+def _swap(staging: Path, out: Path) -> None:
+    """Move the finished bundle to ``out``; a bundle there is set aside until it has."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = temporary_name(out.with_name(f"replaced-{out.name}"))
+    out.rename(old)
+    try:
+        staging.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _script(bundle: Path) -> None:
@@ -95,6 +130,13 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n")
 
 
+def _version(package: str, least: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return least
+
+
 def _metadata(task: Task, model_path: Path, payload: dict[str, Any]) -> dict[str, Any]:
     """``configs/metadata.json``: MONAI's bundle metadata for the model."""
     settings = task.settings
@@ -110,7 +152,8 @@ def _metadata(task: Task, model_path: Path, payload: dict[str, Any]) -> dict[str
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
         "required_packages_version": {"nibabel": nibabel.__version__,
-                                      "pytorch-ignite": "0.4.11"},
+                                      **{name: _version(name, least)
+                                         for name, least in RUNNER.items()}},
         "name": f"spinefl spine {task.name}",
         "task": f"Spine {task.name} of {', '.join(settings['modalities'])} images "
                 f"({settings['labels']} labels)",
@@ -151,7 +194,8 @@ def run_facts(model_path: Path) -> tuple[str, pd.DataFrame]:
         table = pd.read_csv(folder / FEDERATED)
         last = table.sort_values("round").groupby("hospital").tail(1)
         keep = {"hospital": "hospital", "round": "rounds", "train_num-examples": "samples",
-                "train_epsilon-total": "epsilon (total)", "train_delta": "delta"}
+                "train_epsilon-total": "epsilon (total)", "train_delta": "delta",
+                "central_epsilon": "central epsilon"}
         columns = {**keep, **{c: c.removeprefix("val_") for c in last.columns
                               if c.startswith("val_") and c != "val_num-examples"
                               and c != "val_seconds"}}
@@ -177,10 +221,16 @@ def _readme(task: Task, model_path: Path, payload: dict[str, Any], metadata: dic
                             "per hospital (its last round):",
                "pooled": f"Pooled training, {payload.get('epoch', '?')} epochs; last epoch:",
                "unknown": "No run table was found beside the checkpoint."}[kind]
-    privacy = ("Epsilon is the hospital's patient-level (epsilon, delta) spent in total, as "
-               "its own accountant computed it (Poisson sampling of patients)."
-               if "epsilon (total)" in facts or "epsilon" in facts else
-               "No differential privacy figures were recorded: trained without DP-SGD.")
+    privacy = []
+    if "epsilon (total)" in facts or "epsilon" in facts:
+        privacy.append("Epsilon is the hospital's patient-level (epsilon, delta) spent in "
+                       "total, as its own accountant computed it (DP-SGD, Poisson sampling "
+                       "of patients).")
+    if "central epsilon" in facts:
+        privacy.append("Central epsilon is the hospital-level epsilon of the server's "
+                       "central DP after these rounds (every hospital every round).")
+    privacy = privacy or ["No differential privacy figures were recorded: trained "
+                          "without DP."]
     lines = [
         f"# {metadata['name']}", "",
         metadata["task"] + ". " + metadata["intended_use"], "",
@@ -196,7 +246,7 @@ def _readme(task: Task, model_path: Path, payload: dict[str, Any], metadata: dic
         "- `models/model.pt` holds the weights (a state dict); `models/model.ts` the "
         "TorchScript network with these configs inside.", "",
         "## Training", "", trained, "",
-        *([markdown_table(facts), ""] if len(facts) else []), privacy, "",
+        *([markdown_table(facts), ""] if len(facts) else []), " ".join(privacy), "",
         "## Run it", "",
         "Needs `monai`, `nibabel`, `pytorch-ignite` and `fire` (no spinefl):", "",
         "```",

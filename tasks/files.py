@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,14 +50,18 @@ def writable_folder(folder: Path) -> Path:
     return folder
 
 
-def sweep_temporaries(folder: Path) -> int:
-    """Remove the temporary files that writers which have since died left under ``folder``
-    (a SIGKILL between writing and renaming); how many. Call with the folder locked."""
+def sweep_temporaries(folder: Path, name: str | None = None) -> int:
+    """Remove the temporary files and folders that writers which have since died left under
+    ``folder`` (a SIGKILL between writing and renaming), or only those of ``name`` directly
+    in it; how many. Call with the folder (or ``name``) locked."""
     swept = 0
-    for path in folder.rglob(".part-*"):
+    for path in list(folder.glob(f".part-*-{name}") if name else folder.rglob(".part-*")):
         pid = path.name.split("-")[1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():  # a folder written whole (a bundle)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             swept += 1
     return swept
 

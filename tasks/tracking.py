@@ -7,8 +7,9 @@ beside a run's tables.
 - ``out/tensorboard/<name>``: ``tensorboard --logdir out/tensorboard`` draws every
   hospital's curves of a metric in one chart;
 - ``out/mlruns``: an MLflow local file store (experiment ``spinefl``, one MLflow run per
-  name), when ``mlflow`` (or ``mlflow-skinny``) can be imported; ``mlflow ui
-  --backend-store-uri out/mlruns`` shows it.
+  name), when ``mlflow`` (or ``mlflow-skinny``) can be imported; the full ``mlflow``
+  package shows it: ``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri
+  out/mlruns``. MLflow's usage telemetry is turned off.
 
 Non-numeric and non-finite values are left out; every call writes through, so a reader
 sees each epoch or round as soon as it ends. A resumed federation goes on in the same runs.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from importlib.util import find_spec
 from numbers import Real
 from pathlib import Path
@@ -68,15 +70,20 @@ class TensorBoardRuns:
 
 class MlflowRuns:
     """One MLflow run per name in experiment ``spinefl`` of the local file store ``folder``
-    (a name's earlier run goes on: a resumed federation)."""
+    (a name's earlier run goes on: a resumed federation).
+
+    It sets two variables of this process's environment, unless already set: MLflow's
+    opt-in to its file store, and the opt-out of MLflow 3's usage telemetry (which would
+    otherwise report to MLflow's servers from coordinator and hospital machines)."""
 
     def __init__(self, folder: Path) -> None:
-        from mlflow.store.tracking.file_store import FileStore
-        from mlflow.tracking import MlflowClient
-
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         # MLflow 3 keeps its file store in maintenance mode and asks for this to use it; a
         # file store needs no database packages and sits beside the run's other outputs.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        from mlflow.store.tracking.file_store import FileStore
+        from mlflow.tracking import MlflowClient
+
         # Lay the store out (MLflow reuses a store object it opened before in this process,
         # which expects its folders to be there still: a run started over removed them).
         FileStore(folder.absolute().as_uri())
@@ -87,17 +94,24 @@ class MlflowRuns:
         self.runs: dict[str, str] = {}
 
     def _run(self, name: str) -> str:
+        """The run id of ``name``: its earlier run, running again, or a new one."""
         if name not in self.runs:
             earlier = self.client.search_runs(
                 [self.experiment], filter_string=f"tags.`mlflow.runName` = '{name}'")
-            self.runs[name] = (earlier[0].info.run_id if earlier else
-                               self.client.create_run(self.experiment, run_name=name).info.run_id)
+            if earlier:
+                self.runs[name] = earlier[0].info.run_id
+                self.client.update_run(self.runs[name], status="RUNNING")
+            else:
+                self.runs[name] = self.client.create_run(self.experiment,
+                                                         run_name=name).info.run_id
         return self.runs[name]
 
     def add(self, name: str, step: int, values: dict[str, float]) -> None:
-        run = self._run(name)
-        for key, value in values.items():
-            self.client.log_metric(run, key, value, step=step)
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        self.client.log_batch(self._run(name), metrics=[
+            Metric(key, value, stamp, step) for key, value in values.items()])
 
     def close(self) -> None:
         for run in self.runs.values():
@@ -106,6 +120,7 @@ class MlflowRuns:
 
 
 def mlflow_installed() -> bool:
+    """Whether MLflow (``mlflow`` or ``mlflow-skinny``) can be imported."""
     return find_spec("mlflow") is not None
 
 

@@ -23,7 +23,9 @@ from tasks.errors import UserError
 # The modalities a bundle reads: 3D volumes (radiographs go through `spinefl predict`).
 VOLUME_MODALITIES = ("CT", "MR")
 
-# transforms.target_shape's rule, per image: the canonical grid's size and spacing (pixdim).
+# transforms.target_shape's rule, per image: the canonical grid's size and spacing (pixdim),
+# set on the one Resized that follows (an item at a time: DataLoader worker processes each
+# hold their own copy; loading in threads would not be safe).
 _SIZE = ("$lambda x: setattr(@resize.resizer, 'spatial_size', [max(1, round(n * s / t)) for n, "
          "s, t in zip(x.shape[1:], x.pixdim.tolist(), @spacing)]) or x")
 

@@ -55,8 +55,8 @@ def a_ct_series(tiny_cohort, folder):
 
 @pytest.mark.slow  # `spinefl predict` in a real process
 def test_a_label_map_becomes_a_seg_of_the_series_it_was_predicted_on(tiny_cohort, tmp_path):
-    task = default_task("segmentation")
-    task.settings.update(channels=[8, 16], spacing=[4.0, 4.0, 4.0])
+    task = default_task("segmentation")  # level labels: segment numbers are not label values
+    task.settings.update(channels=[8, 16], spacing=[4.0, 4.0, 4.0], labels="levels")
     task = type(task)(task.settings)
     torch.manual_seed(7)
     model = save_checkpoint(tmp_path / "model.pt", task, task.build_model())
@@ -82,27 +82,34 @@ def test_a_label_map_becomes_a_seg_of_the_series_it_was_predicted_on(tiny_cohort
     assert referenced.SeriesInstanceUID == source.SeriesInstanceUID
     sources = {pydicom.dcmread(f).SOPInstanceUID for f in files}
     assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence} == sources
-    assert dciodvfy_errors(seg_path) == []
 
-    # The segments hold, frame by frame, the label map the NIfTI holds.
+    # One segment per class, typed with its level's code; frame by frame, the segments hold
+    # the label map the NIfTI holds (segment number -> its label -> the label's value).
     read = hd.seg.segread(seg_path)
-    names = {read.get_segment_description(n).segment_label: n
-             for n in read.get_segment_numbers()}
-    assert names == {"vertebra": 1, "disc": 2, "canal": 3}
-    vertebra = read.get_segment_description(names["vertebra"])
-    assert vertebra.segmented_property_type == codes.SCT.Vertebra
+    classes = json.loads((out / "labels.json").read_text())["classes"]
+    value_of = {name: int(value) for value, name in classes.items()}
+    labels = {n: read.get_segment_description(n).segment_label
+              for n in read.get_segment_numbers()}
+    assert sorted(labels.values()) == sorted(n for n in value_of if n != "background")
+    number_of = {label: n for n, label in labels.items()}
+    assert read.get_segment_description(number_of["L3"]).segmented_property_type == \
+        codes.SCT.L3Vertebra
+    to_value = np.zeros(max(labels) + 1, dtype=np.int64)
+    for number, label in labels.items():
+        to_value[number] = value_of[label]
     predicted = np.asarray(nib.load(next((out / "ct").glob("series-*_pred.nii.gz"))).dataobj)
-    assert len(np.unique(predicted)) >= 2
+    assert len(np.unique(predicted)) >= 3
     for f in files[:: max(1, len(files) // 5)]:
         instance = pydicom.dcmread(f)
         z = int(instance.InstanceNumber) - 1
         pixels = read.get_pixels_by_source_instance(
             source_sop_instance_uids=[instance.SOPInstanceUID], combine_segments=True)[0]
-        np.testing.assert_array_equal(pixels, predicted[:, :, z].T)
+        np.testing.assert_array_equal(to_value[pixels], predicted[:, :, z].T)
     # 3D Slicer's colour table of the label convention, beside the predictions.
     table = (out / "labels.ctbl").read_text().splitlines()
     assert table[2].startswith("0 background 0 0 0 0")
-    assert [line.split()[1] for line in table[3:]] == ["vertebra", "disc", "canal"]
+    assert [line.split()[1] for line in table[3:]] == [classes[v] for v in classes if v != "0"]
+    assert dciodvfy_errors(seg_path) == []
 
 
 def test_disc_grades_become_an_sr_measurement_report_of_the_series(tiny_cohort, tmp_path):
@@ -136,14 +143,16 @@ def test_disc_grades_become_an_sr_measurement_report_of_the_series(tiny_cohort, 
                  for item in group.ContentSequence}
         level = items[codes.DCM.TrackingIdentifier.value].TextValue
         grade = items["pfirrmann-grade"].MeasuredValueSequence[0].NumericValue
-        stenosis = items[codes.SCT.Stenosis.value].ConceptCodeSequence[0].CodeMeaning
+        stenosis = items[codes.SCT.Stenosis.value].ConceptCodeSequence[0].CodeValue
         site = items[codes.SCT.FindingSite.value].ConceptCodeSequence[0].CodeValue
-        measured[level] = (int(grade), stenosis.lower(), site)
+        measured[level] = (int(grade), stenosis, site)
     expected = {level.upper().replace("_", "/"): v for level, v in grades.items()}
     assert set(measured) == set(expected) and expected
     for level, (grade, stenosis, _) in measured.items():
         assert grade == expected[level]["pfirrmann"]
-        assert stenosis in expected[level]["spinal_canal_stenosis"]
+        assert stenosis == {"normal/mild": "normal-mild", "moderate": codes.SCT.Moderate.value,
+                            "severe": codes.SCT.Severe.value}[
+            expected[level]["spinal_canal_stenosis"]]
     if "L4/L5" in measured:
         assert measured["L4/L5"][2] == codes.SCT.L4L5Disc.value
     assert dciodvfy_errors(sr_path) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -18,7 +19,7 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
             for tag in events.Tags()["scalars"]}
 
 
-def _mlflow_runs(store: Path, name: str | None = None) -> tuple:
+def _mlflow_runs(store: Path, name: str | None = None) -> tuple[Any, list[Any]]:
     """MLflow's client on the file store ``store`` and the runs (named ``name``, or all) of
     its experiment spinefl."""
     from mlflow.tracking import MlflowClient
@@ -33,6 +34,7 @@ def _mlflow_runs(store: Path, name: str | None = None) -> tuple:
 
 
 def mlflow_run_names(store: Path) -> set[str]:
+    """The names of the MLflow runs of experiment spinefl in the file store ``store``."""
     return {run.info.run_name for run in _mlflow_runs(store)[1]}
 
 

@@ -17,6 +17,7 @@ import torch
 from client.prediction import predict
 from tasks.bundle import export_bundle
 from tasks.checkpoint import load_checkpoint, save_checkpoint
+from tasks.errors import UserError
 from tests.helpers.cli import assert_one_line_error, spinefl
 from tests.helpers.task_defaults import default_task
 
@@ -34,12 +35,13 @@ def monai_bundle(*args: str) -> subprocess.CompletedProcess:
 
 
 def segmentation_checkpoint(folder, network: str):
-    """A small segmentation model (CT and MR) with fixed random weights."""
+    """A small segmentation model (CT and MR) with fixed random weights, in ``folder``."""
     task = default_task("segmentation")
     task.settings.update(channels=[8, 16], spacing=[4.0, 4.0, 4.0], network=network,
                          patch_size=[32, 32, 32])
     task = type(task)(task.settings)
     torch.manual_seed(7)
+    folder.mkdir(exist_ok=True)
     return save_checkpoint(folder / "model.pt", task, task.build_model())
 
 
@@ -104,16 +106,43 @@ def test_the_bundle_docs_give_each_hospitals_epsilon(tmp_path):
     assert "patient-level" in readme
 
 
-def test_export_refuses_a_task_without_a_bundle_and_an_existing_folder(tmp_path):
+def test_export_refuses_a_task_without_a_bundle_and_replaces_only_a_bundle(tmp_path):
     task = default_task("grading")
     model = save_checkpoint(tmp_path / "grading.pt", task, task.build_model())
     done = spinefl("export", "--model", str(model), "--out", str(tmp_path / "out"))
     assert_one_line_error(done, "grading model has no MONAI bundle", "disc grades")
     assert not (tmp_path / "out").exists()
+    segmentation = segmentation_checkpoint(tmp_path / "run", "unet2d")
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "mine.txt").write_text("the user's")
-    segmentation = segmentation_checkpoint(tmp_path, "unet2d")
     done = spinefl("export", "--model", str(segmentation), "--out", str(kept))
     assert_one_line_error(done, str(kept), "--force")
+    with pytest.raises(UserError, match="other than a MONAI bundle"):
+        export_bundle(segmentation, kept, force=True)
     assert (kept / "mine.txt").read_text() == "the user's"
+    with pytest.raises(UserError, match="holds the checkpoint"):
+        export_bundle(segmentation, segmentation.parent, force=True)
+    # --force replaces a bundle, whole: nothing of the old one is left.
+    bundle = export_bundle(segmentation, tmp_path / "bundle")
+    (bundle / "models" / "stale.pt").write_bytes(b"old")
+    assert export_bundle(segmentation, bundle, force=True) == bundle
+    assert not (bundle / "models" / "stale.pt").exists()
+    assert (bundle / "models" / "model.ts").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".part-")] == []
+
+
+def test_a_killed_exports_staging_folders_are_swept_by_the_next_export(tmp_path):
+    """A bundle is staged in a folder named like every temporary (.part-<pid>-<name>), and a
+    bundle it replaces is set aside as .part-<pid>-replaced-<name>; once their writer is
+    dead, the next export to that name removes both (and nothing else)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for name in ("bundle", "replaced-bundle"):
+        (tmp_path / f".part-{dead.pid}-{name}" / "models").mkdir(parents=True)
+        (tmp_path / f".part-{dead.pid}-{name}" / "models" / "model.pt").write_bytes(b"half")
+    (tmp_path / f".part-{dead.pid}-other").mkdir()
+    model = segmentation_checkpoint(tmp_path / "run", "unet2d")
+    export_bundle(model, tmp_path / "bundle")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".part-{dead.pid}-other", "bundle",
+                                                           "run"]
