@@ -12,6 +12,7 @@ workers), found through /proc.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,9 +36,29 @@ QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
          "RAY_DISABLE_USAGE_STATS": "1"}
 
 
+def _ephemeral_start() -> int:
+    """The first port of the kernel's range for outgoing connections (Linux; 32768 else)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
+    """A TCP port on 127.0.0.1 that nothing uses now, below the kernel's range for outgoing
+    connections, so that none takes it meanwhile (a SuperLink or proxy restarted on the same
+    port finds it free). Drawn with the OS's randomness: runs seed ``random`` alike."""
+    start = _ephemeral_start()
+    draw = random.SystemRandom()
+    for _ in range(100):
+        port = draw.randrange(max(1024, start - 12000), start)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:  # that range is full: any port the OS gives
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
