@@ -70,8 +70,9 @@ _COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyD
 
 
 def _sources(paths: list[Path]) -> list[pydicom.Dataset]:
-    """The source files, in order, read whole (kept in memory only)."""
-    datasets = [pydicom.dcmread(p) for p in paths]
+    """The source files' headers, in order (their pixels were decoded for the prediction;
+    the new objects need only the headers)."""
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     for ds in datasets:
         for keyword in _COPIED:
             if keyword not in ds:
@@ -94,6 +95,7 @@ def write_segmentation(labels: np.ndarray, classes: dict[int, str], task: str,
         raise UserError(f"{path.name}: {len(frames)} frames for {len(datasets)} source files "
                         "(DICOM SEG is written for single-frame slices or one radiograph)")
     values = [v for v in sorted(classes) if v != 0]
+    algorithm = _algorithm(task)
     numbers = np.zeros(max(max(values), int(labels.max())) + 1, dtype=np.uint8)
     numbers[values] = np.arange(1, len(values) + 1)
     segments = [hd.seg.SegmentDescription(
@@ -101,7 +103,7 @@ def write_segmentation(labels: np.ndarray, classes: dict[int, str], task: str,
         segmented_property_category=codes.SCT.AnatomicalStructure,
         segmented_property_type=site_code(classes[v]),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=_algorithm(task), display_color=hd.color.CIELabColor.from_rgb(
+        algorithm_identification=algorithm, display_color=hd.color.CIELabColor.from_rgb(
             *(round(255 * c) for c in class_colour(v, classes[v]))))
         for i, v in enumerate(values, start=1)]
     seg = hd.seg.Segmentation(

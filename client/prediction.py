@@ -160,8 +160,7 @@ def predict(model_path: Path, input_path: Path, out: Path, modality: str | None 
                                qc, dicom) for item in track(inputs, description="Predicting")]
         write_text(earlier, labels)
         if "classes" in described:
-            write_text(out / "labels.ctbl", colour_table(
-                {int(v): n for v, n in described["classes"].items()}))
+            write_text(out / "labels.ctbl", colour_table(described["classes"]))
         frame = pd.DataFrame(report)
         table = out / "predictions.csv"
         if table.is_file():
@@ -188,8 +187,8 @@ def _dicom_object(task: Task, output: MaskOutput | RecordOutput, item: Input,
         return "none: the input is not a DICOM series"
     try:
         if isinstance(output, MaskOutput):
-            classes = {int(v): n for v, n in task.describe_output()["classes"].items()}
-            return str(write_segmentation(output.volume.array, classes, task.name,
+            return str(write_segmentation(output.volume.array,
+                                          task.describe_output()["classes"], task.name,
                                           item.sources, folder / f"{item.stem}_seg.dcm"))
         if output.findings:
             return str(write_report(output.findings, task.name, item.sources,
