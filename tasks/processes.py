@@ -108,13 +108,32 @@ def _stop_all(find: Callable[[set[int]], set[int]], grace: float) -> None:
         if time.monotonic() > deadline or not any(_alive(pid) for pid in tree):
             break
         time.sleep(0.2)
-    for pid in tree:
-        if _alive(pid):
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    tree |= _kill_at_once(lambda frozen: find(frozen | {pid for pid in tree if _alive(pid)}))
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
         time.sleep(0.1)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL process ``pid`` and everything below it at once, as a power cut would."""
+    _kill_at_once(lambda frozen: {pid} | descendants(pid, *frozen))
+
+
+def _kill_at_once(find: Callable[[set[int]], set[int]]) -> set[int]:
+    """SIGSTOP whatever ``find`` (given the pids stopped so far) returns until nothing new
+    appears, then SIGKILL them all; the pids. Stopped first, none sees another die and acts
+    on it (an nginx master forks a new worker for a killed one: an orphan holding the
+    port)."""
+    frozen: set[int] = set()
+    while found := {pid for pid in find(frozen) - frozen if _alive(pid)}:
+        for pid in found:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen |= found
+    for pid in frozen:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return frozen
 
 
 def _alive(pid: int) -> bool:

@@ -3,14 +3,11 @@ hospitals would: `coordinator init/start/admit/run`, `hospital keys/join`."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-from tasks.processes import descendants, free_port, stop_tree
+from tasks.processes import free_port, kill_tree, stop_tree
 from tests.helpers.cli import SPINEFL, spinefl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,10 +92,8 @@ class Federation:
         return self.coordinator / experiment_dir
 
     def kill(self, process: subprocess.Popen) -> None:
-        """SIGKILL a process and everything below it, as a power cut would."""
-        for pid in descendants(process.pid) | {process.pid}:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        """SIGKILL a process and everything below it at once, as a power cut would."""
+        kill_tree(process.pid)
         process.wait(timeout=30)
 
     def stop(self) -> None:

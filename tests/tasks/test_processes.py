@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tasks.processes import descendants, stop_tree
+from tasks.processes import descendants, kill_tree, stop_tree
 from tests.helpers.flower_processes import left_after, running
 from tests.helpers.stops import stop_when
 
@@ -66,3 +66,30 @@ def test_what_a_command_spawned_ends_when_the_command_is_killed(tmp_path):
               signal.SIGKILL, timeout=30, stdout=None, stderr=None)
     assert left_after(lambda: running(tmp_path), 10) == set(), \
         "a spawned process outlived its command's SIGKILL"
+
+
+# A master that keeps forking workers (an nginx master replacing a killed worker, a Ray
+# raylet starting one): a tree that grows while it is killed. Killed from one look at the
+# tree, every worker forked after the look survives as an orphan (one kept the proxy's port).
+MASTER = """
+import os, sys, time
+for count in range(400):
+    if os.fork() == 0:
+        os.execve("/bin/sleep", ["sleep", "600"], {"POOL": sys.argv[1]})
+    if count == 4:
+        open(sys.argv[1] + ".ready", "w").close()
+    time.sleep(0.002)
+time.sleep(600)
+"""
+
+
+def test_a_power_cut_leaves_nothing_of_a_tree_growing_while_it_is_cut(tmp_path):
+    marker = tmp_path / "pool"
+    master = subprocess.Popen([sys.executable, "-c", MASTER, str(marker)])
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "pool.ready").exists():
+        assert time.monotonic() < deadline, "the master did not start its workers"
+        time.sleep(0.05)
+    kill_tree(master.pid)
+    assert master.wait(timeout=10) == -signal.SIGKILL
+    assert left_after(lambda: running(marker), 5) == set(), "a worker outlived the power cut"
