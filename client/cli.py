@@ -250,6 +250,10 @@ def hospital_join(
                                         "over all runs (each releases validation metrics no "
                                         "accountant covers); -1: no limit. Default: 100 "
                                         "with --max-epsilon, else no limit."),
+    worker: bool = typer.Option(True, help="Keep a warm worker (torch and the tasks "
+                                "imported once, about 0.5 GB resident) that serves each "
+                                "request in a fork; without it every request imports "
+                                "them again (seconds per request)."),
 ) -> None:
     """Join the federation: run this hospital's SuperNode until stopped. It serves only runs
     whose app bundle was approved here (`spinefl hospital approve`), with the ClientApp
@@ -261,7 +265,9 @@ def hospital_join(
         superexec_command,
         supernode_command,
         supernode_env,
+        worker_command,
     )
+    from client.worker import socket_fits
     from tasks.locks import folder_lock
     from tasks.processes import flower_env, run_in_foreground
 
@@ -276,10 +282,58 @@ def hospital_join(
         console.print("[yellow]No app bundle is approved here: every run will be refused "
                       "until one is (spinefl hospital approve).[/]")
     with folder_lock(data):  # one node per data folder (its ledger and audit log)
-        run_in_foreground({"the SuperNode": command,
-                           "the SuperExec": superexec_command(member)},
+        processes = {"the SuperNode": command, "the SuperExec": superexec_command(member)}
+        if worker and not socket_fits(data):
+            console.print(f"[yellow]{data.resolve()}: too long a path for the worker's "
+                          "socket; serving each request in its own process.[/]")
+        elif worker:
+            processes["the node's worker"] = worker_command(member)
+        run_in_foreground(processes,
                           supernode_env(member, flower_env((data / FLOWER_HOME).resolve())),
                           data)
+
+
+@hospital_app.command("service", context_settings={"allow_extra_args": True,
+                                                   "ignore_unknown_options": True})
+def hospital_service(
+    context: typer.Context,
+    user: str = typer.Option("spinefl", help="The dedicated system user it runs as (owns "
+                             "the data folder and the node key)."),
+) -> None:
+    """Write a systemd unit that runs `hospital join` as a service, with the join options
+    given after `--` (checked as join checks them): <data>/spinefl-node.service."""
+    from client.supernode import Membership, supernode_command
+    from tasks.files import write_text
+    from tasks.processes import BIN
+    from tasks.services import systemd_unit
+
+    join = typer.main.get_command(hospital_app).get_command(context, "join")
+    options = join.make_context("spinefl hospital join", list(context.args)).params
+    for name in ("data", "key", "ca"):  # click hands over text; join's typer makes Paths
+        options[name] = None if options[name] is None else Path(options[name]).resolve()
+    member = Membership(options["superlink"], options["data"], options["key"],
+                        options["ca"], options["name"], options["max_epsilon"],
+                        options["delta"], tuple(t.strip() for t in
+                                                options["accept_tasks"].split(",")
+                                                if t.strip()),
+                        options["runtime_port"], options["device"],
+                        options["max_evaluations"])
+    supernode_command(member)  # the membership is complete, as join checks it
+    command = [str(BIN / "spinefl"), "hospital", "join"]
+    for parameter in join.params:
+        value = options[parameter.name]
+        if value == parameter.default or value is None:
+            continue
+        if isinstance(value, bool):
+            command.append(parameter.opts[0] if value else parameter.secondary_opts[0])
+        else:
+            command += [parameter.opts[0], str(value)]
+    data = options["data"]
+    name = options["name"] or data.name
+    unit = systemd_unit("spinefl-node", f"spinefl hospital node {name} ({data})", command,
+                        user, [data])
+    path = write_text(data / "spinefl-node.service", unit)
+    console.print(f"{path}: install it as its first lines say (as root).")
 
 
 @hospital_app.command("approve")

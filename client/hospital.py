@@ -60,6 +60,11 @@ class Hospital:
         """The hospital's data folder (where its privacy ledger is kept)."""
         return self.manifest_path.parent
 
+    @property
+    def prepared_folder(self) -> Path:
+        """Where its prepared training data is cached (owner-only; ``tasks.blocks.cache``)."""
+        return self.folder / ".spinefl" / "prepared"
+
     def manifest(self) -> Manifest:
         """The validated manifest (read once per process)."""
         from tasks.manifest import Manifest  # pandas: only for requests that read data

@@ -16,7 +16,9 @@ so every request is served here instead. The launcher
    the hash, goes into the audit log;
 3. otherwise serves the request with the ClientApp installed at the hospital
    (``client.app``), never with code from the bundle, and with the bundle's
-   hash in the node config, so every audit record names it.
+   hash in the node config, so every audit record names it: through the node's
+   warm worker (``client.worker``, started by ``hospital join``: torch and the
+   tasks already imported) when it runs, else in this process.
 
 Nothing is ever installed at run time. The code this relies on is Flower's
 Runtime API client (``flwr.supernode.runtime.run_clientapp``), which is why
@@ -51,6 +53,7 @@ from flwr.supernode.runtime.run_clientapp import (
 
 from client.approvals import BUNDLE_KEY, Approvals, bundle_identity, digest
 from client.audit import AuditBroken, AuditLog
+from client.worker import WorkerFailed, ask
 from tasks.errors import UserError
 
 LAUNCHER_NAME = "flwr-clientapp"
@@ -84,6 +87,11 @@ def answer(message: Message, context: Context, bundle: bytes) -> Message:
             reason = f"{reason}; and its audit log is broken: {e}"
         return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION, reason), reply_to=message)
     context.node_config[BUNDLE_KEY] = sha256
+    answered = ask(folder, message, context)  # the node's warm worker, when it runs
+    if answered is not None:
+        reply, served = answered
+        context.state = served.state
+        return reply
     from client.app import app  # the installed ClientApp, whatever the bundle holds
 
     return app(message, context)
@@ -122,7 +130,7 @@ def serve(address: str, token: str, insecure: bool, certificates: bytes | None,
         reply = answer(message, state["context"], fab.content)
         state["status"], state["details"] = SubStatus.COMPLETED, ""
     except Exception as e:  # the request gets an error reply, as Flower's would
-        state["details"] = f"{type(e).__name__}: {e}"
+        state["details"] = str(e) if isinstance(e, WorkerFailed) else f"{type(e).__name__}: {e}"
         if message is not None:
             reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, state["details"]),
                             reply_to=message)

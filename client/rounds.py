@@ -26,6 +26,7 @@ from client.model_state import norm_state_keys, proximal_penalty
 from client.privacy import Release, planned_noise
 from client.requests import Request, refuse
 from client.trainer import DPSettings, Fit, LocalTrainer
+from tasks.blocks.cache import PreparedCache
 from tasks.config import ConfigError
 from tasks.contract import PatientDraws, Task
 from tasks.device import select_device
@@ -48,12 +49,16 @@ def starting_state(incoming: dict[str, torch.Tensor], context: Context, request:
 
 def _loader(task: Task, hospital: Hospital, train: dict[str, Any],
             per_patient: PatientDraws | None):
-    """Training batches, prepared once per process for a hospital and task settings."""
+    """Training batches, prepared once per process for a hospital and task settings (a
+    deployed node starts a process per message: its prepared rows are cached on disk)."""
     key = (str(hospital.manifest_path), json.dumps(task.settings, sort_keys=True),
            train["batch_size"], train["seed"], per_patient)
     if key not in _LOADERS:
         rows = hospital.manifest().select(split="train")
-        _LOADERS[key] = task.train_data(rows, train["batch_size"], train["seed"], per_patient)
+        cache = PreparedCache(hospital.prepared_folder)
+        _LOADERS[key] = task.train_data(rows, train["batch_size"], train["seed"], per_patient,
+                                        cache)
+        cache.prune()
     return _LOADERS[key]
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +185,11 @@ def superexec_command(member: Membership) -> list[str]:
     return [str(BIN / "flower-superexec"),
             "--runtime-api-address", f"127.0.0.1:{member.runtime_port}", "--insecure",
             "--superexec-auth-secret-file", str(superexec_secret(member.data))]
+
+
+def worker_command(member: Membership) -> list[str]:
+    """The node's warm worker (``client.worker``): the launchers hand it their requests."""
+    return [sys.executable, "-P", "-m", "client.worker", "--data", str(member.data.resolve())]
 
 
 def supernode_env(member: Membership, base: dict[str, str]) -> dict[str, str]:

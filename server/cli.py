@@ -71,6 +71,30 @@ def coordinator_start(
                           coordinator_env(folder), folder)
 
 
+@coordinator_app.command("service")
+def coordinator_service(
+    folder: Path = typer.Option(..., "--dir", help="The coordinator folder."),
+    user: str = typer.Option("spinefl", help="The dedicated system user it runs as (owns "
+                             "the folder)."),
+) -> None:
+    """Write a systemd unit that runs `coordinator start` (the SuperLink and its proxy) as a
+    service: <dir>/spinefl-coordinator.service, with how to install it."""
+    from server.superlink import load_coordinator, superlink_command
+    from tasks.files import write_text
+    from tasks.processes import BIN
+    from tasks.services import systemd_unit
+
+    superlink_command(folder)  # the folder is complete: certificates, no CA key in it
+    settings = load_coordinator(folder)
+    folder = folder.resolve()
+    unit = systemd_unit("spinefl-coordinator",
+                        f"spinefl coordinator: Flower SuperLink and its proxy ({folder})",
+                        [str(BIN / "spinefl"), "coordinator", "start", "--dir", str(folder)],
+                        user, [folder], low_port=settings["port"] < 1024)
+    path = write_text(folder / "spinefl-coordinator.service", unit)
+    console.print(f"{path}: install it as its first lines say (as root).")
+
+
 @coordinator_app.command("admit")
 def coordinator_admit(
     public_key: Path = typer.Argument(..., help="The hospital's node.pub."),
@@ -112,7 +136,7 @@ def coordinator_status(
     from server.operations import nodes, runs
     from tasks.tables import frame_table
 
-    console.print(frame_table("Runs", runs(folder)))
+    console.print(frame_table("Runs", runs(folder).drop(columns=["started", "finished"])))
     console.print(frame_table("Hospitals' nodes", nodes(folder)))
 
 
@@ -125,6 +149,25 @@ def coordinator_log(
     from server.operations import run_log
 
     typer.echo(run_log(folder, run), nl=False)
+
+
+@coordinator_app.command("traffic")
+def coordinator_traffic(
+    run: int | None = typer.Argument(None, help="A run's id (`spinefl coordinator status`); "
+                                     "all the proxy has logged when absent."),
+    folder: Path = typer.Option(..., "--dir", help="The coordinator folder."),
+) -> None:
+    """Bytes each hospital received and sent through the proxy (HTTP inside TLS), by what
+    they carried: message content (the model), app bundles, control."""
+    from server.operations import run_traffic
+    from tasks.tables import frame_table
+
+    table = run_traffic(folder, run)
+    shown = table.copy()
+    for column in [c for c in table.columns if c.endswith("_bytes")]:
+        shown[column.replace("_bytes", " (MB)")] = (table[column] / 1e6).round(3)
+        del shown[column]
+    console.print(frame_table(f"Traffic{f' of run {run}' if run is not None else ''}", shown))
 
 
 @coordinator_app.command("stop")

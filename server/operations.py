@@ -20,7 +20,7 @@ from tasks.processes import BIN
 
 NOT_RUNNING = "is `spinefl coordinator start` running?"
 RUN_COLUMNS = {"run-id": "run", "status": "status", "elapsed": "elapsed",
-               "fab-hash": "bundle sha256"}
+               "running-at": "started", "finished-at": "finished", "fab-hash": "bundle sha256"}
 
 
 def flwr(folder: Path, *args: str, timeout: float = 60) -> str:
@@ -56,7 +56,8 @@ def _json(folder: Path, *args: str) -> dict:
 
 
 def runs(folder: Path) -> pd.DataFrame:
-    """Every run the SuperLink knows: id, status, time running, the bundle's hash."""
+    """Every run the SuperLink knows: id, status, time running, when it started and finished,
+    the bundle's hash."""
     listing = _json(folder, "ls").get("runs", [])
     frame = pd.DataFrame(listing, columns=list(RUN_COLUMNS)).rename(columns=RUN_COLUMNS)
     frame["bundle sha256"] = frame["bundle sha256"].str[:12]
@@ -83,6 +84,26 @@ def nodes(folder: Path) -> pd.DataFrame:
              else node.get("online-at")}
             for node in _json(folder, "supernode", "ls").get("nodes", [])]
     return pd.DataFrame(rows, columns=["node", "hospital", "status", "since"])
+
+
+def run_traffic(folder: Path, run: int | None) -> pd.DataFrame:
+    """Bytes on the wire per hospital (``server.traffic``) while ``run`` ran, or over the whole
+    proxy log when None."""
+    from server.traffic import traffic
+
+    if run is None:
+        return traffic(folder)
+    _known(folder, run)
+    listed = runs(folder).set_index("run").loc[str(run)]
+    return traffic(folder, _time(listed["started"]), _time(listed["finished"]))
+
+
+def _time(value: object) -> pd.Timestamp | None:
+    """Flower's ISO time in UTC; None when it has none yet (not started, not finished)."""
+    try:
+        return pd.Timestamp(str(value)).tz_convert("UTC") if value else None
+    except (ValueError, TypeError):
+        return None
 
 
 def run_log(folder: Path, run: int) -> str:

@@ -13,7 +13,8 @@ SuperLink against the registered public keys) passes through unchanged. An
 optional allow-list of hospital addresses (``allow``) is enforced by nginx.
 
 Everything nginx needs lives in ``<coordinator>/proxy/``: its generated
-``nginx.conf``, logs, pid file and temporary files.
+``nginx.conf``, logs, pid file and temporary files. Its access log counts every
+request's bytes by node (``server.traffic``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ MAX_OBJECT, MAX_BODY = "1g", "16m"
 # health check.
 FORWARDED = {"= /v1/fleet/push-object": MAX_OBJECT, "/v1/fleet/": MAX_BODY,
              "= /health": MAX_BODY}
+# One line per request, read by ``server.traffic``: when, status, bytes in from the node
+# (request line, headers, body), bytes out to it (headers, body), the node's public key
+# (Flower's signed-request header; base64 of its PEM), and the path last (it may hold
+# spaces).
+ACCESS_LOG = "access.log"
+TRAFFIC_FORMAT = ("$time_iso8601 $status $request_length $bytes_sent "
+                  "$http_flwr_public_key $uri")
 # Where distributions install nginx, often outside a user's PATH.
 SBIN = "/usr/sbin:/usr/local/sbin"
 
@@ -83,7 +91,8 @@ pid {proxy / 'nginx.pid'};
 error_log {proxy / 'error.log'} warn;
 events {{ worker_connections 512; }}
 http {{
-    access_log {proxy / 'access.log'};
+    log_format traffic '{TRAFFIC_FORMAT}';
+    access_log {proxy / ACCESS_LOG} traffic;
 {temporary}    server_tokens off;
     server {{
         listen {settings['bind']}:{settings['port']} ssl;

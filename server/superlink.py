@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from server.admission import ADMITTED, admitted_nodes
 from server.certificates import create_authority
@@ -132,6 +134,10 @@ def admit(folder: Path, public_key: Path, name: str) -> str:
     load_coordinator(folder)
     if not public_key.is_file():
         raise UserError(f"{public_key}: no such public key file")
+    try:
+        request_key = request_key_sha256(public_key.read_bytes())
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise UserError(f"{public_key}: not a public key ({e})") from None
     done = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(public_key),
                            CONNECTION, "--name", name, "--format", "json"],
                           capture_output=True, text=True, env=coordinator_env(folder),
@@ -147,9 +153,22 @@ def admit(folder: Path, public_key: Path, name: str) -> str:
     admitted = admitted_nodes(folder / ADMITTED)
     admitted[str(node_id)] = {
         "name": name, "key_sha256": hashlib.sha256(public_key.read_bytes()).hexdigest(),
+        "request_key_sha256": request_key,
         "admitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_text(folder / ADMITTED, json.dumps(admitted, indent=1) + "\n")
     return f"{name}: node {node_id} registered and admitted"
+
+
+def request_key_sha256(public_key: bytes) -> str:
+    """SHA-256 of a node's public key (OpenSSH or PEM) as its signed requests name it: PEM
+    SubjectPublicKeyInfo, what Flower's ``flwr-public-key`` header carries (base64)."""
+    try:
+        key = serialization.load_ssh_public_key(public_key)
+    except (ValueError, UnsupportedAlgorithm):
+        key = serialization.load_pem_public_key(public_key)
+    return hashlib.sha256(key.public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+                          ).hexdigest()
 
 
 def submit_run(connection: str, run_config: dict[str, Any], env: dict[str, str], log: Path,

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tasks.blocks.cache import PreparedCache
 from tasks.config import Key
 from tasks.errors import UserError
 from tasks.imageio import Volume
@@ -116,12 +117,14 @@ class Task(Protocol):
         ...
 
     def train_data(self, manifest: Manifest, batch_size: int, seed: int,
-                   per_patient: PatientDraws | None = None) -> DataLoader:
+                   per_patient: PatientDraws | None = None,
+                   cache: PreparedCache | None = None) -> DataLoader:
         """A loader of training batches (one pass = one local epoch); ``len(loader.dataset)``
         is the number of training samples a hospital reports. With ``per_patient`` the
         dataset has one item per patient, each access drawing that many of the patient's
         samples at random, every tensor of the item stacked (per_patient.size, ...)
-        (what patient-level DP-SGD needs: see ``client.privacy``)."""
+        (what patient-level DP-SGD needs: see ``client.privacy``). With ``cache`` the prepared
+        rows are read from disk where it holds them and stored there otherwise."""
         ...
 
     def batch_loss(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:

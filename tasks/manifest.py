@@ -292,13 +292,16 @@ class Manifest:
         """Absolute path of a row's file column."""
         return self.root / row[column]
 
+    def path_columns(self) -> list[str]:
+        """The columns that name files (image, mask, centroids, ...)."""
+        return [name for name in self.table.columns
+                if (spec := column_spec(name)) is not None and spec.is_path]
+
     def with_absolute_paths(self, root: Path) -> Manifest:
         """The same rows with every file column absolute, to be saved under another ``root``."""
         table = self.table.copy()
-        for name in table.columns:
-            spec = column_spec(name)
-            if spec is not None and spec.is_path:
-                table[name] = [str((self.root / v).resolve()) if v else "" for v in table[name]]
+        for name in self.path_columns():
+            table[name] = [str((self.root / v).resolve()) if v else "" for v in table[name]]
         return Manifest(table, root)
 
     def select(self, **equals: str | tuple[str, ...]) -> Manifest:

@@ -10,6 +10,7 @@ import torch
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.blocks.cache import PreparedCache
 from tasks.blocks.classes import ClassTable
 from tasks.blocks.transforms import Prepared, augmentation, prepare, without_metadata
 from tasks.contract import PatientDraws
@@ -25,15 +26,27 @@ def mask_target(manifest: Manifest, row: dict[str, str], image: Volume) -> Volum
 
 
 def prepare_rows(manifest: Manifest, settings: dict[str, Any], table: ClassTable,
-                 target: Target = mask_target,
-                 description: str = "Preparing images") -> list[Prepared]:
+                 target: Target = mask_target, description: str = "Preparing images",
+                 cache: PreparedCache | None = None) -> list[Prepared]:
     """Every row's image and target label map (its mask, unless ``target`` makes one from the
-    row and image) in network space, loaded once and kept in memory."""
+    row and image) in network space, loaded once and kept in memory (read from ``cache``
+    where it holds the row, stored there otherwise)."""
+    recipe = {"prepare": "rows", "spacing": settings["spacing"],
+              "ct_window": settings["ct_window"], "lookup": table.lookup.tolist(),
+              "target": f"{target.__module__}.{target.__qualname__}"}
     prepared = []
     for row in track(manifest.rows(), description=description, transient=True):
-        image = load_image(manifest.path(row))
-        labels = target(manifest, row, image)
-        prepared.append(prepare(image, row["modality"], settings, labels, table.to_classes))
+        def make(row: dict[str, str] = row) -> Prepared:
+            image = load_image(manifest.path(row))
+            labels = target(manifest, row, image)
+            return prepare(image, row["modality"], settings, labels, table.to_classes)
+
+        if cache is None:
+            prepared.append(make())
+        else:
+            key = cache.key(manifest, row, recipe)
+            prepared.append(Prepared.from_arrays(
+                cache.get_or_make(key, lambda make=make: make().arrays())))
     return prepared
 
 

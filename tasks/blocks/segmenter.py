@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tasks.blocks.cache import PreparedCache
 from tasks.blocks.classes import class_table
 from tasks.blocks.dataset import prepare_rows, train_loader
 from tasks.blocks.inference import score_image
@@ -51,9 +52,10 @@ class Segmenter:
         return build_network(self.settings, self.table.count)
 
     def train_data(self, rows: Manifest, batch_size: int, seed: int,
-                   per_patient: PatientDraws | None = None) -> DataLoader:
+                   per_patient: PatientDraws | None = None,
+                   cache: PreparedCache | None = None) -> DataLoader:
         """Batches of every row's image and target (prepared once, kept in memory)."""
-        prepared = prepare_rows(rows, self.settings, self.table)
+        prepared = prepare_rows(rows, self.settings, self.table, cache=cache)
         return train_loader(prepared, self.settings, batch_size, seed,
                             list(rows.table.patient_id), per_patient)
 

@@ -40,6 +40,22 @@ class Prepared:
     shape: tuple[int, ...]
     affine: np.ndarray
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Its fields as arrays (what ``tasks.blocks.cache`` stores)."""
+        arrays = {"image": self.image.numpy(), "orientation": self.orientation,
+                  "shape": np.asarray(self.shape), "affine": self.affine}
+        if self.classes is not None:
+            arrays["classes"] = self.classes.numpy()
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Prepared:
+        classes = arrays.get("classes")
+        return cls(torch.from_numpy(arrays["image"]),
+                   None if classes is None else torch.from_numpy(classes),
+                   arrays["orientation"], tuple(int(n) for n in arrays["shape"]),
+                   arrays["affine"])
+
 
 def intensity_arguments(modality: str, ct_window: list[float]) -> tuple[str, dict[str, Any]]:
     """The MONAI intensity transform for a modality, by class name and arguments: CT: the HU

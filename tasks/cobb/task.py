@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tasks.blocks.cache import PreparedCache
 from tasks.blocks.dataset import prepare_rows, train_loader
 from tasks.blocks.model import UNET_PARTS
 from tasks.blocks.segmenter import Segmenter
@@ -60,9 +61,11 @@ class CobbTask:
         return self.segmenter.build_model()
 
     def train_data(self, manifest: Manifest, batch_size: int, seed: int,
-                   per_patient: PatientDraws | None = None) -> DataLoader:
+                   per_patient: PatientDraws | None = None,
+                   cache: PreparedCache | None = None) -> DataLoader:
         rows = self.select(manifest)
-        prepared = prepare_rows(rows, self.segmenter.settings, BODY, corner_target)
+        prepared = prepare_rows(rows, self.segmenter.settings, BODY, corner_target,
+                                cache=cache)
         return train_loader(prepared, self.segmenter.settings, batch_size, seed,
                             list(rows.table.patient_id), per_patient)
 

@@ -18,6 +18,7 @@ import torch
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.blocks.cache import PreparedCache
 from tasks.blocks.dataset import PatientDataset
 from tasks.blocks.transforms import prepare
 from tasks.contract import PatientDraws
@@ -79,10 +80,37 @@ def row_discs(manifest: Manifest, row: dict[str, str], settings: dict[str, Any])
             for level, crop in crops(image, row["modality"], centres, settings).items()]
 
 
-def prepare_discs(manifest: Manifest, settings: dict[str, Any]) -> list[list[Disc]]:
-    """The discs of every row (loaded once, kept in memory)."""
-    return [row_discs(manifest, row, settings)
-            for row in track(manifest.rows(), description="Cropping discs", transient=True)]
+def prepare_discs(manifest: Manifest, settings: dict[str, Any],
+                  cache: PreparedCache | None = None) -> list[list[Disc]]:
+    """The discs of every row (loaded once, kept in memory; read from ``cache`` where it
+    holds the row, stored there otherwise)."""
+    recipe = {"prepare": "discs", **{k: settings[k] for k in ("pixel", "crop", "slab",
+                                                                "ct_window")}}
+    discs = []
+    for row in track(manifest.rows(), description="Cropping discs", transient=True):
+        if cache is None:
+            discs.append(row_discs(manifest, row, settings))
+        else:
+            key = cache.key(manifest, row, recipe)
+            discs.append(_from_arrays(cache.get_or_make(
+                key, lambda row=row: _arrays(row_discs(manifest, row, settings)))))
+    return discs
+
+
+def _arrays(discs: list[Disc]) -> dict[str, np.ndarray]:
+    """A row's discs as arrays (what ``tasks.blocks.cache`` stores)."""
+    return {"level": np.array([d.level for d in discs], dtype=str),
+            "crop": np.stack([d.crop.numpy() for d in discs]) if discs else np.zeros(0),
+            "grade": np.array([d.grade for d in discs], dtype=np.int64),
+            "severity": np.array([d.severity for d in discs], dtype=np.int64),
+            "centre": np.array([d.centre for d in discs], dtype=np.float64)}
+
+
+def _from_arrays(arrays: dict[str, np.ndarray]) -> list[Disc]:
+    return [Disc(str(level), torch.from_numpy(crop), int(grade), int(severity), centre)
+            for level, crop, grade, severity, centre in zip(
+                arrays["level"], arrays["crop"], arrays["grade"], arrays["severity"],
+                arrays["centre"], strict=True)]
 
 
 class DiscDataset(Dataset):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tasks.blocks.cache import PreparedCache
 from tasks.config import Key
 from tasks.contract import ImageScore, PatientDraws, accepted_modality, without_bundle
 from tasks.device import autocast
@@ -69,10 +70,11 @@ class GradingTask:
         return build_network(self.settings)
 
     def train_data(self, manifest: Manifest, batch_size: int, seed: int,
-                   per_patient: PatientDraws | None = None) -> DataLoader:
+                   per_patient: PatientDraws | None = None,
+                   cache: PreparedCache | None = None) -> DataLoader:
         rows = self.select(manifest)
-        return disc_loader(prepare_discs(rows, self.settings), self.settings, batch_size, seed,
-                           list(rows.table.patient_id), per_patient)
+        return disc_loader(prepare_discs(rows, self.settings, cache), self.settings,
+                           batch_size, seed, list(rows.table.patient_id), per_patient)
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
                    device: torch.device) -> torch.Tensor:

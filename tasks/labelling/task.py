@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tasks.blocks.cache import PreparedCache
 from tasks.blocks.classes import NAMED_VERTEBRAE
 from tasks.blocks.model import UNET_PARTS
 from tasks.blocks.segmenter import Segmenter
@@ -59,8 +60,10 @@ class LabellingTask:
         return self.levels.build_model()
 
     def train_data(self, manifest: Manifest, batch_size: int, seed: int,
-                   per_patient: PatientDraws | None = None) -> DataLoader:
-        return self.levels.train_data(self.select(manifest), batch_size, seed, per_patient)
+                   per_patient: PatientDraws | None = None,
+                   cache: PreparedCache | None = None) -> DataLoader:
+        return self.levels.train_data(self.select(manifest), batch_size, seed, per_patient,
+                                      cache)
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
                    device: torch.device) -> torch.Tensor:

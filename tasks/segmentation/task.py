@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.blocks.bundle import bundle_configs
+from tasks.blocks.cache import PreparedCache
 from tasks.blocks.model import UNET_PARTS
 from tasks.blocks.segmenter import Segmenter
 from tasks.config import Key
@@ -38,8 +39,10 @@ class SegmentationTask(Segmenter):
         return self.masked_rows(manifest)
 
     def train_data(self, manifest: Manifest, batch_size: int, seed: int,
-                   per_patient: PatientDraws | None = None) -> DataLoader:
-        return super().train_data(self.select(manifest), batch_size, seed, per_patient)
+                   per_patient: PatientDraws | None = None,
+                   cache: PreparedCache | None = None) -> DataLoader:
+        return super().train_data(self.select(manifest), batch_size, seed, per_patient,
+                                  cache)
 
     def predict(self, model: nn.Module, volume: Volume, device: torch.device,
                 extra: Mapping[str, Any]) -> MaskOutput:

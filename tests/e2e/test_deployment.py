@@ -25,7 +25,7 @@ from client.audit import AuditLog
 from server.admission import ADMITTED
 from server.app import starting_point
 from server.config import load_experiment
-from server.operations import nodes, runs
+from server.operations import nodes, run_traffic, runs
 from server.superlink import coordinator_env
 from simulation.config import load_simulation
 from simulation.phantoms.config import cohort_config
@@ -33,6 +33,7 @@ from simulation.phantoms.generator import generate
 from simulation.simulate import split_hospitals
 from tasks.checkpoint import load_checkpoint
 from tasks.config import load_toml
+from tasks.manifest import Manifest
 from tasks.processes import BIN, descendants, flower_env, stop_tree
 from tasks.registry import task_class
 from tests.helpers.cli import SPINEFL, assert_one_line_error, spinefl
@@ -65,6 +66,11 @@ def federation(tmp_path_factory):
     finally:
         running.stop()
         assert flower_processes(folder) == set(), "a Flower or spinefl process was left behind"
+
+
+def served(federation: Federation, name: str) -> int:
+    """Requests the hospital's warm worker has answered (its lines in the node's log)."""
+    return (federation.folder / f"node-{name}.log").read_text().count(" answered in ")
 
 
 def metrics(federation: Federation, name: str) -> pd.DataFrame:
@@ -219,9 +225,14 @@ def test_a_bundle_nobody_approved_is_refused_and_its_code_never_runs(federation,
 
 
 def test_secure_aggregation_with_three_hospitals(federation, tmp_path):
+    """A SecAgg+ round, every request served by the hospitals' warm workers; the coordinator
+    sees each hospital's bytes on the wire; each hospital cached its prepared data."""
     config = experiment(tmp_path, "deployment_secure.toml", "secure", rounds=1)
+    before = set(runs(federation.coordinator).run)
+    answered = {name: served(federation, name) for name in HOSPITALS}
     done = federation.run(config)
     assert done.returncode == 0, done.stdout[-3000:]
+    assert all(served(federation, name) > answered[name] for name in HOSPITALS)
     assert done.stdout.count("Secure aggregation completed") == 1
     table = metrics(federation, "secure")
     for _, rows in table.groupby("round"):
@@ -235,6 +246,20 @@ def test_secure_aggregation_with_three_hospitals(federation, tmp_path):
     assert all(torch.isfinite(final[k]).all() for k in final)
     moved = [k for k in initial if not torch.equal(initial[k], final[k])]
     assert len(moved) > len(initial) // 2, "the unmasked sum did not reach the global model"
+
+    (run,) = set(runs(federation.coordinator).run) - before
+    shown = spinefl("coordinator", "traffic", run, "--dir", str(federation.coordinator))
+    assert shown.returncode == 0 and all(name in shown.stdout for name in HOSPITALS), \
+        shown.stdout + shown.stderr
+    traffic = run_traffic(federation.coordinator, int(run)).set_index("hospital")
+    model_bytes = sum(t.numel() * 4 for t in final.values() if t.is_floating_point())
+    for name in HOSPITALS:  # the global model came down; each masked update went up
+        assert traffic.loc[name, "objects_received_bytes"] >= model_bytes, traffic
+        assert traffic.loc[name, "objects_sent_bytes"] >= model_bytes, traffic
+        rows = task.select(Manifest.load(federation.hospitals[name] / "manifest.csv")
+                           .select(split="train"))
+        cached = list((federation.hospitals[name] / ".spinefl" / "prepared").glob("*.npz"))
+        assert len(cached) >= len(rows) > 0
 
 
 def test_the_coordinator_watches_and_stops_a_run(federation, tmp_path):

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",
-                    "flwr-clientapp", "flwr-simulation", "spinefl", "raylet", "gcs_server",
-                    "ray::")
+                    "flwr-clientapp", "flwr-simulation", "spinefl", "client.worker", "raylet",
+                    "gcs_server", "ray::")
 
 
 def running(marker: Path) -> set[tuple[int, str]]:
