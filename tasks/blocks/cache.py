@@ -22,7 +22,7 @@ import os
 import time
 import zipfile
 from collections.abc import Callable, Mapping
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,13 @@ Arrays = dict[str, np.ndarray]
 @functools.cache
 def _versions() -> dict[str, str]:
     """The versions of what preparation runs on (a new release prepares again)."""
-    return {name: version(name) for name in ("spinefl", "monai", "torch", "nibabel", "numpy")}
+    found = {}
+    for name in ("spinefl", "monai", "torch", "nibabel", "numpy"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            found[name] = "unknown"
+    return found
 
 
 class PreparedCache:
