@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from tasks.errors import UserError
+from tasks.services import DEFAULT_USER
 from tasks.tables import frame_table
 
 if TYPE_CHECKING:
@@ -297,7 +298,7 @@ def hospital_join(
                                                    "ignore_unknown_options": True})
 def hospital_service(
     context: typer.Context,
-    user: str = typer.Option("spinefl", help="The dedicated system user it runs as (owns "
+    user: str = typer.Option(DEFAULT_USER, help="The dedicated system user it runs as (owns "
                              "the data folder and the node key)."),
 ) -> None:
     """Write a systemd unit that runs `hospital join` as a service, with the join options

@@ -11,6 +11,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from tasks.services import DEFAULT_USER
+
 console = Console()
 coordinator_app = typer.Typer(help="What the coordinator runs: certificates, the "
                               "SuperLink, admitting hospitals, launching, watching and "
@@ -74,7 +76,7 @@ def coordinator_start(
 @coordinator_app.command("service")
 def coordinator_service(
     folder: Path = typer.Option(..., "--dir", help="The coordinator folder."),
-    user: str = typer.Option("spinefl", help="The dedicated system user it runs as (owns "
+    user: str = typer.Option(DEFAULT_USER, help="The dedicated system user it runs as (owns "
                              "the folder)."),
 ) -> None:
     """Write a systemd unit that runs `coordinator start` (the SuperLink and its proxy) as a

@@ -23,15 +23,15 @@ DEFAULT_USER = "spinefl"
 
 def systemd_unit(name: str, description: str, command: list[str], user: str,
                  writable: list[Path], low_port: bool = False) -> str:
-    """The text of ``<name>.service``: ``command`` (absolute paths) run as ``user``, able to
-    write only ``writable`` (the first is its working folder)."""
+    """The text of ``<name>.service``, to be written in ``writable[0]`` (its working folder):
+    ``command`` (absolute paths) run as ``user``, able to write only ``writable``."""
     if not user or any(c in user for c in " :/\n"):
         raise UserError(f"--user '{user}': not a user name")
     folder = writable[0]
     install = [f"useradd --system --home-dir {shlex.quote(str(folder))} --shell "
                f"/usr/sbin/nologin {user}    # once, if the user does not exist",
                *(f"chown -R {user}: {shlex.quote(str(path))}" for path in writable),
-               f"cp {name}.service /etc/systemd/system/",
+               f"cp {shlex.quote(str(folder / (name + '.service')))} /etc/systemd/system/",
                f"systemctl daemon-reload && systemctl enable --now {name}",
                f"journalctl -u {name} -f    # its output"]
     capabilities = "AmbientCapabilities=CAP_NET_BIND_SERVICE\n" if low_port else ""

@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from tasks.manifest import Manifest
 # Bump when the preparation code changes what it produces for the same recipe and row.
 PREPARATION_VERSION = 1
 Arrays = dict[str, np.ndarray]
+T = TypeVar("T")
 
 
 @functools.cache
@@ -109,3 +110,13 @@ class PreparedCache:
                     path.unlink()
                     removed += 1
         return removed
+
+
+def cached(cache: PreparedCache | None, manifest: Manifest, row: Mapping[str, Any],
+           recipe: Mapping[str, Any], make: Callable[[], T], encode: Callable[[T], Arrays],
+           decode: Callable[[Arrays], T]) -> T:
+    """``make()`` for a manifest row, or, with a cache, what it holds for the row and
+    ``recipe`` (``make``'s result stored there, as ``encode``'s arrays, when it holds none)."""
+    if cache is None:
+        return make()
+    return decode(cache.get_or_make(cache.key(manifest, row, recipe), lambda: encode(make())))

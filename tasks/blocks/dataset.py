@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +11,7 @@ import torch
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.blocks.cache import PreparedCache
+from tasks.blocks.cache import PreparedCache, cached
 from tasks.blocks.classes import ClassTable
 from tasks.blocks.transforms import Prepared, augmentation, prepare, without_metadata
 from tasks.contract import PatientDraws
@@ -36,18 +37,17 @@ def prepare_rows(manifest: Manifest, settings: dict[str, Any], table: ClassTable
               "target": f"{target.__module__}.{target.__qualname__}"}
     prepared = []
     for row in track(manifest.rows(), description=description, transient=True):
-        def make(row: dict[str, str] = row) -> Prepared:
-            image = load_image(manifest.path(row))
-            labels = target(manifest, row, image)
-            return prepare(image, row["modality"], settings, labels, table.to_classes)
-
-        if cache is None:
-            prepared.append(make())
-        else:
-            key = cache.key(manifest, row, recipe)
-            prepared.append(Prepared.from_arrays(
-                cache.get_or_make(key, lambda make=make: make().arrays())))
+        make = functools.partial(_prepare_row, manifest, row, settings, table, target)
+        prepared.append(cached(cache, manifest, row, recipe, make, Prepared.arrays,
+                               Prepared.from_arrays))
     return prepared
+
+
+def _prepare_row(manifest: Manifest, row: dict[str, str], settings: dict[str, Any],
+                 table: ClassTable, target: Target) -> Prepared:
+    image = load_image(manifest.path(row))
+    labels = target(manifest, row, image)
+    return prepare(image, row["modality"], settings, labels, table.to_classes)
 
 
 def _slices(prepared: Prepared, spatial_dims: int) -> int:

@@ -9,6 +9,7 @@ and lateral flips.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.blocks.cache import PreparedCache
+from tasks.blocks.cache import PreparedCache, cached
 from tasks.blocks.dataset import PatientDataset
 from tasks.blocks.transforms import prepare
 from tasks.contract import PatientDraws
@@ -86,15 +87,9 @@ def prepare_discs(manifest: Manifest, settings: dict[str, Any],
     holds the row, stored there otherwise)."""
     recipe = {"prepare": "discs", **{k: settings[k] for k in ("pixel", "crop", "slab",
                                                                 "ct_window")}}
-    discs = []
-    for row in track(manifest.rows(), description="Cropping discs", transient=True):
-        if cache is None:
-            discs.append(row_discs(manifest, row, settings))
-        else:
-            key = cache.key(manifest, row, recipe)
-            discs.append(_from_arrays(cache.get_or_make(
-                key, lambda row=row: _arrays(row_discs(manifest, row, settings)))))
-    return discs
+    return [cached(cache, manifest, row, recipe,
+                   functools.partial(row_discs, manifest, row, settings), _arrays, _from_arrays)
+            for row in track(manifest.rows(), description="Cropping discs", transient=True)]
 
 
 def _arrays(discs: list[Disc]) -> dict[str, np.ndarray]:
