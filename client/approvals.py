@@ -19,11 +19,10 @@ import io
 import json
 import socket
 import time
+import tomllib
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import tomllib
 
 from tasks.errors import UserError
 from tasks.files import write_text

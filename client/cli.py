@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tasks.errors import UserError
 from tasks.services import DEFAULT_USER
@@ -34,7 +35,7 @@ def predict(
     out: Path = typer.Option(..., help="Folder for the predictions (masks or JSON records)."),
     modality: str | None = typer.Option(None, help="CT, MR or XR; read from DICOM, else "
                                         "needed when the model takes several."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     force: bool = typer.Option(False, help="Overwrite existing predictions."),
     centroids: Path | None = typer.Option(None, help="Folder of <stem>_ctd.json vertebra "
                                           "centroids (e.g. a labelling model's predictions), "
@@ -68,7 +69,7 @@ def evaluate(
     manifest: Path = typer.Option(..., help="Manifest whose images to score (CSV or Parquet)."),
     split: str = typer.Option("test", help="train, val, test, or all (every row)."),
     out: Path = typer.Option(..., help="Folder for metrics.csv, per_image.csv and scores.png."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     force: bool = typer.Option(False, help="Replace an evaluation already in --out."),
 ) -> None:
     """Score a trained model on a manifest's split: the task's metrics, per image and over
@@ -245,7 +246,8 @@ def hospital_join(
                                      "training processes (127.0.0.1, open only to holders "
                                      "of the node's secret; one per node)."),
     device: str = typer.Option("auto", help="Where this node trains: auto (CUDA when "
-                               "present, else CPU), cpu, cuda or cuda:N; the coordinator "
+                               "present, else MPS, else CPU), cpu, cuda, cuda:N or mps; "
+                               "the coordinator "
                                "cannot change it."),
     max_evaluations: int = typer.Option(None, help="Evaluation requests this node answers "
                                         "over all runs (each releases validation metrics no "
@@ -268,7 +270,7 @@ def hospital_join(
         supernode_env,
         worker_command,
     )
-    from client.worker import socket_fits
+    from client.worker import unavailable
     from tasks.locks import folder_lock
     from tasks.processes import flower_env, run_in_foreground
 
@@ -284,9 +286,9 @@ def hospital_join(
                       "until one is (spinefl hospital approve).[/]")
     with folder_lock(data):  # one node per data folder (its ledger and audit log)
         processes = {"the SuperNode": command, "the SuperExec": superexec_command(member)}
-        if worker and not socket_fits(data):
-            console.print(f"[yellow]{data.resolve()}: too long a path for the worker's "
-                          "socket; serving each request in its own process.[/]")
+        if worker and (reason := unavailable(data)):
+            console.print(f"[yellow]{escape(reason)}; serving each request in its own "
+                          "process.[/]")
         elif worker:
             processes["the node's worker"] = worker_command(member)
         run_in_foreground(processes,

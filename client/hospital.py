@@ -7,7 +7,7 @@ its privacy budget (``max-epsilon``, ``delta``), the tasks it accepts
 requests it answers over all runs (``max-evaluations``; an evaluation
 releases validation metrics that no DP accountant covers, so a node with a
 budget answers at most ``DEFAULT_MAX_EVALUATIONS`` unless it says otherwise)
-and the device it trains on (``device``: ``auto``, ``cpu``, ``cuda[:N]``; the
+and the device it trains on (``device``: ``auto``, ``cpu``, ``cuda[:N]``, ``mps``; the
 hospital's choice, never the coordinator's). In simulation the node config's
 ``partition-id`` picks a virtual hospital from the partitions folder the server names in its message
 config (``partitions``: ``hospitals.json`` listing each hospital's name,

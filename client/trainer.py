@@ -24,7 +24,7 @@ from torch import nn
 
 from client.privacy import PrivateRound, Release, epsilon
 from tasks.contract import Evaluation, PatientDraws, Task
-from tasks.device import autocast
+from tasks.device import Precision, precision_for
 from tasks.seeding import seed_everything
 
 Penalty = Callable[[nn.Module], torch.Tensor]
@@ -156,14 +156,15 @@ class LocalTrainer:
             self.started = time.perf_counter()
         if dp is None:
             self._epochs(self.model, self.optimizer, batches, epochs, max_steps, penalty, fit,
-                         evaluate, eval_every, on_epoch_end, None, on_step)
+                         evaluate, eval_every, on_epoch_end, None, on_step,
+                         precision_for(self.device))
             return fit
         with PrivateRound(self.model, self.optimizer, batches, dp.noise_multiplier,
                           dp.max_grad_norm, dp.grad_sample_mode, max_steps=max_steps,
                           per_patient=dp.per_patient, trainable=dp.trainable) as private:
             self._epochs(private.model, private.optimizer, private.batches, epochs, max_steps,
                          penalty, fit, evaluate, eval_every, on_epoch_end, (private, dp),
-                         on_step)
+                         on_step, precision_for(self.device, private=True))
         fit.release = private.release
         return fit
 
@@ -171,12 +172,14 @@ class LocalTrainer:
                 epochs: int, max_steps: int | None, penalty: Penalty | None, fit: Fit,
                 evaluate: Evaluate | None, eval_every: int, on_epoch_end: EpochEnd | None,
                 private: tuple[PrivateRound, DPSettings] | None,
-                on_step: Callable[[], None] | None) -> None:
+                on_step: Callable[[], None] | None, precision: Precision) -> None:
+        scaler = precision.scaler()  # one per call: its scale adapts across the epochs
         for epoch in range(1, epochs + 1):
             lr = float(self.optimizer.param_groups[0]["lr"])
             left = None if max_steps is None else max_steps - fit.steps
             before_step = None if private is None else private[0].group_gradients
-            losses = self.steps(model, optimizer, batches, left, penalty, before_step, on_step)
+            losses = self.steps(model, optimizer, batches, left, penalty, before_step, on_step,
+                                precision, scaler)
             fit.steps += len(losses)
             self.epochs_done += 1
             self._schedule_lr()
@@ -203,24 +206,32 @@ class LocalTrainer:
     def steps(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any,
               max_steps: int | None, penalty: Penalty | None,
               before_step: Callable[[], None] | None = None,
-              after_step: Callable[[], None] | None = None) -> list[float]:
-        """One pass of optimiser steps on the task's batch loss (mixed precision on CUDA);
-        ``before_step`` runs between each backward pass and its step, ``after_step`` after
-        each step."""
+              after_step: Callable[[], None] | None = None,
+              precision: Precision | None = None,
+              scaler: torch.amp.GradScaler | None = None) -> list[float]:
+        """One pass of optimiser steps on the task's batch loss, in ``precision`` (None: the
+        device's, ``tasks.device.precision_for``) with ``scaler`` (None: a new one for it);
+        ``before_step`` runs between each backward pass and its step, on the unscaled
+        gradients, ``after_step`` after each step. A float16 step whose gradients
+        overflowed is skipped, and the scaler lowers its scale."""
+        precision = precision or precision_for(self.device)
+        scaler = scaler or precision.scaler()
         model.train()
         losses: list[float] = []
         for step, batch in enumerate(batches):
             if max_steps is not None and step >= max_steps:
                 break
             optimizer.zero_grad(set_to_none=True)
-            with autocast(self.device):
+            with precision.autocast():
                 loss = self.task.batch_loss(model, batch, self.device)
             if penalty is not None:
                 loss = loss + penalty(model)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             if before_step is not None:
                 before_step()
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             losses.append(float(loss.detach()))
             if after_step is not None:
                 after_step()

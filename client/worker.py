@@ -65,9 +65,15 @@ def socket_path(folder: Path) -> Path:
     return folder / SOCKET
 
 
-def socket_fits(folder: Path) -> bool:
-    """Whether that path fits a Unix socket address (107 bytes on Linux)."""
-    return len(os.fsencode(socket_path(folder.resolve()))) <= 107
+def unavailable(folder: Path) -> str | None:
+    """Why no worker can serve the hospital whose data is in ``folder``, or None: it needs
+    Linux (a launcher that hangs up is seen with POLLRDHUP) and a socket path that fits a
+    Unix socket address (107 bytes)."""
+    if not hasattr(select, "POLLRDHUP"):
+        return "the warm worker needs Linux"
+    if len(os.fsencode(socket_path(folder.resolve()))) > 107:
+        return f"{folder.resolve()}: too long a path for the worker's socket"
+    return None
 
 
 def ask(folder: Path, message: Message, context: Context) -> tuple[Message, Context] | None:

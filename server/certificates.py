@@ -75,7 +75,7 @@ def create_authority(out: Path, hosts: list[str], ca_key: Path,
     san = alternative_names(list(dict.fromkeys([*hosts, *LOOPBACK])))
     out.mkdir(parents=True, exist_ok=True)
     ca_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     authority_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from tasks.errors import UserError
 

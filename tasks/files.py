@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
+
 from tasks.errors import UserError
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ def sweep_temporaries(folder: Path, name: str | None = None) -> int:
     swept = 0
     for path in list(folder.glob(f".part-*-{name}") if name else folder.rglob(".part-*")):
         pid = path.name.split("-")[1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             if path.is_dir() and not path.is_symlink():  # a folder written whole (a bundle)
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import psutil
+
 from tasks.errors import UserError
 from tasks.files import sweep_temporaries, writable_folder
 
@@ -83,6 +85,6 @@ def _holder(descriptor: int) -> str:
         pid = int(facts["pid"])
     except (ValueError, KeyError, TypeError):
         return "another run"
-    state = "running" if Path(f"/proc/{pid}").exists() else "ended; its processes are stopping"
+    state = "running" if psutil.pid_exists(pid) else "ended; its processes are stopping"
     return (f"'{facts.get('command', '?')}' (pid {pid} on {facts.get('host', '?')}, since "
             f"{facts.get('since', '?')}, {state})")

@@ -6,7 +6,7 @@ place both can use.
 
 Every command and test that starts a Flower process stops it and everything it
 started in turn (Flower's SuperExec, ServerApp and ClientApp processes, Ray
-workers), found through /proc.
+workers), found with psutil (Linux and macOS alike).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from tasks.errors import UserError
 from tasks.locks import held_locks
@@ -64,21 +65,11 @@ def free_port() -> int:
 
 
 def descendants(*roots: int) -> set[int]:
-    """Every live process below any of ``roots`` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, stack = set(), list(roots)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
+    """Every live process below any of ``roots``."""
+    found: set[int] = set()
+    for root in roots:
+        with suppress(psutil.Error):
+            found.update(child.pid for child in psutil.Process(root).children(recursive=True))
     return found
 
 
@@ -89,9 +80,17 @@ def stop_tree(process: subprocess.Popen, grace: float = 15.0) -> None:
     process.wait(timeout=10)
 
 
-def stop_below(pid: int, grace: float = 15.0) -> None:
-    """Stop everything below process ``pid`` (not ``pid`` itself), as ``stop_tree`` does."""
-    _stop_all(lambda alive: descendants(pid, *alive), grace)
+def stop_below(pid: int, grace: float = 15.0, also: Iterable[psutil.Process] = ()) -> None:
+    """Stop everything below process ``pid`` (not ``pid`` itself), and every process of
+    ``also`` still running (the same process: psutil checks its start time; and what is
+    below it), as ``stop_tree`` does."""
+    known = list(also)
+
+    def find(alive: set[int]) -> set[int]:
+        extra = {process.pid for process in known if process.is_running()}
+        return extra | descendants(pid, *extra, *alive)
+
+    _stop_all(find, grace)
 
 
 def _stop_all(find: Callable[[set[int]], set[int]], grace: float) -> None:
@@ -137,11 +136,11 @@ def _kill_at_once(find: Callable[[set[int]], set[int]]) -> set[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, waiting to be reaped, does not)."""
     try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    return state != "Z"
 
 
 def spawn(command: list[str], **options: Any) -> subprocess.Popen:

@@ -22,6 +22,7 @@ from typing import Any
 
 from tasks.config import ConfigError, Key, Schema, below, load_toml, validate
 from tasks.contract import PatientDraws, Task
+from tasks.device import device_problem
 from tasks.registry import TASKS, task_class
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -41,10 +42,9 @@ LOCAL_TRAIN_KEYS = (
 POOLED_TRAIN_KEYS = (
     Key("epochs", "int", 30, "Passes over the training data (pooled and local-only runs; a "
         "federation's local work is `federation.local_epochs`).", minimum=1),
-    Key("device", "str", "auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda`, "
-        "`cuda:N` (runs on this machine; a hospital node uses its own node config's "
-        "`device`).", check=lambda v: None if v == "auto" or v == "cpu" or v.startswith(
-            "cuda") else "must be auto, cpu, cuda or cuda:N"),
+    Key("device", "str", "auto", "`auto` (CUDA when present, else Apple's MPS, else the "
+        "CPU), `cpu`, `cuda`, `cuda:N`, `mps` (runs on this machine; a hospital node uses "
+        "its own node config's `device`).", check=device_problem),
     Key("max_minutes", "float", 0.0, "Time budget of a run on this machine: stop before an "
         "epoch that would end past it at the pace so far (0 = no limit).", minimum=0.0),
     Key("eval_every", "int", 1, "Evaluate on the validation split every N epochs (and "

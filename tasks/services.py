@@ -7,7 +7,8 @@ The unit runs the command in the foreground, as a person would: systemd's SIGTER
 that ends by itself with an error (a Flower process died) is restarted after 10 s,
 at most 5 times in 5 minutes. The file system is read-only to it except its own
 folder (``ProtectSystem=strict``, ``ReadWritePaths``), its /tmp is private, and it
-gains no privileges; a port below 1024 gets only ``CAP_NET_BIND_SERVICE``.
+gains no privileges; a port below 1024 gets only ``CAP_NET_BIND_SERVICE``. Nothing
+reports home (``tasks.processes.QUIET`` in its environment).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from tasks.errors import UserError
+from tasks.processes import QUIET
 
 DEFAULT_USER = "spinefl"
 
@@ -60,7 +62,7 @@ PrivateTmp=yes
 ProtectSystem=strict
 ProtectHome=read-only
 ReadWritePaths={' '.join(str(path) for path in writable)}
-{capabilities}Environment=PYTHONUNBUFFERED=1
+{capabilities}Environment=PYTHONUNBUFFERED=1 {' '.join(f'{k}={v}' for k, v in QUIET.items())}
 
 [Install]
 WantedBy=multi-user.target

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: the cosine decay, and a run that follows it."""
+"""The local trainer: learning-rate schedules, step limits, budgets, penalties, precision."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 
 from client.trainer import LocalTrainer, cosine_lr, run_share
 from tasks.contract import Evaluation
+from tasks.device import Precision
 from tests.helpers.training import train_for
 
 
@@ -71,3 +72,37 @@ def test_a_penalty_is_part_of_every_step():
     plain = _trainer(run_epochs=1).fit(BATCHES, 1)
     pulled = _trainer(run_epochs=1).fit(BATCHES, 1, penalty=lambda model: torch.tensor(5.0))
     assert pulled.loss == pytest.approx(plain.loss + 5.0, rel=1e-5)
+
+
+FP16 = Precision("cpu", torch.float16)  # CUDA's fallback precision, run on the CPU here
+
+
+def test_float16_steps_see_true_gradients_and_learn():
+    """Under float16 with a scaler, ``before_step`` sees the gradient of the loss itself (not
+    of the loss times the scale), and the steps still learn y = 2x."""
+    reference = _trainer(run_epochs=1)
+    _Line().batch_loss(reference.model, BATCHES[0], torch.device("cpu")).backward()
+    expected = reference.model.weight.grad.clone()
+    trainer = _trainer(run_epochs=1)
+    seen = []
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # no overflow on the first step
+    losses = trainer.steps(trainer.model, trainer.optimizer, BATCHES[:1], None, None,
+                           before_step=lambda: seen.append(trainer.model.weight.grad.clone()),
+                           precision=FP16, scaler=scaler)
+    assert scaler.get_scale() == 1024.0  # the loss was scaled, the step taken ...
+    assert torch.allclose(seen[0], expected, rtol=1e-2)  # ... and unscaled before the step
+    for _ in range(30):
+        losses += trainer.steps(trainer.model, trainer.optimizer, BATCHES, None, None,
+                                precision=FP16, scaler=scaler)
+    assert losses[-1] < 0.1 * losses[0]
+    assert FP16.scaler().is_enabled()
+
+
+def test_a_float16_step_whose_gradients_overflow_is_skipped():
+    trainer = _trainer(run_epochs=1)
+    before = trainer.model.weight.detach().clone()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)  # float16 overflows to inf
+    trainer.steps(trainer.model, trainer.optimizer, BATCHES[:1], None, None,
+                  precision=FP16, scaler=scaler)
+    assert torch.equal(trainer.model.weight, before)
+    assert scaler.get_scale() < 2.0**60

@@ -93,3 +93,24 @@ def test_a_power_cut_leaves_nothing_of_a_tree_growing_while_it_is_cut(tmp_path):
     kill_tree(master.pid)
     assert master.wait(timeout=10) == -signal.SIGKILL
     assert left_after(lambda: running(marker), 5) == set(), "a worker outlived the power cut"
+
+
+def test_stopping_below_a_process_also_stops_what_was_seen_below_it_before_it_was_adopted(
+        tmp_path):
+    """Where no subreaper adopts orphans (macOS), a guard stops what it saw below it even
+    after another process adopted it: here a process outside the tree, named in ``also``."""
+    import psutil
+
+    from tasks.processes import stop_below
+
+    marker = tmp_path / "adopted"
+    outside = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)",
+                                str(marker)])
+    below = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        stop_below(below.pid, grace=2.0, also=[psutil.Process(outside.pid)])
+        assert outside.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        for process in (outside, below):
+            process.kill()
+            process.wait()
