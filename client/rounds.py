@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -36,7 +37,11 @@ from tasks.protocol import UNIFORM_WEIGHT
 from tasks.run_config import LOCAL_TRAIN_KEYS, PRIVACY_KEYS, check_privacy, patient_draws
 
 LOCAL_NORM = "local-norm"
-_LOADERS: dict[tuple[str, str, int, int, bool], Any] = {}
+# A simulation's Ray actor answers for many virtual hospitals in turn: it keeps the training
+# batches of the last few in memory, and memory stays flat however many there are (the
+# others' prepared rows come back from their on-disk caches).
+LOADERS_KEPT = 4
+_LOADERS: OrderedDict[tuple[str, str, int, int, PatientDraws | None], Any] = OrderedDict()
 
 
 def starting_state(incoming: dict[str, torch.Tensor], context: Context, request: Request
@@ -49,16 +54,21 @@ def starting_state(incoming: dict[str, torch.Tensor], context: Context, request:
 
 def _loader(task: Task, hospital: Hospital, train: dict[str, Any],
             per_patient: PatientDraws | None):
-    """Training batches, prepared once per process for a hospital and task settings (a
-    deployed node starts a process per message: its prepared rows are cached on disk)."""
+    """Training batches, kept in memory for the last ``LOADERS_KEPT`` hospitals and task
+    settings this process served; prepared rows come from the hospital's on-disk cache (a
+    deployed node starts a process per message)."""
     key = (str(hospital.manifest_path), json.dumps(task.settings, sort_keys=True),
            train["batch_size"], train["seed"], per_patient)
-    if key not in _LOADERS:
-        rows = hospital.manifest().select(split="train")
-        cache = PreparedCache(hospital.prepared_folder)
-        _LOADERS[key] = task.train_data(rows, train["batch_size"], train["seed"], per_patient,
-                                        cache)
-        cache.prune()
+    if key in _LOADERS:
+        _LOADERS.move_to_end(key)
+        return _LOADERS[key]
+    rows = hospital.manifest().select(split="train")
+    cache = PreparedCache(hospital.prepared_folder)
+    _LOADERS[key] = task.train_data(rows, train["batch_size"], train["seed"], per_patient,
+                                    cache)
+    cache.prune()
+    while len(_LOADERS) > LOADERS_KEPT:
+        _LOADERS.popitem(last=False)
     return _LOADERS[key]
 
 

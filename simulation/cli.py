@@ -109,6 +109,9 @@ def simulate(
                                "run."),
     resume: bool = typer.Option(False, help="Continue this output folder's federated run after "
                                 "its last finished round, then redo baselines and report."),
+    ray_address: str | None = typer.Option(None, help="Override ray.address: a running Ray "
+                                           "cluster's HOST:PORT, or auto for the one `ray "
+                                           "start` started on this machine."),
 ) -> None:
     """Federated training over virtual hospitals, with local-only and pooled baselines."""
     from simulation.config import load_simulation
@@ -119,6 +122,8 @@ def simulate(
     experiment = load_simulation(config)
     if out is not None:
         experiment["output"]["dir"] = str(out)
+    if ray_address is not None:
+        experiment["ray"]["address"] = ray_address
     results = run_simulation(experiment, force=force, resume=resume, console=console)
     score = task_class(experiment["task"]["name"]).score
     table = comparison(results, score).round(3).reset_index()

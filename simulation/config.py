@@ -43,6 +43,18 @@ SIMULATION_KEYS = {
         Key("pooled", "bool", True, "Train on all hospitals' data pooled."),
         Key("local", "bool", True, "Train each hospital on its own data alone."),
     ),
+    "ray": (
+        Key("address", "str", "", "The Ray cluster the virtual hospitals run on: empty for a "
+            "private one on this machine, started and stopped with the run; `auto` for the "
+            "one `ray start` started on this machine; `HOST:PORT` for a cluster's head "
+            "(its GCS port). Every node of a cluster needs spinefl installed and the "
+            "output folder at the same path (a shared file system)."),
+        Key("cpus_per_hospital", "int", 2, "CPUs a virtual hospital's ClientApp holds "
+            "while it runs (Ray runs as many at once as the cluster's CPUs allow).",
+            minimum=1),
+        Key("gpus_per_hospital", "float", 0.0, "Share of a GPU a virtual hospital holds "
+            "(0.5: two share one card).", minimum=0.0),
+    ),
     "hospitals": (
         Key("max_epsilon", "float", 0.0, "Each virtual hospital's own privacy budget (its "
             "node config's `max-epsilon`): rounds past it are refused; 0 = no limit.",

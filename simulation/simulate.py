@@ -28,7 +28,7 @@ from rich.console import Console
 from client.training import claim_run_folder, train
 from server.app import ROUND_CHECKPOINT
 from simulation import partition
-from simulation.federation import run_federated
+from simulation.federation import Cluster, run_federated
 from simulation.phantoms.config import CohortConfig, cohort_config
 from simulation.phantoms.generator import generate
 from simulation.report import write_report
@@ -186,7 +186,7 @@ def _simulate(config: dict[str, dict[str, Any]], manifest: Manifest, out: Path, 
             console.print(f"  {line.split(':', 1)[-1].strip()}")
 
     run_federated(out / "experiment.toml", out / "hospitals", len(hospitals), federated, show,
-                  resume=resume)
+                  resume=resume, cluster=Cluster.of(config["ray"]))
     if not (federated / "model.pt").is_file():
         raise UserError(f"the federated run ended without a model; see {federated / 'run.log'}")
 
