@@ -7,10 +7,20 @@ BIN    := $(VENV)/bin
 # torch==2.13.0 resolves to a local CPU build; override on other machines.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean
+# Offline installs (a hospital has no internet): `make wheelhouse` gathers every wheel of
+# requirements.lock into wheelhouse/ on a machine with an index (same OS, CPU and Python as
+# the hospital's); `make setup WHEELHOUSE=wheelhouse` installs from that folder alone.
+LOCK       := requirements.lock
+WHEELHOUSE ?=
+# pip with no configuration and no index: the wheelhouse is all it sees.
+OFFLINE    := env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL \
+              PIP_CONFIG_FILE=/dev/null
+
+.PHONY: setup demo test lint clean wheelhouse lock
 
 setup: $(VENV)/.installed
 
+ifeq ($(strip $(WHEELHOUSE)),)
 # --system-site-packages lets an existing (e.g. CUDA) torch of the host show
 # through; torch is installed only when none can be imported.
 $(VENV)/.installed: pyproject.toml
@@ -18,6 +28,30 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH)
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
+else
+# Everything from the wheelhouse, at the lock's versions, in a venv that sees nothing of
+# the host's packages; no index is asked for anything.
+$(VENV)/.installed: pyproject.toml $(LOCK)
+	$(PYTHON) -m venv $(VENV)
+	$(OFFLINE) $(BIN)/pip install --no-index --find-links $(WHEELHOUSE) -r $(LOCK)
+	$(OFFLINE) $(BIN)/pip install --no-index --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
+	touch $@
+endif
+
+wheelhouse: $(LOCK)
+	$(PYTHON) -m pip wheel --wheel-dir wheelhouse -r $(LOCK)
+
+# Rewrites the lock from a clean venv: torch, then spinefl[dev], then pip freeze.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install $(TORCH)
+	.lock-venv/bin/pip install -e ".[dev]"
+	sed -n '/^#/p' $(LOCK) > $(LOCK).new
+	.lock-venv/bin/pip freeze --all --exclude-editable | grep -v '^pip==' >> $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .lock-venv
 
 demo: setup
 	$(BIN)/spinefl simulate --out runs/demo --force
@@ -34,4 +68,4 @@ lint: setup
 	$(BIN)/python -m ruff check .
 
 clean:
-	rm -rf $(VENV) runs data
+	rm -rf $(VENV) runs data wheelhouse
