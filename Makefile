@@ -32,15 +32,19 @@ else
 # Everything from the wheelhouse, at the lock's versions, in a venv that sees nothing of
 # the host's packages; no index is asked for anything.
 $(VENV)/.installed: pyproject.toml $(LOCK)
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(OFFLINE) $(BIN)/pip install --no-index --find-links $(WHEELHOUSE) -r $(LOCK)
 	$(OFFLINE) $(BIN)/pip install --no-index --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
 	touch $@
 endif
 
+# The lock's torch is the CPU build (2.13.0+cpu): where the index in use lacks it, name
+# PyTorch's CPU wheel index in WHEEL_INDEX (or `make lock TORCH=...` for another build).
+WHEEL_INDEX ?=
 wheelhouse: $(LOCK)
-	$(PYTHON) -m pip wheel --wheel-dir wheelhouse -r $(LOCK)
+	$(PYTHON) -m pip wheel --wheel-dir wheelhouse \
+	    $(if $(WHEEL_INDEX),--extra-index-url $(WHEEL_INDEX)) -r $(LOCK)
 
 # Rewrites the lock from a clean venv: torch, then spinefl[dev], then pip freeze.
 lock:
@@ -48,7 +52,7 @@ lock:
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install $(TORCH)
 	.lock-venv/bin/pip install -e ".[dev]"
-	sed -n '/^#/p' $(LOCK) > $(LOCK).new
+	{ sed -n '/^#/p' $(LOCK) 2>/dev/null || true; } > $(LOCK).new
 	.lock-venv/bin/pip freeze --all --exclude-editable | grep -v '^pip==' >> $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	rm -rf .lock-venv

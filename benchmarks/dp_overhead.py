@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from client.privacy import PrivateRound  # noqa: E402
 from client.trainer import LocalTrainer  # noqa: E402
-from tasks.device import select_device  # noqa: E402
+from tasks.device import precision_for, select_device  # noqa: E402
 from tasks.run_config import GRAD_SAMPLE_MODES, load_run_config, task_from_config  # noqa: E402
 
 
@@ -72,7 +72,8 @@ def seconds_per_step(task, loader, device, steps: int, mode: str | None,
                     batch = {**batch, "image": batch["image"].contiguous(
                         memory_format=torch.channels_last)}
                 start = time.perf_counter()
-                trainer.steps(private_model, private_optimizer, [batch], None, None, group)
+                trainer.steps(private_model, private_optimizer, [batch], None, None, group,
+                              precision=precision_for(device, private=mode is not None))
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 if done >= 2:

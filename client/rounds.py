@@ -12,9 +12,7 @@ counts and steps); the training loss is not sent.
 
 from __future__ import annotations
 
-import json
 import time
-from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -37,11 +35,6 @@ from tasks.protocol import UNIFORM_WEIGHT
 from tasks.run_config import LOCAL_TRAIN_KEYS, PRIVACY_KEYS, check_privacy, patient_draws
 
 LOCAL_NORM = "local-norm"
-# A simulation's Ray actor answers for many virtual hospitals in turn: it keeps the training
-# batches of the last few in memory, and memory stays flat however many there are (the
-# others' prepared rows come back from their on-disk caches).
-LOADERS_KEPT = 4
-_LOADERS: OrderedDict[tuple[str, str, int, int, PatientDraws | None], Any] = OrderedDict()
 
 
 def starting_state(incoming: dict[str, torch.Tensor], context: Context, request: Request
@@ -53,23 +46,19 @@ def starting_state(incoming: dict[str, torch.Tensor], context: Context, request:
 
 
 def _loader(task: Task, hospital: Hospital, train: dict[str, Any],
-            per_patient: PatientDraws | None):
-    """Training batches, kept in memory for the last ``LOADERS_KEPT`` hospitals and task
-    settings this process served; prepared rows come from the hospital's on-disk cache (a
-    deployed node starts a process per message)."""
-    key = (str(hospital.manifest_path), json.dumps(task.settings, sort_keys=True),
-           train["batch_size"], train["seed"], per_patient)
-    if key in _LOADERS:
-        _LOADERS.move_to_end(key)
-        return _LOADERS[key]
+            per_patient: PatientDraws | None, server_round: int):
+    """This round's training batches, shuffled and augmented from the run's seed plus
+    ``server_round``: a round draws the same batches wherever and however often it runs (a
+    simulation's Ray actor serving many hospitals in turn, a deployed node's new process),
+    and each round draws others. Nothing is kept in memory between rounds (a simulation's
+    memory stays flat however many hospitals an actor serves); the prepared rows come from
+    the hospital's on-disk cache."""
     rows = hospital.manifest().select(split="train")
     cache = PreparedCache(hospital.prepared_folder)
-    _LOADERS[key] = task.train_data(rows, train["batch_size"], train["seed"], per_patient,
-                                    cache)
+    batches = task.train_data(rows, train["batch_size"], train["seed"] + server_round,
+                              per_patient, cache)
     cache.prune()
-    while len(_LOADERS) > LOADERS_KEPT:
-        _LOADERS.popitem(last=False)
-    return _LOADERS[key]
+    return batches
 
 
 def train(msg: Message, context: Context, request: Request) -> Message:
@@ -102,7 +91,8 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     model = trainer.model
     mu = float(config.get("proximal-mu", 0.0))
     penalty = proximal_penalty(model, incoming, mu) if mu > 0 else None
-    batches = _loader(task, hospital, settings, per_patient=patient_draws(privacy))
+    batches = _loader(task, hospital, settings, patient_draws(privacy),
+                      request.server_round)
     extra: dict[str, float] = {}
     if private:
         try:

@@ -109,6 +109,9 @@ class LocalTrainer:
         self.started: float | None = None  # the clock starts with the first epoch
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.base_lr,
                                           weight_decay=settings["weight_decay"])
+        # Gradient scalers by precision (float16 only scales): the scale adapts over the
+        # trainer's life, a whole pooled run or a round.
+        self._scalers: dict[Precision, torch.amp.GradScaler] = {}
         self._schedule_lr()
 
     @classmethod
@@ -173,13 +176,12 @@ class LocalTrainer:
                 evaluate: Evaluate | None, eval_every: int, on_epoch_end: EpochEnd | None,
                 private: tuple[PrivateRound, DPSettings] | None,
                 on_step: Callable[[], None] | None, precision: Precision) -> None:
-        scaler = precision.scaler()  # one per call: its scale adapts across the epochs
         for epoch in range(1, epochs + 1):
             lr = float(self.optimizer.param_groups[0]["lr"])
             left = None if max_steps is None else max_steps - fit.steps
             before_step = None if private is None else private[0].group_gradients
             losses = self.steps(model, optimizer, batches, left, penalty, before_step, on_step,
-                                precision, scaler)
+                                precision=precision)
             fit.steps += len(losses)
             self.epochs_done += 1
             self._schedule_lr()
@@ -206,16 +208,15 @@ class LocalTrainer:
     def steps(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any,
               max_steps: int | None, penalty: Penalty | None,
               before_step: Callable[[], None] | None = None,
-              after_step: Callable[[], None] | None = None,
-              precision: Precision | None = None,
+              after_step: Callable[[], None] | None = None, *, precision: Precision,
               scaler: torch.amp.GradScaler | None = None) -> list[float]:
-        """One pass of optimiser steps on the task's batch loss, in ``precision`` (None: the
-        device's, ``tasks.device.precision_for``) with ``scaler`` (None: a new one for it);
-        ``before_step`` runs between each backward pass and its step, on the unscaled
-        gradients, ``after_step`` after each step. A float16 step whose gradients
-        overflowed is skipped, and the scaler lowers its scale."""
-        precision = precision or precision_for(self.device)
-        scaler = scaler or precision.scaler()
+        """One pass of optimiser steps on the task's batch loss, in ``precision``
+        (``tasks.device.precision_for``: under DP-SGD, ask for it with ``private=True``)
+        with ``scaler`` (None: this trainer's for that precision); ``before_step`` runs
+        between each backward pass and its step, on the unscaled gradients, ``after_step``
+        after each step. A float16 step whose gradients overflowed is skipped, and the
+        scaler lowers its scale."""
+        scaler = scaler or self._scalers.setdefault(precision, precision.scaler())
         model.train()
         losses: list[float] = []
         for step, batch in enumerate(batches):

@@ -79,10 +79,13 @@ def cuda_dtype(bf16: bool, private: bool) -> torch.dtype | None:
 
 
 def precision_for(device: torch.device, private: bool = False) -> Precision:
-    """The precision to train (``private``: under DP-SGD) or predict with on ``device``."""
+    """The precision to train (``private``: under DP-SGD) or predict with on ``device``:
+    bfloat16 on a card of compute capability 8.0 (Ampere) or newer, which computes it
+    natively (torch would emulate it on older cards, slowly)."""
     if device.type != "cuda":
         return Precision(device.type)
-    return Precision("cuda", cuda_dtype(torch.cuda.is_bf16_supported(), private))
+    native_bf16 = torch.cuda.get_device_capability(device) >= (8, 0)
+    return Precision("cuda", cuda_dtype(native_bf16, private))
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

@@ -54,8 +54,9 @@ def main(argv: list[str]) -> int:
                     status = 128 - status
                 break
             if pid == 0:
+                seen = {p.pid: p for p in seen.values() if p.is_running()}  # the ended go
                 for process in me.children(recursive=True):
-                    seen.setdefault(process.pid, process)
+                    seen.setdefault(process.pid, process)  # the first seen under that pid
                 time.sleep(LOOK_EVERY)
     except Stopped as stop:
         status = 128 + stop.signum

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -41,15 +42,16 @@ def _ray_start(arguments: list[str], marker: Path) -> None:
 
 @pytest.fixture
 def ray_cluster():
-    """A two-node Ray cluster (one CPU each) on the loopback; its head's address. Every
-    process of it is killed afterwards (``ray stop`` would end other tests' Ray too)."""
+    """A two-node Ray cluster (one CPU each) on the loopback: its head's address and the
+    folder its processes name. Every process of it is killed afterwards (``ray stop``
+    would end other tests' Ray too)."""
     marker = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's sockets live here
     address = f"{HOST}:{free_port()}"
     try:
         _ray_start(["--head", f"--port={address.split(':')[1]}", "--include-dashboard=false",
                     f"--ray-client-server-port={free_port()}", f"--temp-dir={marker}"], marker)
         _ray_start([f"--address={address}"], marker)
-        yield address
+        yield address, marker
     finally:
         for pid, _ in running(marker):
             kill_tree(pid)
@@ -57,12 +59,14 @@ def ray_cluster():
         shutil.rmtree(marker, ignore_errors=True)
 
 
-def _actor_hosts(seen: set[int], stop: threading.Event) -> None:
-    """Add the parent (its node's raylet) of every ClientApp actor running, until ``stop``."""
+def _actor_hosts(marker: Path, seen: set[int], stop: threading.Event) -> None:
+    """Add the parent (its node's raylet) of every ClientApp actor of the cluster that
+    ``marker`` names, until ``stop`` (other tests' Ray instances may run meanwhile)."""
     while not stop.wait(0.3):
-        for process in psutil.process_iter(["name", "cmdline", "ppid"]):
-            if any("ClientAppActor" in part for part in process.info["cmdline"] or ()):
-                seen.add(process.info["ppid"])
+        for pid, command in running(marker):
+            if "ClientAppActor" in command:
+                with contextlib.suppress(psutil.Error):
+                    seen.add(psutil.Process(pid).ppid())
 
 
 def test_the_smoke_federation_runs_on_a_two_node_ray_cluster(ray_cluster, tmp_path,
@@ -73,12 +77,12 @@ def test_the_smoke_federation_runs_on_a_two_node_ray_cluster(ray_cluster, tmp_pa
     config["output"]["dir"] = str(tmp_path / "run")
     config["baselines"] = {"pooled": False, "local": False}
     config["federation"]["rounds"] = 1
-    config["ray"].update(address=ray_cluster, cpus_per_hospital=1)
-    raylets = {process.pid for process in psutil.process_iter(["name"])
-               if process.info["name"] == "raylet"}
+    address, marker = ray_cluster
+    config["ray"].update(address=address, cpus_per_hospital=1)
+    raylets = {pid for pid, command in running(marker) if "raylet/raylet" in command}
     hosts: set[int] = set()
     stop = threading.Event()
-    watcher = threading.Thread(target=_actor_hosts, args=(hosts, stop))
+    watcher = threading.Thread(target=_actor_hosts, args=(marker, hosts, stop))
     watcher.start()
     try:
         results = simulate(config)
