@@ -26,13 +26,13 @@ def select_device(name: str = "auto") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if problem := device_problem(name):
+        raise UserError(f"device '{name}': {problem}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was asked for but no CUDA device is available")
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("device 'mps' was asked for but this machine has no usable MPS "
                         "device (Apple silicon with a torch built for it)")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise UserError(f"device '{name}': must be {DEVICES}")
     return torch.device(name)
 
 

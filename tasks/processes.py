@@ -65,11 +65,16 @@ def free_port() -> int:
 
 
 def descendants(*roots: int) -> set[int]:
-    """Every live process below any of ``roots``."""
-    found: set[int] = set()
-    for root in roots:
-        with suppress(psutil.Error):
-            found.update(child.pid for child in psutil.Process(root).children(recursive=True))
+    """Every live process below any of ``roots`` (one look at the process table)."""
+    children: dict[int, list[int]] = {}
+    for process in psutil.process_iter(["ppid"]):
+        children.setdefault(process.info["ppid"], []).append(process.pid)
+    found, stack = set(), list(roots)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
     return found
 
 
