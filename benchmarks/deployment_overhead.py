@@ -3,21 +3,24 @@
 A real deployment on 127.0.0.1, started with spinefl's commands as a coordinator and
 hospitals would: the TLS SuperLink with node authentication behind the nginx proxy,
 and three hospitals' SuperNodes (the default phantom cohort split by site), each
-running every Flower message in a new process. It runs ``--rounds`` rounds of
-``--steps`` local steps of the default segmentation task. Side by side:
+running every Flower message in a new process. For each ``--steps`` count of local
+steps (30 and 120 by default) it runs ``--rounds`` rounds of the default segmentation
+task with the nodes' warm workers, and for the first count also with a process per
+request. Side by side:
 
 - the median round time (rounds after the first, which prepares each hospital's data
   and caches it on disk) against the same local compute without Flower: one process per
   hospital, started together as the nodes run (three hospitals share this machine's
   cores either way), each running the same local steps and the validation on data
-  it prepared beforehand; the time until the last ends (the ratio);
+  it prepared beforehand; the time until the last ends (the ratio; the difference is
+  the round's fixed cost, what it costs whatever the compute);
 - what preparing a hospital's training data costs cold and from the on-disk cache;
 - the bytes each hospital received and sent per round through the proxy (its access
-  log, HTTP inside TLS) against the model's fp32 size.
+  log, HTTP inside TLS) against the model's fp32 size (the first deployment).
 
     .venv/bin/python benchmarks/deployment_overhead.py --out runs/bench-deployment
 
-The last line is the ratio.
+The last line is the ratio with warm workers at each step count.
 """
 
 from __future__ import annotations
@@ -146,7 +149,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-deployment"))
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, nargs="+", default=[30, 120],
+                        help="local steps a round, one deployment each (a process per "
+                        "request too for the first)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of each hospital's process (OMP_NUM_THREADS): "
                         "three hospitals share this machine's cores, each would take them all")
@@ -164,22 +169,30 @@ def main() -> None:
     hospitals = {name: out / "hospitals" / name for name, _ in split}
     train = validate({"train": {"batch_size": 16, "lr": 0.002}}, {"train": RUN_KEYS["train"]},
                      "benchmark")["train"]
-    rows = []
-    for label, join in (("warm worker", ()), ("a process per request", ("--no-worker",))):
-        metrics, traffic, model_bytes = deployed(out / label.replace(" ", "-"), hospitals,
-                                                 train, args.rounds, args.steps, console, *join)
-        later = metrics[metrics["round"] > 1]
-        per_round = later.groupby("round")
-        rows.append({"nodes": label,
-                     "deployed round (s)": per_round.round_seconds.first().median(),
-                     "inside the nodes (s)": (later.train_seconds + later.val_seconds).groupby(
-                         later["round"]).max().median()})
+    rows, traffic, model_bytes = [], None, 0
+    for steps in args.steps:
+        joins = [("warm worker", ())]
+        if steps == args.steps[0]:
+            joins.append(("a process per request", ("--no-worker",)))
+        for label, join in joins:
+            folder = out / f"{label.replace(' ', '-')}-{steps}"
+            metrics, used, model_bytes = deployed(folder, hospitals, train, args.rounds, steps,
+                                                  console, *join)
+            traffic = used if traffic is None else traffic
+            later = metrics[metrics["round"] > 1]
+            per_round = later.groupby("round")
+            rows.append({"nodes": label, "local steps": steps,
+                         "deployed round (s)": per_round.round_seconds.first().median(),
+                         "inside the nodes (s)": (later.train_seconds + later.val_seconds)
+                         .groupby(later["round"]).max().median()})
     with console.status("The same compute without Flower"):
-        compute = bare_compute(hospitals, train, args.steps)
+        compute = {steps: bare_compute(hospitals, train, steps) for steps in args.steps}
         cold, cached = preparation(hospitals, out / "prepared")
     for row in rows:
-        row.update({"bare compute (s)": compute,
-                    "ratio": row["deployed round (s)"] / compute})
+        bare = compute[row["local steps"]]
+        row.update({"bare compute (s)": bare,
+                    "fixed cost (s)": row["deployed round (s)"] - bare,
+                    "ratio": row["deployed round (s)"] / bare})
 
     traffic = traffic[traffic.hospital.isin(hospitals)].copy()
     for side in ("received", "sent"):
@@ -198,7 +211,9 @@ def main() -> None:
     console.print(f"{len(hospitals)} hospitals, {args.steps} local steps a round, "
                   f"{args.threads} torch thread(s) each; preparing their training data: "
                   f"{cold:.2f} s, {cached:.2f} s from the on-disk cache")
-    console.print(f"ratio {rows[0]['ratio']:.3f}")
+    warm = [row for row in rows if row["nodes"] == "warm worker"]
+    console.print("ratio " + ", ".join(f"{row['ratio']:.3f} ({row['local steps']} steps)"
+                                       for row in warm))
 
 
 if __name__ == "__main__":

@@ -5,14 +5,16 @@ its settings (JSON), the local training settings a hospital honours (JSON,
 ``tasks.run_config.LOCAL_TRAIN_KEYS``), the DP request (JSON,
 ``tasks.run_config.PRIVACY_KEYS``), local epochs/steps, the run's number of
 rounds, and strategy hints (``proximal-mu`` for FedProx, ``keep-local-norm``
-for FedBN). The node trains (through the one local trainer,
+for FedBN; ``validate-global``: validate the incoming global model before
+training). The node trains (through the one local trainer,
 ``client.trainer``, whose learning-rate schedule spans the run's rounds) or
 evaluates on its own manifest only, on the device its own node config names,
 and replies with weights, ``num-examples`` (training samples or evaluated
 images) and metrics.
 
 Every train and evaluate request is checked against the node's policy (the
-tasks its node config accepts; how many evaluations it answers at most) and
+tasks its node config accepts; how many evaluations it answers at most, a train
+request's validation of the global model counting as one) and
 written, with the reply's hash and the hash of the run's app bundle, to the
 hospital's MAC-chained audit log (``client.audit``) before the reply leaves; a
 node whose audit log is broken or missing serves nothing. In deployment this
@@ -42,6 +44,7 @@ from client.audit import AuditBroken, AuditLog, digest_arrays, digest_config
 from client.hospital import resolve_hospital
 from client.requests import Request, refuse
 from client.secure_aggregation import secure_aggregation
+from tasks.protocol import GLOBAL_VAL
 
 app = ClientApp()
 SPINEFL_VERSION = version("spinefl")
@@ -80,11 +83,15 @@ def _audited(handler: Handler) -> Callable[[Message, Context], Message]:
             "spinefl": SPINEFL_VERSION}
         if BUNDLE_KEY in context.node_config:  # set by the launcher (not in simulation)
             event["bundle_sha256"] = str(context.node_config[BUNDLE_KEY])
+        if request.validation_refused:
+            event["validation_refused"] = request.validation_refused
         if reply.has_error():
             event["refused"] = reply.error.reason
         else:
             metrics = reply.content["metrics"]
             event["samples"] = int(metrics["num-examples"])
+            if any(key.startswith(GLOBAL_VAL) for key in metrics):
+                event["validated"] = True
             if "arrays" in reply.content:
                 event["update_sha256"] = _arrays_digest(reply.content["arrays"])
             for key in ("epsilon", "epsilon-total", "delta"):

@@ -166,6 +166,12 @@ class AuditLog:
         return [r for r in self.records() if message_kind(str(r.get("type", ""))) == kind
                 and "refused" not in r]
 
+    def evaluations(self) -> int:
+        """How many validation releases this node answered: evaluate requests, and train
+        requests that validated the global model first (``validated``)."""
+        return len(self.served("evaluate")) + sum(1 for r in self.served("train")
+                                                  if r.get("validated"))
+
 
 def message_kind(message_type: str) -> str:
     """``train``, ``evaluate`` or ``query`` of a Flower message type (``evaluate.default``

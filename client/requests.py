@@ -17,7 +17,7 @@ from flwr.common.constant import ErrorCode
 from client.audit import AuditLog, message_kind
 from client.hospital import Hospital, resolve_hospital
 from tasks.config import validate
-from tasks.protocol import KEEP_LOCAL_NORM
+from tasks.protocol import KEEP_LOCAL_NORM, VALIDATE_GLOBAL
 
 if TYPE_CHECKING:
     from tasks.contract import Task
@@ -25,12 +25,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class Request:
-    """A request, unpacked once: the hospital serving it, the task and the settings asked."""
+    """A request, unpacked once: the hospital serving it, the task and the settings asked
+    (``validation_refused``: why the node will not validate the global model first, though
+    the train request asks it to)."""
 
     config: ConfigRecord
     hospital: Hospital
     task_name: str
     task_settings: dict[str, Any]
+    validation_refused: str | None = None
 
     @classmethod
     def of(cls, msg: Message, context: Context) -> Request:
@@ -48,6 +51,11 @@ class Request:
         """FedBN: the hospital keeps its own normalisation layers."""
         return bool(self.config.get(KEEP_LOCAL_NORM, False))
 
+    @property
+    def validates(self) -> bool:
+        """A train request that validates the incoming global model first."""
+        return bool(self.config.get(VALIDATE_GLOBAL, False)) and self.validation_refused is None
+
     def task(self) -> Task:
         from tasks.registry import task_class  # torch and MONAI: only when a task runs
 
@@ -62,7 +70,9 @@ class Request:
 
     def policy_problem(self, message_type: str, log: AuditLog) -> str | None:
         """Why this node will not serve the request under its own policy: its audit log is
-        broken, the task is not accepted, or it answered its last evaluation."""
+        broken, the task is not accepted, or it answered its last evaluation. A train request
+        over the evaluation limit is served without the validation it asks for
+        (``validation_refused``)."""
         hospital = self.hospital
         broken = log.verify()
         if broken:
@@ -72,10 +82,17 @@ class Request:
         if accepted is not None and self.task_name not in accepted:
             return (f"hospital {hospital.name} does not accept task '{self.task_name}' "
                     f"(its node config accepts: {', '.join(accepted)})")
-        limit = hospital.max_evaluations
-        if message_kind(message_type) == MessageType.EVALUATE and limit is not None and \
-                len(log.served(MessageType.EVALUATE)) >= limit:
-            return (f"hospital {hospital.name} has answered its {limit} evaluation(s) "
+        kind = message_kind(message_type)
+        if kind == MessageType.EVALUATE:
+            return self._evaluation_problem(log)
+        if kind == MessageType.TRAIN and self.validates:
+            self.validation_refused = self._evaluation_problem(log)
+        return None
+
+    def _evaluation_problem(self, log: AuditLog) -> str | None:
+        limit = self.hospital.max_evaluations
+        if limit is not None and log.evaluations() >= limit:
+            return (f"hospital {self.hospital.name} has answered its {limit} evaluation(s) "
                     "(max-evaluations in its node config); evaluation refused")
         return None
 

@@ -8,6 +8,12 @@ its own budget, a non-private round when it has a budget at all, and any DP roun
 its ledger holds fewer rounds than its audit log records. A DP round's reply carries only
 what the accountant covers or what is public about the run (weights, epsilon, sample
 counts and steps); the training loss is not sent.
+
+A train request may ask the node to validate the incoming global model first (one message a
+round then carries the previous round's validation and this round's training): the reply's
+metrics add the validation's, prefixed ``global-val-``. A validation releases what an
+evaluation does (metrics on the val patients, never trained on, so outside the DP
+accountant) and counts against the node's ``max-evaluations`` in the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from tasks.contract import PatientDraws, Task
 from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.evaluation import evaluate as evaluate_task
-from tasks.protocol import UNIFORM_WEIGHT
+from tasks.protocol import GLOBAL_VAL, UNIFORM_WEIGHT
 from tasks.run_config import LOCAL_TRAIN_KEYS, PRIVACY_KEYS, check_privacy, patient_draws
 
 LOCAL_NORM = "local-norm"
@@ -81,6 +87,12 @@ def train(msg: Message, context: Context, request: Request) -> Message:
         return refuse(msg, f"hospital {hospital.name} has no training images for "
                        f"task {task.name} (split 'train' of its manifest)")
     incoming = msg.content["arrays"].to_torch_state_dict()
+    validation = {}
+    if request.validates:
+        validation = {GLOBAL_VAL + key: value for key, value in
+                      _validation(task, starting_state(incoming, context, request),
+                                  request).items()}
+        started = time.perf_counter()
     local_epochs, local_steps = int(config["local-epochs"]), int(config["local-steps"])
     trainer = LocalTrainer.start(
         task, settings, select_device(hospital.device),
@@ -110,7 +122,8 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     metrics = MetricRecord({"num-examples": len(batches.dataset), UNIFORM_WEIGHT: 1.0,
                             **loss, "steps": fit.steps,
                             "lr": fit.epochs[-1]["lr"] if fit.epochs else settings["lr"],
-                            "seconds": time.perf_counter() - started, **extra})
+                            "seconds": time.perf_counter() - started, **extra,
+                            **validation})
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}),
                    reply_to=msg)
 
@@ -141,15 +154,21 @@ def _private_round(msg: Message, request: Request, trainer: LocalTrainer, batche
 
 def evaluate(msg: Message, context: Context, request: Request) -> Message:
     """Evaluate the global weights (with local norms under FedBN) on the val patients."""
+    incoming = msg.content["arrays"].to_torch_state_dict()
+    metrics = _validation(request.task(), starting_state(incoming, context, request), request)
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def _validation(task: Task, state: dict[str, torch.Tensor], request: Request
+                ) -> dict[str, float]:
+    """``task``'s metrics of the model ``state`` on the hospital's val patients, with their
+    number (``num-examples``) and the seconds it took."""
     started = time.perf_counter()
-    task = request.task()
     device = select_device(request.hospital.device)
     model = task.build_model()
-    model.load_state_dict(starting_state(msg.content["arrays"].to_torch_state_dict(), context,
-                                         request))
+    model.load_state_dict(state)
     model.to(device)
     rows = task.select(request.hospital.manifest().select(split="val"))
     evaluation = evaluate_task(task, model, rows, device)
-    metrics = MetricRecord({**evaluation.metrics, "num-examples": len(rows),
-                            "seconds": time.perf_counter() - started})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    return {**evaluation.metrics, "num-examples": len(rows),
+            "seconds": time.perf_counter() - started}

@@ -192,8 +192,13 @@ def worker_command(member: Membership) -> list[str]:
     return [sys.executable, "-P", "-m", "client.worker", "--data", str(member.data.resolve())]
 
 
+# How often the SuperExec looks for a request to start (Flower's default: every 1 s).
+TASK_POLL_INTERVAL = "0.2"
+
+
 def supernode_env(member: Membership, base: dict[str, str]) -> dict[str, str]:
     """The environment of the SuperNode and its SuperExec: ``base`` with
     ``install_launchers``' folder as the whole PATH, so nothing else can be started by
-    name."""
-    return {**base, "PATH": str(install_launchers(member.data))}
+    name, and the SuperExec looking for requests every ``TASK_POLL_INTERVAL`` s."""
+    return {**base, "PATH": str(install_launchers(member.data)),
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": TASK_POLL_INTERVAL}

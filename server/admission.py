@@ -16,11 +16,11 @@ from collections.abc import Iterable
 from logging import WARNING
 from pathlib import Path
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from server.wrapper import GridWrapper
 from tasks.errors import UserError
 
 ADMITTED = "admitted.json"
@@ -38,24 +38,13 @@ def admitted_nodes(path: Path) -> dict[str, dict[str, str]]:
         raise UserError(f"{path}: unreadable admitted list ({e})") from None
 
 
-class AdmittedGrid(Grid):
+class AdmittedGrid(GridWrapper):
     """``inner`` with the nodes outside ``admitted`` hidden and unreachable."""
 
     def __init__(self, inner: Grid, admitted: set[int]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.admitted = admitted
         self.ignored: set[int] = set()
-
-    def set_run(self, run: Run) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.inner.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         nodes = list(self.inner.get_node_ids())
@@ -67,9 +56,6 @@ class AdmittedGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.inner.push_messages(self._admitted(messages))
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> Iterable[Message]:

@@ -9,14 +9,18 @@ a deployed run without it is refused).
 A relative output folder is relative to the working folder of the SuperLink
 (the coordinator folder in deployment).
 The ServerApp asks every node which hospital it is, then runs the strategy's
-rounds: every update validated before aggregation (``server.validation``),
+rounds, one message to each hospital a round: its train request also validates
+the global model it carries (``server.folded_validation``), and a separate
+evaluation follows the last round only; replies are collected as they arrive
+(``server.polling``). Every update is validated before aggregation (``server.validation``),
 no round waiting forever for hospitals that are gone (``server.sampling``),
 or, with ``federation.secure_aggregation``, SecAgg+ rounds in which only the
 sum of the updates is seen (``server.secure_aggregation``). After each round
 a callback writes, in the experiment's output folder:
 
 - ``federated_metrics.csv``: one row per hospital per round (training loss,
-  steps, samples, learning rate, time; the task's validation metrics; errors; the round's
+  steps, samples, learning rate, time; the task's validation metrics of the round's
+  aggregate, filled in when the next round's replies bring them; errors; the round's
   wall time on the server);
 - ``checkpoint_round.pt``: the global weights and the round reached, to resume;
 - ``tensorboard/<hospital>/``: the same metrics as TensorBoard scalars, step = round.
@@ -42,7 +46,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.admission import AdmittedGrid, admitted_nodes
 from server.config import load_experiment
+from server.folded_validation import FoldedValidation
+from server.polling import PromptGrid
 from server.recorder import HospitalRecorder
+from server.resumption import GlobalRounds
 from server.sampling import SamplingGuard, TooFewHospitals, wait_for_hospitals
 from server.secure_aggregation import SecureAggregation
 from server.strategies import build_strategy, request_hints
@@ -136,6 +143,18 @@ def request_config(task: Task, experiment: dict[str, Any], partitions: str) -> C
     })
 
 
+def merge_rows(earlier: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The metrics table ``earlier`` with ``rows`` added or, for a round and hospital it
+    has, filled in (a row's values win); earlier columns first."""
+    new = pd.DataFrame(rows)
+    if earlier.empty or new.empty:
+        return new if earlier.empty else earlier
+    key = ["round", "hospital"]
+    table = new.set_index(key).combine_first(earlier.set_index(key)).reset_index()
+    columns = [*earlier.columns, *(c for c in new.columns if c not in earlier.columns)]
+    return table[columns].sort_values(key, kind="stable").reset_index(drop=True)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the experiment named in the run config."""
@@ -148,6 +167,7 @@ def main(grid: Grid, context: Context) -> None:
         raise UserError("the run config names no admitted list ('admitted'): launch "
                         "deployed runs with `spinefl coordinator run`, which passes the "
                         "coordinator's admitted.json")
+    grid = PromptGrid(grid)
     resume = bool(context.run_config.get("resume", False))
     out = Path(experiment["output"]["dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -160,8 +180,8 @@ def main(grid: Grid, context: Context) -> None:
     names = hospital_names(grid, nodes, partitions, timeout)
     log(INFO, "Hospitals: %s", ", ".join(sorted(names.values())))
     remaining = federation["rounds"] - done
-    recorder = HospitalRecorder(build_strategy(federation, len(names)), names,
-                                round_offset=done)
+    recorder = HospitalRecorder(GlobalRounds(build_strategy(federation, len(names)), done),
+                                names, round_offset=done)
     model = task.build_model()
     clock = {"last": time.perf_counter()}
     scalars = ScalarLog(out, fresh=done == 0)
@@ -171,23 +191,28 @@ def main(grid: Grid, context: Context) -> None:
         seconds, clock["last"] = now - clock["last"], now
         if server_round == 0:
             return None
-        path = out / METRICS
-        earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+        # This round's training, and the validation of the previous round's aggregate that
+        # came with it (the last round's own validation came by a separate evaluation).
         rows = [{**row, "round_seconds": seconds} for row in recorder.rows(server_round)]
         if federation["central_dp"]:
             spent = central_epsilon(federation, server_round + done)
             rows = [{**row, "central_epsilon": spent} for row in rows]
             log(INFO, "round %s | central DP: epsilon %.3f per hospital at delta %g",
                 server_round + done, spent, federation["central_delta"])
-        for row in rows:
-            score = row.get(f"val_{task.score}", float("nan"))
-            log(INFO, "round %s | %s | train loss %.3f | val %s %.3f", row["round"],
-                row["hospital"], row.get("train_loss", float("nan")), task.score, score)
-        table = pd.concat([earlier, pd.DataFrame(rows)])
-        write_table(table, path)  # whole or not at all: others read it while a run goes on
-        for row in rows:
+        validated = [{k: v for k, v in row.items() if k in ("round", "hospital")
+                      or k.startswith("val_")} for row in recorder.rows(server_round - 1)]
+        validated = [row for row in validated if len(row) > 2]
+        path = out / METRICS
+        earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+        # whole or not at all: others read it while a run goes on
+        write_table(merge_rows(earlier, validated + rows), path)
+        score = f"val_{task.score}"
+        for row in validated + [row for row in rows if score in row]:
+            log(INFO, "round %s | %s | val %s %.3f", row["round"], row["hospital"],
+                task.score, row[score])
+        for row in validated + rows:
             scalars.add(row["hospital"], row["round"],
-                        {k: v for k, v in row.items() if k != "round"})
+                        {k: v for k, v in row.items() if k not in ("round", "hospital")})
         model.load_state_dict(arrays.to_torch_state_dict())
         save_checkpoint(out / ROUND_CHECKPOINT, task, model, round=server_round + done)
         return None
@@ -202,9 +227,10 @@ def main(grid: Grid, context: Context) -> None:
                     grid, context, arrays, remaining, timeout, config, ConfigRecord(config),
                     round_end)
             else:
-                strategy = SamplingGuard(
-                    UpdateValidation(recorder, federation["max_update_norm"]),
-                    federation["min_hospitals"], timeout, names)
+                strategy = FoldedValidation(
+                    SamplingGuard(UpdateValidation(recorder, federation["max_update_norm"]),
+                                  federation["min_hospitals"], timeout, names),
+                    last_round=remaining, resumed=done > 0)
                 result = strategy.start(grid, arrays, num_rounds=remaining, timeout=timeout,
                                         train_config=config,
                                         evaluate_config=ConfigRecord(config),

@@ -37,7 +37,9 @@ FEDERATION_KEYS = (
         "whole epochs.", minimum=0),
     Key("fraction_train", "float", 1.0, "Fraction of hospitals sampled for training each round.",
         above=0.0, maximum=1.0),
-    Key("fraction_evaluate", "float", 1.0, "Fraction of hospitals sampled for evaluation.",
+    Key("fraction_evaluate", "float", 1.0, "Fraction of hospitals sampled for the evaluation "
+        "after the last round (earlier rounds' aggregates are validated by the hospitals "
+        "sampled to train in the next).",
         minimum=0.0, maximum=1.0),
     Key("min_hospitals", "int", 2, "Fewest hospitals a round needs (and waits for).", minimum=1),
     Key("round_timeout", "float", 1800.0, "Seconds a round waits for replies before going on "

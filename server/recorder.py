@@ -2,8 +2,12 @@
 
 It wraps any strategy (configure/aggregate are delegated unchanged) and keeps,
 per round and hospital, the training and evaluation metrics that came back,
-or the error a hospital replied with. The ServerApp's round-end callback turns
-these into rows of the run's metrics table.
+or the error a hospital replied with. A train reply's validation of the global
+model it started from (keys prefixed ``global-val-``: the previous round's
+aggregate) is kept as the previous round's ``val`` metrics, and taken out of the
+reply before the strategy aggregates it (hospitals that did not validate, over
+their evaluation limit, send no such keys). The ServerApp's
+round-end callback turns these into rows of the run's metrics table.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from server.wrapper import StrategyWrapper
+from tasks.protocol import GLOBAL_VAL
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ", re.MULTILINE)
 
@@ -60,6 +65,16 @@ class HospitalRecorder(StrategyWrapper):
         """Keep a hospital's metrics of a (local) round as ``<prefix>_<name>``."""
         self._row(server_round, node_id).update({f"{prefix}_{k}": v for k, v in metrics.items()})
 
+    def record_train(self, server_round: int, node_id: int, metrics: dict[str, Any]) -> None:
+        """Keep a hospital's train reply: its training metrics under this round, its
+        validation of the global model it started from under the round before."""
+        validation = {k[len(GLOBAL_VAL):]: v for k, v in metrics.items()
+                      if k.startswith(GLOBAL_VAL)}
+        self.record_metrics(server_round, node_id, "train",
+                            {k: v for k, v in metrics.items() if not k.startswith(GLOBAL_VAL)})
+        if validation:
+            self.record_metrics(server_round - 1, node_id, "val", validation)
+
     def record_error(self, server_round: int, node_id: int, prefix: str, reason: str) -> None:
         """Keep (and log) why a hospital did not reply in a (local) round, on one line."""
         reason = concise(reason)
@@ -82,7 +97,12 @@ class HospitalRecorder(StrategyWrapper):
                 self.record_error(server_round, node, prefix, reply.error.reason)
                 continue
             for record in reply.content.metric_records.values():
-                self.record_metrics(server_round, node, prefix, dict(record))
+                if prefix == "train":
+                    self.record_train(server_round, node, dict(record))
+                    for key in [k for k in record if k.startswith(GLOBAL_VAL)]:
+                        del record[key]  # the strategy aggregates the training's metrics
+                else:
+                    self.record_metrics(server_round, node, prefix, dict(record))
         self.record_silent(server_round, silent, prefix, "no reply within the round timeout")
         return replies
 

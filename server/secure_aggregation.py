@@ -2,8 +2,9 @@
 
 Flower 1.42 runs SecAgg+ (Bell et al., 2020) only on its legacy path, so each
 round's training goes through Flower's ``SecAggPlusWorkflow`` with a legacy
-FedAvg; evaluation, recording and the round-end callback are those of every
-other run. Each hospital's weights are clipped to ``[-c, c]``
+FedAvg; validation (in the train requests, a separate evaluation after the
+last round: ``server.folded_validation``), recording and the round-end callback
+are those of every other run. Each hospital's weights are clipped to ``[-c, c]``
 (``secagg_clipping_range``), quantised, masked with pairwise and private masks,
 and only their sum is unmasked; any ``secagg_threshold`` fraction of a node's
 neighbours can rebuild the masks of a node that drops out, so the round still
@@ -44,9 +45,11 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
+from server.folded_validation import validates_global
 from server.recorder import HospitalRecorder
+from server.resumption import SERVER_ROUND
 from server.sampling import wait_for_hospitals
-from tasks.protocol import WEIGHT_KEYS
+from tasks.protocol import VALIDATE_GLOBAL, WEIGHT_KEYS
 
 
 class _RecordedSum(LegacyFedAvg):
@@ -67,7 +70,7 @@ class _RecordedSum(LegacyFedAvg):
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[Any]) -> tuple[Parameters | None, dict[str, Any]]:
         for proxy, fit in results:
-            self.recorder.record_metrics(server_round, proxy.node_id, "train", fit.metrics)
+            self.recorder.record_train(server_round, proxy.node_id, fit.metrics)
         for failure in failures:
             log(WARNING, "round %s: secure aggregation: %s", server_round, failure)
         answered = {proxy.node_id for proxy, _ in results}
@@ -78,7 +81,7 @@ class _RecordedSum(LegacyFedAvg):
 
 
 class SecureAggregation:
-    """Training rounds by SecAgg+, evaluation and recording as in ``Strategy.start``.
+    """Training rounds by SecAgg+; validation and recording as in every other run.
 
     ``recorder`` wraps the Message-API strategy that evaluates and records;
     ``federation.min_hospitals`` must be connected for a round (waiting at most the round
@@ -110,7 +113,9 @@ class SecureAggregation:
             self.recorder, fraction_fit=federation["fraction_train"], fraction_evaluate=0.0,
             min_fit_clients=federation["min_hospitals"],
             min_available_clients=federation["min_hospitals"],
-            on_fit_config_fn=lambda server_round: {**config, "server-round": server_round})
+            on_fit_config_fn=lambda server_round: {
+                **config, SERVER_ROUND: server_round + self.recorder.round_offset,
+                VALIDATE_GLOBAL: validates_global(server_round, self.recorder.round_offset > 0)})
         legacy = LegacyContext(context, ServerConfig(num_rounds=num_rounds,
                                                      round_timeout=timeout), strategy)
         thread, stop, ready = start_update_client_manager_thread(grid, legacy.client_manager)
@@ -129,7 +134,8 @@ class SecureAggregation:
                 self.workflow(strategy.num_fit_clients(len(connected))[0], timeout)(
                     grid, legacy)
                 arrays = _named(legacy.state.array_records[MAIN_PARAMS_RECORD], arrays)
-                self._evaluate(grid, server_round, arrays, evaluate_config, timeout)
+                if server_round == num_rounds:
+                    self._evaluate(grid, server_round, arrays, evaluate_config, timeout)
                 evaluate_fn(server_round, arrays)
         finally:
             stop.set()

@@ -11,3 +11,8 @@ UNIFORM_WEIGHT = "uniform-weight"
 # Config key (secure aggregation): the model's weight names, JSON, in the order of the
 # positional arrays SecAgg+ sums.
 WEIGHT_KEYS = "weight-keys"
+# Config key of a train request: first validate the incoming global model on the hospital's
+# val patients (one message a round carries both; the reply's metrics then include the
+# validation's, each key prefixed with GLOBAL_VAL).
+VALIDATE_GLOBAL = "validate-global"
+GLOBAL_VAL = "global-val-"

@@ -154,6 +154,22 @@ def test_evaluations_past_the_nodes_limit_are_refused_and_logged(hospital, insid
     assert "refused" in records[2] and AuditLog(hospital).verify() is None
 
 
+def test_validations_in_train_requests_count_as_evaluations(hospital, inside_a_run):
+    """Past the limit a train request that asks to validate the global model first is
+    trained without it (the refusal in the log); an evaluate request is refused."""
+    state = task().build_model().state_dict()
+    limited = _node(hospital, **{"max-evaluations": 2})
+    answers = [app(request(state, **{"validate-global": True}), limited) for _ in range(3)]
+    assert not any(a.has_error() for a in answers)
+    validated = ["global-val-dice_mean" in a.content["metrics"] for a in answers]
+    assert validated == [True, True, False]
+    assert app(evaluation(state), limited).has_error()
+    records = AuditLog(hospital).records()
+    assert [r.get("validated", False) for r in records[:3]] == validated
+    assert "has answered its 2 evaluation(s)" in records[2]["validation_refused"]
+    assert AuditLog(hospital).evaluations() == 2 and AuditLog(hospital).verify() is None
+
+
 def test_a_node_with_a_budget_limits_evaluations_by_default(hospital):
     from client.hospital import DEFAULT_MAX_EVALUATIONS, resolve_hospital
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -111,3 +112,33 @@ def test_the_coordinator_cannot_choose_a_hospitals_device(hospital, inside_a_run
                       state=RecordDict(), run_config={})
     with pytest.raises(ConfigError, match=r"train\.device"):
         app(request(task().build_model().state_dict(), train={"device": "cuda"}), context)
+
+
+def test_a_train_request_that_validates_first_reports_the_global_models_own_metrics(
+        hospital, inside_a_run):
+    """One message a round: validating first gives exactly what an evaluate request of the
+    same global model gives (under FedBN with the hospital's own norms), and what the node
+    then trains is unchanged by it."""
+    context = Context(run_id=1, node_id=1, node_config={"data-path": str(hospital)},
+                      state=RecordDict(), run_config={})
+    torch.manual_seed(0)
+    state = task().build_model().state_dict()
+    fedbn = {"keep-local-norm": True}
+    app(request(state, **fedbn, train={"lr": 0.05}), context)  # the node now has own norms
+    incoming = {k: v * 1.01 for k, v in state.items()}
+    evaluated = app(Message(request(incoming, **fedbn).content, dst_node_id=1,
+                            message_type=MessageType.EVALUATE), copy.deepcopy(context))
+    both = app(request(incoming, **fedbn, **{"validate-global": True}, train={"lr": 0.05}),
+               copy.deepcopy(context))
+    alone = app(request(incoming, **fedbn, train={"lr": 0.05}), copy.deepcopy(context))
+    metrics = dict(both.content["metrics"])
+    validation = {k.removeprefix("global-val-"): v for k, v in metrics.items()
+                  if k.startswith("global-val-")}
+    expected = {k: v for k, v in evaluated.content["metrics"].items() if k != "seconds"}
+    assert {k: v for k, v in validation.items() if k != "seconds"} == \
+        pytest.approx(expected, nan_ok=True)
+    assert 0 < validation["dice_mean"] < 1 and validation["num-examples"] > 0
+    assert not any(k.startswith("global-val-") for k in alone.content["metrics"])
+    for key, value in alone.content["arrays"].to_torch_state_dict().items():
+        torch.testing.assert_close(both.content["arrays"][key].numpy(), value.numpy(),
+                                   msg=key)

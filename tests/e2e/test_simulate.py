@@ -59,6 +59,9 @@ def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_
     rounds = pd.read_csv(run / "federated" / "federated_metrics.csv")
     assert sorted(rounds["round"].unique()) == [1, 2]
     assert (rounds.groupby("round").size() == 3).all(), "each round once, three hospitals"
+    # Round 1's validation came with the resumed run's round-2 train requests; round 2's
+    # with the evaluation after the last round.
+    assert rounds.val_dice_vertebra.between(0, 1).all()
     for hospital, group in rounds.groupby("hospital"):  # TensorBoard: each round once too
         logged = scalars(run / "federated" / "tensorboard" / hospital)["train_loss"]
         assert [step for step, _ in logged] == [1, 2], (hospital, logged)

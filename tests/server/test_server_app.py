@@ -87,3 +87,27 @@ def test_every_config_names_a_missing_or_unknown_task_the_same_way(raw, tmp_path
         with pytest.raises(UserError, match=r"x\.toml: (missing required key task\.name|"
                                             r"task\.name 'staging' is not a task)"):
             load()
+
+
+def test_a_rounds_validation_fills_in_its_row_when_the_next_round_brings_it(tmp_path):
+    """The metrics table as written round by round: round 1's row gets its validation from
+    round 2's replies; values already written stay, and the table survives a CSV round
+    trip (what a resumed run reads back)."""
+    import pandas as pd
+
+    from server.app import merge_rows
+
+    first = merge_rows(pd.DataFrame(), [{"round": 1, "hospital": "a", "train_loss": 0.9,
+                                         "round_seconds": 30.0}])
+    first.to_csv(tmp_path / "m.csv", index=False)
+    table = merge_rows(pd.read_csv(tmp_path / "m.csv"), [
+        {"round": 1, "hospital": "a", "val_dice": 0.5},
+        {"round": 2, "hospital": "a", "train_loss": 0.4, "round_seconds": 20.0},
+        {"round": 2, "hospital": "b", "train_error": "disk full"}])
+    assert list(table.columns) == ["round", "hospital", "train_loss", "round_seconds",
+                                   "val_dice", "train_error"]
+    rows = table.set_index(["round", "hospital"])
+    assert rows.loc[(1, "a"), ["train_loss", "round_seconds", "val_dice"]].tolist() == \
+        [0.9, 30.0, 0.5]
+    assert rows.loc[(2, "a"), "train_loss"] == 0.4 and pd.isna(rows.loc[(2, "a"), "val_dice"])
+    assert rows.loc[(2, "b"), "train_error"] == "disk full"

@@ -19,7 +19,7 @@ from server.config import FEDERATION_KEYS
 from server.recorder import HospitalRecorder
 from server.strategies import build_strategy
 from tasks.config import validate
-from tasks.protocol import KEEP_LOCAL_NORM
+from tasks.protocol import KEEP_LOCAL_NORM, VALIDATE_GLOBAL
 
 UPDATES = [np.array([1.0, 2.0, 10.0]), np.array([3.0, 4.0, -2.0]), np.array([2.0, 9.0, 4.0]),
            np.array([0.0, 1.0, 5.0]), np.array([8.0, 3.0, 1.0])]
@@ -31,12 +31,14 @@ def federation(**settings):
         "federation"]
 
 
-def reply(node: int, update: np.ndarray, samples: int, loss: float = 0.5) -> Message:
+def reply(node: int, update: np.ndarray, samples: int, loss: float = 0.5, **metrics: float
+          ) -> Message:
     metadata = Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0,
                         reply_to_message_id="request", group_id="1", created_at=0.0, ttl=60.0,
                         message_type="train")
     content = RecordDict({"arrays": ArrayRecord({"w": Array(update)}),
-                          "metrics": MetricRecord({"num-examples": samples, "loss": loss})})
+                          "metrics": MetricRecord({"num-examples": samples, "loss": loss,
+                                                   **metrics})})
     return Message(content, metadata=metadata)
 
 
@@ -178,3 +180,86 @@ def test_a_round_that_cannot_reach_its_minimum_ends_naming_who_is_missing():
                                               r"mr-b$"):
         wait_for_hospitals(grid, 3, 1.0, names)
     assert wait_for_hospitals(grid, 2, 1.0, names) == [1, 3]
+
+
+def test_one_message_a_round_validates_the_aggregate_it_carries():
+    """Train requests validate the model they carry in every round but a fresh run's first;
+    evaluation requests go out in the last round only; each validation is recorded under
+    the round whose aggregate it validated."""
+    from server.folded_validation import FoldedValidation
+
+    grid = TwoNodeGrid([1, 2])
+    arrays = ArrayRecord({"w": Array(np.zeros(3))})
+    recorder = HospitalRecorder(build_strategy(federation()), {1: "north", 2: "south"},
+                                round_offset=4)
+
+    def asks(strategy, server_round):
+        return [m.content["config"][VALIDATE_GLOBAL]
+                for m in strategy.configure_train(server_round, arrays, ConfigRecord(), grid)]
+
+    folded = FoldedValidation(recorder, last_round=3)
+    assert [asks(folded, r) for r in (1, 2, 3)] == [[False, False], [True, True], [True, True]]
+    assert asks(FoldedValidation(recorder, last_round=3, resumed=True), 1) == [True, True]
+    evaluating = FoldedValidation(HospitalRecorder(build_strategy(federation()), {}), 3)
+    assert [len(list(evaluating.configure_evaluate(r, arrays, ConfigRecord(), grid)))
+            for r in (1, 2, 3)] == [0, 0, 2]
+
+    folded.aggregate_train(2, [reply(1, UPDATES[0], 1, loss=0.7, **{"global-val-dice": 0.61}),
+                               reply(2, UPDATES[1], 3, loss=0.2)])
+    assert folded.aggregate_evaluate(2, []) is None  # no evaluation this round
+    earlier = {row["hospital"]: row for row in recorder.rows(1)}
+    assert earlier == {"north": {"round": 5, "hospital": "north", "val_dice": 0.61}}
+    now = {row["hospital"]: row for row in recorder.rows(2)}
+    assert now["north"]["train_loss"] == pytest.approx(0.7)
+    assert not any(k.startswith(("val", "train_global")) for k in now["north"])
+
+
+class SlowGrid:
+    """A grid whose replies arrive one per pull, after ``delay`` pulls."""
+
+    def __init__(self, delay: int) -> None:
+        self.delay, self.pulls = delay, 0
+
+    def push_messages(self, messages):
+        return [f"m{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        if self.pulls <= self.delay or not message_ids:
+            return []
+        answered = sorted(message_ids)[0]
+        return [Message(RecordDict(), metadata=Metadata(
+            run_id=1, message_id="", src_node_id=1, dst_node_id=0,
+            reply_to_message_id=answered, group_id="1", created_at=0.0, ttl=60.0,
+            message_type="train"))]
+
+
+def test_replies_are_collected_as_they_arrive_until_the_timeout():
+    import time
+
+    from server.polling import PromptGrid
+
+    grid = PromptGrid(SlowGrid(delay=2), interval=0.05)
+    started = time.monotonic()
+    replies = grid.send_and_receive([object()] * 3, timeout=10)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1", "m2"]
+    assert time.monotonic() - started < 1.0 and grid.inner.pulls == 5
+    late = PromptGrid(SlowGrid(delay=1000), interval=0.05)
+    started = time.monotonic()
+    assert late.send_and_receive([object()] * 3, timeout=0.3) == []
+    assert 0.3 <= time.monotonic() - started < 1.0
+
+
+def test_a_resumed_runs_requests_carry_the_runs_round_numbers():
+    """After 4 rounds done, the new process's round 1 is round 5 at the hospitals (their
+    learning-rate schedule and batch draws go on where they stopped)."""
+    from server.resumption import GlobalRounds
+
+    grid = TwoNodeGrid([1, 2])
+    arrays = ArrayRecord({"w": Array(np.zeros(3))})
+    for offset in (0, 4):
+        strategy = GlobalRounds(build_strategy(federation(strategy="fedbn")), offset)
+        for configure in (strategy.configure_train, strategy.configure_evaluate):
+            sent = list(configure(1, arrays, ConfigRecord(), grid))
+            assert [m.content["config"]["server-round"] for m in sent] == [1 + offset] * 2
+            assert all(m.content["config"][KEEP_LOCAL_NORM] for m in sent)
