@@ -9,7 +9,9 @@ task with the nodes' warm workers, and for the first count also with a process p
 request. Side by side:
 
 - the median round time (rounds after the first, which prepares each hospital's data
-  and caches it on disk) against the same local compute without Flower: one process per
+  and caches it on disk, and before the last, which adds the evaluation after the last
+  round; a round in between is one message to each hospital: validate the global model,
+  then train) against the same local compute without Flower: one process per
   hospital, started together as the nodes run (three hospitals share this machine's
   cores either way), each running the same local steps and the validation on data
   it prepared beforehand; the time until the last ends (the ratio; the difference is
@@ -49,6 +51,7 @@ from tasks.config import validate  # noqa: E402
 from tasks.manifest import Manifest  # noqa: E402
 from tasks.registry import task_class  # noqa: E402
 from tasks.run_config import RUN_KEYS  # noqa: E402
+from tasks.stops import handle_stops  # noqa: E402
 from tests.helpers.deployment import Federation  # noqa: E402
 
 
@@ -156,6 +159,9 @@ def main() -> None:
                         help="torch threads of each hospital's process (OMP_NUM_THREADS): "
                         "three hospitals share this machine's cores, each would take them all")
     args = parser.parse_args()
+    if args.rounds < 3:
+        parser.error("--rounds: at least 3 (the first and the last are not counted)")
+    handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the nodes' and the bare processes'
 
     out = args.out.resolve()
@@ -179,7 +185,7 @@ def main() -> None:
             metrics, used, model_bytes = deployed(folder, hospitals, train, args.rounds, steps,
                                                   console, *join)
             traffic = used if traffic is None else traffic
-            later = metrics[metrics["round"] > 1]
+            later = metrics[metrics["round"].between(2, args.rounds - 1)]
             per_round = later.groupby("round")
             rows.append({"nodes": label, "local steps": steps,
                          "deployed round (s)": per_round.round_seconds.first().median(),

@@ -31,6 +31,7 @@ from client.privacy import PrivateRound  # noqa: E402
 from client.trainer import LocalTrainer  # noqa: E402
 from tasks.device import precision_for, select_device  # noqa: E402
 from tasks.run_config import GRAD_SAMPLE_MODES, load_run_config, task_from_config  # noqa: E402
+from tasks.stops import handle_stops  # noqa: E402
 
 
 class Slices(torch.utils.data.Dataset):
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--per-patient", type=int, default=0,
                         help="slices per patient (default: the config's slices x augmentations)")
     args = parser.parse_args()
+    handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     config = load_run_config(args.config)
     task = task_from_config(config)
     settings = task.settings

@@ -46,6 +46,7 @@ from tasks.config import load_toml  # noqa: E402
 from tasks.device import select_device  # noqa: E402
 from tasks.manifest import Manifest  # noqa: E402
 from tasks.run_config import load_run_config  # noqa: E402
+from tasks.stops import handle_stops  # noqa: E402
 from tasks.tables import markdown_table  # noqa: E402
 
 EPSILONS = (8.0, 4.0, 1.0)
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
     parser.add_argument("--starts", nargs="+", default=list(STARTS), choices=STARTS)
     args = parser.parse_args()
+    handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     console = Console()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

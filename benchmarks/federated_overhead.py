@@ -30,6 +30,7 @@ from tasks.config import validate
 from tasks.evaluation import evaluate
 from tasks.registry import task_class
 from tasks.run_config import RUN_KEYS
+from tasks.stops import handle_stops
 
 
 def main() -> None:
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
+    handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     out = args.out.resolve()
     console = Console()
 

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from tests.dicom_series import write_series  # noqa: E402
 
 from tasks.imageio import Volume  # noqa: E402
+from tasks.stops import handle_stops  # noqa: E402
 
 
 def build_export(folder: Path, series: int, slices: int) -> int:
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=30)
     parser.add_argument("--slices", type=int, default=60)
     args = parser.parse_args()
+    handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     console = Console()
     shutil.rmtree(args.out, ignore_errors=True)
     export, prepared = args.out / "export", args.out / "prepared"

@@ -27,6 +27,7 @@ from simulation.phantoms.generator import generate
 from tasks.checkpoint import load_checkpoint
 from tasks.evaluation import evaluate
 from tasks.run_config import load_run_config
+from tasks.stops import handle_stops
 
 STRUCTURES = ("dice_vertebra", "dice_disc", "dice_canal", "dice_mean")
 
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=Path("configs/segmentation.toml"))
     parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args()
+    handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     console = Console()
 
     started = time.perf_counter()

@@ -40,6 +40,7 @@ from simulation.phantoms.config import cohort_config
 from simulation.phantoms.generator import generate
 from simulation.simulate import split_hospitals
 from tasks.config import load_toml
+from tasks.stops import handle_stops
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cpus-per-hospital", type=int, default=1)
     args = parser.parse_args()
+    handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     console = Console()

@@ -26,6 +26,7 @@ from simulation.config import load_simulation
 from simulation.report import MODELS
 from simulation.simulate import simulate
 from tasks.registry import task_class
+from tasks.stops import handle_stops
 
 
 def main() -> None:
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, help="Run folder (default: the config's).")
     args = parser.parse_args()
+    handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     console = Console()
     config = load_simulation(args.config)
     if args.out:

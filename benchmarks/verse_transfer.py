@@ -52,6 +52,7 @@ from tasks.contract import Task  # noqa: E402
 from tasks.device import select_device  # noqa: E402
 from tasks.errors import UserError  # noqa: E402
 from tasks.imageio import Volume, load_image, reorient  # noqa: E402
+from tasks.stops import handle_stops  # noqa: E402
 
 MASK = "sub-verse004_seg-vert_msk.nii.gz"
 SOFT_TISSUE = 40.0  # HU
@@ -178,6 +179,7 @@ def main() -> None:
                         default=ROOT.parent / "shared" / "fixtures" / "verse")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-verse"))
     args = parser.parse_args()
+    handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     console = Console()
     if not (args.fixtures / MASK).is_file():
         console.print(f"{args.fixtures / MASK}: VerSe fixture not found", highlight=False)

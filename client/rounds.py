@@ -37,6 +37,7 @@ from tasks.contract import PatientDraws, Task
 from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.evaluation import evaluate as evaluate_task
+from tasks.packing import pack, unpack
 from tasks.protocol import GLOBAL_VAL, UNIFORM_WEIGHT
 from tasks.run_config import LOCAL_TRAIN_KEYS, PRIVACY_KEYS, check_privacy, patient_draws
 
@@ -86,7 +87,7 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     if len(task.select(hospital.manifest().select(split="train"))) == 0:
         return refuse(msg, f"hospital {hospital.name} has no training images for "
                        f"task {task.name} (split 'train' of its manifest)")
-    incoming = msg.content["arrays"].to_torch_state_dict()
+    incoming = unpack(msg.content["arrays"], task.build_model().state_dict())
     validation = {}
     if request.validates:
         validation = {GLOBAL_VAL + key: value for key, value in
@@ -124,7 +125,7 @@ def train(msg: Message, context: Context, request: Request) -> Message:
                             "lr": fit.epochs[-1]["lr"] if fit.epochs else settings["lr"],
                             "seconds": time.perf_counter() - started, **extra,
                             **validation})
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}),
+    return Message(RecordDict({"arrays": pack(state), "metrics": metrics}),
                    reply_to=msg)
 
 
@@ -154,8 +155,9 @@ def _private_round(msg: Message, request: Request, trainer: LocalTrainer, batche
 
 def evaluate(msg: Message, context: Context, request: Request) -> Message:
     """Evaluate the global weights (with local norms under FedBN) on the val patients."""
-    incoming = msg.content["arrays"].to_torch_state_dict()
-    metrics = _validation(request.task(), starting_state(incoming, context, request), request)
+    task = request.task()
+    incoming = unpack(msg.content["arrays"], task.build_model().state_dict())
+    metrics = _validation(task, starting_state(incoming, context, request), request)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
@@ -58,6 +57,7 @@ from tasks.checkpoint import load_checkpoint, save_checkpoint, starting_weights
 from tasks.contract import Task
 from tasks.errors import UserError
 from tasks.files import write_table
+from tasks.packing import pack, unpack
 from tasks.run_config import LOCAL_TRAIN_KEYS, task_from_config
 from tasks.seeding import seed_everything
 from tasks.tracking import ScalarLog
@@ -213,13 +213,13 @@ def main(grid: Grid, context: Context) -> None:
         for row in validated + rows:
             scalars.add(row["hospital"], row["round"],
                         {k: v for k, v in row.items() if k not in ("round", "hospital")})
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_state_dict(unpack(arrays, model.state_dict()))
         save_checkpoint(out / ROUND_CHECKPOINT, task, model, round=server_round + done)
         return None
 
     if remaining > 0:
         config = request_config(task, experiment, partitions)
-        arrays = ArrayRecord(weights)
+        arrays = pack(weights)  # one array on the wire (tasks.packing)
         try:
             if federation["secure_aggregation"]:
                 config = ConfigRecord({**config, **request_hints(federation)})
@@ -242,7 +242,7 @@ def main(grid: Grid, context: Context) -> None:
             raise
         finally:
             scalars.close()
-        weights = arrays.to_torch_state_dict()
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+        weights = unpack(arrays, model.state_dict())
+    model.load_state_dict(weights)
     save_checkpoint(out / "model.pt", task, model, round=federation["rounds"])
     log(INFO, "Final global model: %s", out / "model.pt")

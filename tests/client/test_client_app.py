@@ -7,12 +7,13 @@ import json
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from client.app import app
 from client.model_state import norm_state_keys, proximal_penalty
 from client.trainer import cosine_lr
 from tasks.config import ConfigError, validate
+from tasks.packing import pack, unpack
 from tasks.segmentation import SegmentationTask
 
 SETTINGS = {"channels": [8, 16], "norm_affine": True, "spacing": [4.0, 4.0, 4.0],
@@ -34,13 +35,17 @@ def task() -> SegmentationTask:
 
 def request(state: dict, **config) -> Message:
     content = RecordDict({
-        "arrays": ArrayRecord(state),
+        "arrays": pack(state),
         "config": ConfigRecord({"task": json.dumps({"name": "segmentation",
                                                     "settings": task().settings}),
                                 "train": json.dumps({**TRAIN, **config.pop("train", {})}),
                                 "local-epochs": 1, "local-steps": 1, **config}),
     })
     return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def weights(reply: Message) -> dict[str, torch.Tensor]:
+    return unpack(reply.content["arrays"], task().build_model().state_dict())
 
 
 def test_fedbn_keeps_each_hospitals_normalisation_and_takes_the_rest(hospital, inside_a_run):
@@ -52,15 +57,15 @@ def test_fedbn_keeps_each_hospitals_normalisation_and_takes_the_rest(hospital, i
     assert norms, "norm_affine gives the network normalisation parameters"
     first = app(request(model.state_dict(), **{"keep-local-norm": True},
                         train={"lr": 0.05}), context)
-    trained = first.content["arrays"].to_torch_state_dict()
+    trained = weights(first)
     # The next global model: everything different, as after averaging with other hospitals.
     incoming = {k: v + 1.0 if v.is_floating_point() else v for k, v in trained.items()}
     kept = app(request(incoming, **{"keep-local-norm": True}), context)
-    state = kept.content["arrays"].to_torch_state_dict()  # lr 0: what the node loaded
+    state = weights(kept)  # lr 0: what the node loaded
     for key in state:
         expected = trained[key] if key in norms else incoming[key]
         torch.testing.assert_close(state[key], expected, msg=key)
-    plain = app(request(incoming), context).content["arrays"].to_torch_state_dict()
+    plain = weights(app(request(incoming), context))
     for key in norms:
         torch.testing.assert_close(plain[key], incoming[key])
     assert first.content["metrics"]["num-examples"] > 4
@@ -139,6 +144,5 @@ def test_a_train_request_that_validates_first_reports_the_global_models_own_metr
         pytest.approx(expected, nan_ok=True)
     assert 0 < validation["dice_mean"] < 1 and validation["num-examples"] > 0
     assert not any(k.startswith("global-val-") for k in alone.content["metrics"])
-    for key, value in alone.content["arrays"].to_torch_state_dict().items():
-        torch.testing.assert_close(both.content["arrays"][key].numpy(), value.numpy(),
-                                   msg=key)
+    for key, value in weights(alone).items():
+        torch.testing.assert_close(weights(both)[key], value, msg=key)

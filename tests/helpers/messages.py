@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from tasks.config import validate
+from tasks.packing import pack
 from tasks.run_config import PRIVACY_KEYS
 from tasks.segmentation import SegmentationTask
 
@@ -29,7 +30,7 @@ def task() -> SegmentationTask:
 
 def request(state: dict, server_round: int = 1, dp: dict | None = None, **config) -> Message:
     content = RecordDict({
-        "arrays": ArrayRecord(state),
+        "arrays": pack(state),
         "config": ConfigRecord({
             "task": json.dumps({"name": "segmentation", "settings": task().settings}),
             "train": json.dumps(TRAIN), "privacy": json.dumps(dp or {}),
