@@ -4,7 +4,7 @@ A real deployment on 127.0.0.1, started with spinefl's commands as a coordinator
 hospitals would: the TLS SuperLink with node authentication behind the nginx proxy,
 and three hospitals' SuperNodes (the default phantom cohort split by site), each
 running every Flower message in a new process. For each ``--steps`` count of local
-steps (30 and 120 by default) it runs ``--rounds`` rounds of the default segmentation
+steps (30 and 300 by default) it runs ``--rounds`` rounds of the default segmentation
 task with the nodes' warm workers, and for the first count also with a process per
 request. Side by side:
 
@@ -54,6 +54,10 @@ from tasks.run_config import RUN_KEYS  # noqa: E402
 from tasks.stops import handle_stops  # noqa: E402
 from tests.helpers.deployment import Federation  # noqa: E402
 
+# Local epochs a round, enough that ``--steps`` decides (a hospital's epoch here is a few
+# dozen steps).
+EPOCHS = 1000
+
 
 def deployed(out: Path, hospitals: dict[str, Path], train: dict, rounds: int, steps: int,
              console: Console, *join: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
@@ -72,6 +76,7 @@ def deployed(out: Path, hospitals: dict[str, Path], train: dict, rounds: int, st
                 federation.wait_connected(name)
         experiment = {"task": {"name": "segmentation"}, "train": train,
                       "federation": {"rounds": rounds, "local_steps": steps,
+                                     "local_epochs": EPOCHS,
                                      "min_hospitals": len(hospitals), "round_timeout": 3600.0},
                       "output": {"dir": "runs/bench"}}
         config = out / "experiment.toml"
@@ -143,7 +148,7 @@ def _hospital_compute(data: Path, train: dict, steps: int, ready, results) -> No
     trainer.fit(batches, 1, max_steps=2)  # warm-up
     ready.wait()
     started = time.time()
-    trainer.fit(batches, 1, max_steps=steps)
+    trainer.fit(batches, EPOCHS, max_steps=steps)
     evaluate(task, trainer.model, task.select(manifest.select(split="val")), device)
     results.put((started, time.time()))
 
@@ -152,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-deployment"))
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, nargs="+", default=[30, 120],
+    parser.add_argument("--steps", type=int, nargs="+", default=[30, 300],
                         help="local steps a round, one deployment each (a process per "
                         "request too for the first)")
     parser.add_argument("--threads", type=int, default=1,
