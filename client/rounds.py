@@ -87,12 +87,13 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     if len(task.select(hospital.manifest().select(split="train"))) == 0:
         return refuse(msg, f"hospital {hospital.name} has no training images for "
                        f"task {task.name} (split 'train' of its manifest)")
-    incoming = unpack(msg.content["arrays"], task.build_model().state_dict())
+    received = task.build_model()  # the packed weights' layout; the model validated
+    incoming = unpack(msg.content["arrays"], received.state_dict())
     validation = {}
     if request.validates:
         validation = {GLOBAL_VAL + key: value for key, value in
-                      _validation(task, starting_state(incoming, context, request),
-                                  request).items()}
+                      _validation(task, received,
+                                  starting_state(incoming, context, request), request).items()}
         started = time.perf_counter()
     local_epochs, local_steps = int(config["local-epochs"]), int(config["local-steps"])
     trainer = LocalTrainer.start(
@@ -156,18 +157,18 @@ def _private_round(msg: Message, request: Request, trainer: LocalTrainer, batche
 def evaluate(msg: Message, context: Context, request: Request) -> Message:
     """Evaluate the global weights (with local norms under FedBN) on the val patients."""
     task = request.task()
-    incoming = unpack(msg.content["arrays"], task.build_model().state_dict())
-    metrics = _validation(task, starting_state(incoming, context, request), request)
+    model = task.build_model()
+    incoming = unpack(msg.content["arrays"], model.state_dict())
+    metrics = _validation(task, model, starting_state(incoming, context, request), request)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-def _validation(task: Task, state: dict[str, torch.Tensor], request: Request
-                ) -> dict[str, float]:
-    """``task``'s metrics of the model ``state`` on the hospital's val patients, with their
-    number (``num-examples``) and the seconds it took."""
+def _validation(task: Task, model: torch.nn.Module, state: dict[str, torch.Tensor],
+                request: Request) -> dict[str, float]:
+    """``task``'s metrics of ``model`` holding ``state`` on the hospital's val patients, with
+    their number (``num-examples``) and the seconds it took."""
     started = time.perf_counter()
     device = select_device(request.hospital.device)
-    model = task.build_model()
     model.load_state_dict(state)
     model.to(device)
     rows = task.select(request.hospital.manifest().select(split="val"))
