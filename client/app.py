@@ -6,7 +6,8 @@ its settings (JSON), the local training settings a hospital honours (JSON,
 ``tasks.run_config.PRIVACY_KEYS``), local epochs/steps, the run's number of
 rounds, and strategy hints (``proximal-mu`` for FedProx, ``keep-local-norm``
 for FedBN; ``validate-global``: validate the incoming global model before
-training). The node trains (through the one local trainer,
+training; ``personal`` and ``federation-id``: what the hospital keeps of its own,
+``client.personal``). The node trains (through the one local trainer,
 ``client.trainer``, whose learning-rate schedule spans the run's rounds) or
 evaluates on its own manifest only, on the device its own node config names,
 and replies with weights, ``num-examples`` (training samples or evaluated
@@ -44,7 +45,7 @@ from client.audit import AuditBroken, AuditLog, digest_arrays, digest_config
 from client.hospital import resolve_hospital
 from client.requests import Request, refuse
 from client.secure_aggregation import secure_aggregation
-from tasks.protocol import GLOBAL_VAL
+from tasks.protocol import GLOBAL_VAL, PERSONAL_VAL
 
 app = ClientApp()
 SPINEFL_VERSION = version("spinefl")
@@ -90,7 +91,7 @@ def _audited(handler: Handler) -> Callable[[Message, Context], Message]:
         else:
             metrics = reply.content["metrics"]
             event["samples"] = int(metrics["num-examples"])
-            if any(key.startswith(GLOBAL_VAL) for key in metrics):
+            if any(key.startswith((GLOBAL_VAL, PERSONAL_VAL)) for key in metrics):
                 event["validated"] = True
             if "arrays" in reply.content:
                 event["update_sha256"] = _arrays_digest(reply.content["arrays"])

@@ -52,6 +52,17 @@ class Request:
         return bool(self.config.get(KEEP_LOCAL_NORM, False))
 
     @property
+    def personalisation(self) -> str:
+        """What the run asks the hospital to keep of its own (``tasks.run_config.
+        PERSONAL_KEYS``; read here without them, validated where it is used)."""
+        try:
+            section = json.loads(str(self.config.get("personal", "{}")))
+        except ValueError:  # refused, naming the key, where the section is validated
+            return "none"
+        return str(section.get("personalisation", "none")) if isinstance(section, dict) \
+            else "none"
+
+    @property
     def validates(self) -> bool:
         """A train request that validates the incoming global model first."""
         return bool(self.config.get(VALIDATE_GLOBAL, False)) and self.validation_refused is None
@@ -71,8 +82,8 @@ class Request:
     def policy_problem(self, message_type: str, log: AuditLog) -> str | None:
         """Why this node will not serve the request under its own policy: its audit log is
         broken, the task is not accepted, or it answered its last evaluation. A train request
-        over the evaluation limit is served without the validation it asks for
-        (``validation_refused``)."""
+        over the evaluation limit is served without the validations it asks for (of the
+        global model, and of Ditto's personal model: ``validation_refused``)."""
         hospital = self.hospital
         broken = log.verify()
         if broken:
@@ -85,7 +96,7 @@ class Request:
         kind = message_kind(message_type)
         if kind == MessageType.EVALUATE:
             return self._evaluation_problem(log)
-        if kind == MessageType.TRAIN and self.validates:
+        if kind == MessageType.TRAIN and (self.validates or self.personalisation == "ditto"):
             self.validation_refused = self._evaluation_problem(log)
         return None
 

@@ -14,11 +14,18 @@ round then carries the previous round's validation and this round's training): t
 metrics add the validation's, prefixed ``global-val-``. A validation releases what an
 evaluation does (metrics on the val patients, never trained on, so outside the DP
 accountant) and counts against the node's ``max-evaluations`` in the same way.
+
+Personalisation (``client.personal``): under Ditto a train request also trains the
+hospital's personal model and validates it (``personal-val-``); under ``finetune`` the
+evaluation after the last round fine-tunes the global model and keeps the better of the two
+on the val patients; under FedBN without either, that evaluation keeps the global model with
+the hospital's own normalisation. Under DP no personal metric is sent.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +35,7 @@ from client.audit import AuditLog
 from client.hospital import Hospital
 from client.ledger import PrivacyLedger, PrivacyRefusal
 from client.model_state import norm_state_keys, proximal_penalty
+from client.personal import keeps_tuned, load_personal, personal_model_path, save_personal
 from client.privacy import Release, planned_noise
 from client.requests import Request, refuse
 from client.trainer import DPSettings, Fit, LocalTrainer
@@ -38,8 +46,14 @@ from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.evaluation import evaluate as evaluate_task
 from tasks.packing import pack, unpack
-from tasks.protocol import GLOBAL_VAL, UNIFORM_WEIGHT
-from tasks.run_config import LOCAL_TRAIN_KEYS, PRIVACY_KEYS, check_privacy, patient_draws
+from tasks.protocol import FEDERATION_ID, GLOBAL_VAL, PERSONAL_VAL, UNIFORM_WEIGHT
+from tasks.run_config import (
+    LOCAL_TRAIN_KEYS,
+    PERSONAL_KEYS,
+    PRIVACY_KEYS,
+    check_privacy,
+    patient_draws,
+)
 
 LOCAL_NORM = "local-norm"
 
@@ -118,6 +132,11 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if request.keep_local_norm:
         context.state[LOCAL_NORM] = ArrayRecord({k: state[k] for k in norm_state_keys(model)})
+    if request.section("personal", PERSONAL_KEYS)["personalisation"] == "ditto":
+        try:
+            extra.update(_ditto(task, request, settings, incoming, private))
+        except UserError as e:  # a personal model of other settings; a full disk
+            return refuse(msg, f"hospital {hospital.name}: {e}")
     # With DP, the loss (computed on the hospital's data, not covered by the accountant)
     # stays at the hospital.
     loss = {} if private else {"loss": fit.loss}
@@ -154,12 +173,99 @@ def _private_round(msg: Message, request: Request, trainer: LocalTrainer, batche
                  "sample-rate": fit.release.sample_rate}
 
 
+def _personal_path(request: Request) -> Path | None:
+    """Where this hospital keeps its model of the run (None: the server named no run)."""
+    identity = str(request.config.get(FEDERATION_ID, ""))
+    return personal_model_path(request.hospital.folder, identity) if identity else None
+
+
+def _ditto(task: Task, request: Request, settings: dict[str, Any],
+           incoming: dict[str, torch.Tensor], private: bool) -> dict[str, float]:
+    """Ditto's personal step: the stored personal model (else the global one) trained on the
+    hospital's data with the pull toward ``incoming``, the global model of this round,
+    stored again and validated (not under DP, nor over the node's evaluation limit)."""
+    started = time.perf_counter()
+    path = _personal_path(request)
+    if path is None:
+        return {}
+    personal, config = request.section("personal", PERSONAL_KEYS), request.config
+    epochs = personal["personal_epochs"]
+    stored = load_personal(path, task)
+    trainer = LocalTrainer.start(
+        task, settings, select_device(request.hospital.device),
+        seed=settings["seed"] + request.server_round,
+        state=incoming if stored is None else stored,
+        run_epochs=int(config.get("num-rounds", 1)) * epochs,
+        epochs_done=max(request.server_round - 1, 0) * epochs)
+    pull = personal["personal_lambda"]
+    penalty = proximal_penalty(trainer.model, incoming, pull) if pull > 0 else None
+    batches = _loader(task, request.hospital, settings, None, request.server_round)
+    trainer.fit(batches, epochs, max_steps=int(config["local-steps"]) or None, penalty=penalty)
+    save_personal(path, task, trainer.model, round=request.server_round,
+                  personalisation="ditto")
+    if private:
+        return {}
+    metrics = {"personal-seconds": time.perf_counter() - started}
+    if request.validation_refused is None:
+        validation = _validation(task, trainer.model, trainer.model.state_dict(), request)
+        metrics.update({PERSONAL_VAL + key: value for key, value in validation.items()})
+    return metrics
+
+
+def _finetuned(task: Task, request: Request, model: torch.nn.Module,
+               state: dict[str, torch.Tensor], validation: dict[str, float]
+               ) -> tuple[torch.nn.Module, dict[str, float]]:
+    """The global model (``model``, holding ``state``, validated as ``validation``) fine-tuned
+    on the hospital's
+training patients, or the global model itself where the fine-tuned one does not
+    score higher on the val patients; with the kept model's validation."""
+    settings = request.section("train", LOCAL_TRAIN_KEYS)
+    epochs = request.section("personal", PERSONAL_KEYS)["personal_epochs"]
+    trainer = LocalTrainer.start(task, settings, select_device(request.hospital.device),
+                                 seed=settings["seed"] + request.server_round, state=state,
+                                 run_epochs=epochs)
+    batches = _loader(task, request.hospital, settings, None, request.server_round)
+    trainer.fit(batches, epochs, max_steps=int(request.config["local-steps"]) or None)
+    tuned = _validation(task, trainer.model, trainer.model.state_dict(), request)
+    if keeps_tuned(task, validation, tuned):
+        return trainer.model, {**tuned, "kept-fine-tuned": 1.0}
+    return model, {**validation, "kept-fine-tuned": 0.0}
+
+
+def _keep_personal(task: Task, request: Request, model: torch.nn.Module,
+                   state: dict[str, torch.Tensor], validation: dict[str, float]
+                   ) -> dict[str, float]:
+    """After the last round: store the hospital's own model of the run, the gated
+    fine-tuning's (``finetune``) or the global model with its own normalisation (FedBN);
+    the metrics to send of it."""
+    started = time.perf_counter()
+    path = _personal_path(request)
+    method = request.section("personal", PERSONAL_KEYS)["personalisation"]
+    if path is None or method == "ditto" or (method == "none" and not request.keep_local_norm):
+        return {}
+    if method == "finetune":
+        kept, metrics = _finetuned(task, request, model, state, validation)
+    else:  # the validated global model, with the hospital's own normalisation
+        kept, metrics, method = model, {}, "fedbn"
+    save_personal(path, task, kept, round=request.server_round, personalisation=method)
+    if request.section("privacy", PRIVACY_KEYS)["enabled"]:
+        return {}
+    return {"personal-seconds": time.perf_counter() - started,
+            **{PERSONAL_VAL + key: value for key, value in metrics.items()}}
+
+
 def evaluate(msg: Message, context: Context, request: Request) -> Message:
-    """Evaluate the global weights (with local norms under FedBN) on the val patients."""
+    """Evaluate the global weights (with local norms under FedBN) on the val patients; keep
+    the hospital's own model where the run personalises."""
     task = request.task()
     model = task.build_model()
     incoming = unpack(msg.content["arrays"], model.state_dict())
-    metrics = _validation(task, model, starting_state(incoming, context, request), request)
+    state = starting_state(incoming, context, request)
+    metrics = _validation(task, model, state, request)
+    try:
+        metrics.update(_keep_personal(task, request, model, state, metrics))
+    except UserError as e:
+        return refuse(msg, f"hospital {request.hospital.name}: {e}")
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ from tasks.contract import Task
 from tasks.errors import UserError
 from tasks.files import write_table
 from tasks.packing import pack, unpack
-from tasks.run_config import LOCAL_TRAIN_KEYS, task_from_config
+from tasks.protocol import FEDERATION_ID
+from tasks.run_config import LOCAL_TRAIN_KEYS, PERSONAL_KEYS, task_from_config
 from tasks.seeding import seed_everything
 from tasks.tracking import ScalarLog
 
@@ -114,6 +116,16 @@ def starting_point(task: Task, experiment: dict[str, Any], out: Path, resume: bo
     return task.build_model().state_dict(), 0
 
 
+def federation_identity(out: Path, resume: bool) -> str:
+    """The run's identity, the same across resumptions (the round checkpoint keeps it): a
+    hospital keeps its personal model of the run under it."""
+    if resume and (out / ROUND_CHECKPOINT).is_file():
+        _, _, payload = load_checkpoint(out / ROUND_CHECKPOINT)
+        if isinstance(payload.get(FEDERATION_ID), str):
+            return payload[FEDERATION_ID]
+    return uuid.uuid4().hex
+
+
 def central_epsilon(federation: dict[str, Any], rounds: int) -> float:
     """Hospital-level epsilon of central DP after ``rounds`` releases (every hospital every
     round, so no sampling amplification: sample rate 1), by the Opacus RDP accountant."""
@@ -127,11 +139,15 @@ def central_epsilon(federation: dict[str, Any], rounds: int) -> float:
     return float(accountant.get_epsilon(federation["central_delta"]))
 
 
-def request_config(task: Task, experiment: dict[str, Any], partitions: str) -> ConfigRecord:
+def request_config(task: Task, experiment: dict[str, Any], partitions: str,
+                   federation_id: str = "") -> ConfigRecord:
     """What every hospital needs to train and evaluate: task, the local training keys a
-    hospital honours (never the device: that is the hospital's own), DP, partitions."""
+    hospital honours (never the device: that is the hospital's own), DP, personalisation,
+    the run's identity, partitions."""
     federation = experiment["federation"]
     return ConfigRecord({
+        "personal": json.dumps({key.name: federation[key.name] for key in PERSONAL_KEYS}),
+        FEDERATION_ID: federation_id,
         "task": json.dumps({"name": task.name, "settings": task.settings}),
         "train": json.dumps({key.name: experiment["train"][key.name]
                              for key in LOCAL_TRAIN_KEYS}),
@@ -176,6 +192,7 @@ def main(grid: Grid, context: Context) -> None:
     timeout = federation["round_timeout"]
 
     weights, done = starting_point(task, experiment, out, resume)
+    identity = federation_identity(out, resume)
     nodes = wait_for_hospitals(grid, federation["min_hospitals"], timeout)
     names = hospital_names(grid, nodes, partitions, timeout)
     log(INFO, "Hospitals: %s", ", ".join(sorted(names.values())))
@@ -214,11 +231,12 @@ def main(grid: Grid, context: Context) -> None:
             scalars.add(row["hospital"], row["round"],
                         {k: v for k, v in row.items() if k not in ("round", "hospital")})
         model.load_state_dict(unpack(arrays, model.state_dict()))
-        save_checkpoint(out / ROUND_CHECKPOINT, task, model, round=server_round + done)
+        save_checkpoint(out / ROUND_CHECKPOINT, task, model, round=server_round + done,
+                        **{FEDERATION_ID: identity})
         return None
 
     if remaining > 0:
-        config = request_config(task, experiment, partitions)
+        config = request_config(task, experiment, partitions, identity)
         arrays = pack(weights)  # one array on the wire (tasks.packing)
         try:
             if federation["secure_aggregation"]:
@@ -244,5 +262,6 @@ def main(grid: Grid, context: Context) -> None:
             scalars.close()
         weights = unpack(arrays, model.state_dict())
     model.load_state_dict(weights)
-    save_checkpoint(out / "model.pt", task, model, round=federation["rounds"])
+    save_checkpoint(out / "model.pt", task, model, round=federation["rounds"],
+                    **{FEDERATION_ID: identity})
     log(INFO, "Final global model: %s", out / "model.pt")

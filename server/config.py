@@ -16,6 +16,7 @@ from typing import Any
 from tasks.config import ConfigError, Key, Schema, below
 from tasks.contract import Task
 from tasks.run_config import (
+    PERSONAL_KEYS,
     RUN_CHECKS,
     RUN_KEYS,
     TASK_NAME_KEY,
@@ -24,10 +25,12 @@ from tasks.run_config import (
     validate_config,
 )
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "fedbn")
+STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedmedian",
+              "fedtrimmedavg", "fedbn")
 
 FEDERATION_KEYS = (
-    Key("strategy", "str", "fedavg", "Aggregation: `fedavg`; `fedprox` (proximal term at the "
+    Key("strategy", "str", "fedavg", "Aggregation: `fedavg`; `fedavgm` (FedAvg with server "
+        "momentum); `fedprox` (proximal term at the "
         "hospitals); `fedadam`/`fedyogi` (adaptive server optimiser); `fedmedian` and "
         "`fedtrimmedavg` (robust); `fedbn` (FedAvg with normalisation layers kept local).",
         choices=STRATEGIES),
@@ -47,6 +50,8 @@ FEDERATION_KEYS = (
     Key("proximal_mu", "float", 0.01, "FedProx proximal weight mu.", minimum=0.0),
     Key("server_lr", "float", 0.01, "Server learning rate (eta) of FedAdam/FedYogi.",
         above=0.0),
+    Key("server_momentum", "float", 0.9, "Server momentum of FedAvgM (its server learning "
+        "rate is 1: the average update, plus momentum).", minimum=0.0, check=below(1.0)),
     Key("trim_beta", "float", 0.2, "Fraction trimmed at each end by FedTrimmedAvg (< 0.5).",
         minimum=0.0, check=below(0.5)),
     Key("max_update_norm", "float", 0.0, "Updates (new weights minus global) whose L2 norm "
@@ -64,6 +69,7 @@ FEDERATION_KEYS = (
     Key("secure_aggregation", "bool", False, "Secure aggregation (Flower's SecAgg+): the "
         "coordinator sees only the sum of the hospitals' weights (strategy `fedavg` or "
         "`fedbn`, at least 3 hospitals; uniform average; no per-update norm bound)."),
+    *PERSONAL_KEYS,
     Key("secagg_clipping_range", "float", 8.0, "SecAgg+ clips every weight to [-c, c] "
         "before quantising it; hospitals report the fraction they clipped.", above=0.0),
     Key("secagg_threshold", "float", 0.6, "Fraction of a hospital's neighbours needed to "

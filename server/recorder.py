@@ -4,7 +4,9 @@ It wraps any strategy (configure/aggregate are delegated unchanged) and keeps,
 per round and hospital, the training and evaluation metrics that came back,
 or the error a hospital replied with. A train reply's validation of the global
 model it started from (keys prefixed ``global-val-``: the previous round's
-aggregate) is kept as the previous round's ``val`` metrics, and taken out of the
+aggregate) is kept as the previous round's ``val`` metrics, the validation of a
+hospital's own model (``personal-val-``: Ditto's after this round, or what the
+final fine-tuning kept) as this round's ``personal_val``; both are taken out of the
 reply before the strategy aggregates it (hospitals that did not validate, over
 their evaluation limit, send no such keys). The ServerApp's
 round-end callback turns these into rows of the run's metrics table.
@@ -23,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from server.wrapper import StrategyWrapper
-from tasks.protocol import GLOBAL_VAL
+from tasks.protocol import GLOBAL_VAL, PERSONAL_VAL
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ", re.MULTILINE)
 
@@ -65,15 +67,25 @@ class HospitalRecorder(StrategyWrapper):
         """Keep a hospital's metrics of a (local) round as ``<prefix>_<name>``."""
         self._row(server_round, node_id).update({f"{prefix}_{k}": v for k, v in metrics.items()})
 
+    def record_reply(self, server_round: int, node_id: int, prefix: str,
+                     metrics: dict[str, Any]) -> None:
+        """Keep a hospital's train (``prefix`` "train") or evaluate ("val") reply: its own
+        metrics under this round; in a train reply, its validation of the global model it
+        started from under the round before; its personal model's validation under this
+        round."""
+        parts: dict[str, dict[str, Any]] = {"own": {}, GLOBAL_VAL: {}, PERSONAL_VAL: {}}
+        for key, value in metrics.items():
+            marker = next((m for m in (GLOBAL_VAL, PERSONAL_VAL) if key.startswith(m)), "own")
+            parts[marker][key[len(marker):] if marker != "own" else key] = value
+        self.record_metrics(server_round, node_id, prefix, parts["own"])
+        if parts[GLOBAL_VAL]:
+            self.record_metrics(server_round - 1, node_id, "val", parts[GLOBAL_VAL])
+        if parts[PERSONAL_VAL]:
+            self.record_metrics(server_round, node_id, "personal_val", parts[PERSONAL_VAL])
+
     def record_train(self, server_round: int, node_id: int, metrics: dict[str, Any]) -> None:
-        """Keep a hospital's train reply: its training metrics under this round, its
-        validation of the global model it started from under the round before."""
-        validation = {k[len(GLOBAL_VAL):]: v for k, v in metrics.items()
-                      if k.startswith(GLOBAL_VAL)}
-        self.record_metrics(server_round, node_id, "train",
-                            {k: v for k, v in metrics.items() if not k.startswith(GLOBAL_VAL)})
-        if validation:
-            self.record_metrics(server_round - 1, node_id, "val", validation)
+        """Keep a hospital's train reply (``record_reply``)."""
+        self.record_reply(server_round, node_id, "train", metrics)
 
     def record_error(self, server_round: int, node_id: int, prefix: str, reason: str) -> None:
         """Keep (and log) why a hospital did not reply in a (local) round, on one line."""
@@ -97,12 +109,9 @@ class HospitalRecorder(StrategyWrapper):
                 self.record_error(server_round, node, prefix, reply.error.reason)
                 continue
             for record in reply.content.metric_records.values():
-                if prefix == "train":
-                    self.record_train(server_round, node, dict(record))
-                    for key in [k for k in record if k.startswith(GLOBAL_VAL)]:
-                        del record[key]  # the strategy aggregates the training's metrics
-                else:
-                    self.record_metrics(server_round, node, prefix, dict(record))
+                self.record_reply(server_round, node, prefix, dict(record))
+                for key in [k for k in record if k.startswith((GLOBAL_VAL, PERSONAL_VAL))]:
+                    del record[key]  # the strategy aggregates the hospitals' own metrics
         self.record_silent(server_round, silent, prefix, "no reply within the round timeout")
         return replies
 

@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedMedian,
     FedProx,
     FedTrimmedAvg,
@@ -67,6 +68,8 @@ def build_strategy(federation: dict[str, Any], hospitals: int = 0) -> Strategy:
     if name in ("fedadam", "fedyogi"):
         cls = FedAdam if name == "fedadam" else FedYogi
         return cls(eta=federation["server_lr"], eta_l=federation["server_lr"], **sampling)
+    if name == "fedavgm":
+        return FedAvgM(server_momentum=federation["server_momentum"], **sampling)
     if name == "fedtrimmedavg":
         return FedTrimmedAvg(beta=federation["trim_beta"], **sampling)
     if federation["central_dp"]:

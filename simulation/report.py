@@ -1,4 +1,4 @@
-"""The simulate report: results table, plots and a short markdown summary."""
+"""The simulate report: results table, cross-site matrix, plots and a short markdown summary."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
@@ -17,29 +18,74 @@ from tasks.plots import save_figure
 from tasks.registry import task_class
 from tasks.tables import markdown_table
 
-MODELS = ("federated", "local", "pooled")
+MODELS = ("federated", "personal", "local", "pooled")
+BASELINES = ("local", "pooled")
 
 
 def comparison(results: pd.DataFrame, score: str) -> pd.DataFrame:
-    """Hospital x model table of the score on each hospital's test patients, with ratios."""
+    """Hospital x model table of the score on each hospital's test patients (its own
+    personal and local-only models), with ratios, and where hospitals kept personal models
+    how far each is above the better of its local-only and the pooled model."""
     table = results.pivot_table(index="hospital", columns="model", values=score)
     table = table[[m for m in MODELS if m in table.columns]]
     if "pooled" in table:
         table["federated / pooled"] = table["federated"] / table["pooled"]
     if "local" in table:
         table["federated / local"] = table["federated"] / table["local"]
+    baselines = [m for m in BASELINES if m in table]
+    if "personal" in table and baselines:
+        table["personal - best baseline"] = table["personal"] - table[baselines].max(axis=1)
     return table
 
 
+def cross_site(cross: pd.DataFrame, score: str) -> pd.DataFrame:
+    """Every model (rows: ``federated``, ``pooled``, ``personal: <hospital>``, ``local:
+    <hospital>``) on every hospital's test patients (columns): the score."""
+    named = cross.assign(trained=[kind if owner == "all" else f"{kind}: {owner}"
+                                  for kind, owner in zip(cross.model, cross.owner, strict=True)])
+    table = named.pivot_table(index="trained", columns="hospital", values=score)
+    order = sorted(table.index, key=lambda row: (MODELS.index(row.split(":")[0]), row))
+    return table.loc[order]
+
+
+def plot_cross_site(table: pd.DataFrame, score: str, path: Path) -> Path:
+    """The cross-site matrix as a heat map, each cell's score written in it."""
+    figure, axis = plt.subplots(figsize=(1.6 * len(table.columns) + 3, 0.5 * len(table) + 1.5))
+    image = axis.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1,
+                        aspect="auto")
+    axis.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
+    axis.set_yticks(range(len(table.index)), [str(i) for i in table.index])
+    for (row, column), value in np.ndenumerate(table.to_numpy(dtype=float)):
+        if np.isfinite(value):
+            axis.text(column, row, f"{value:.2f}", ha="center", va="center",
+                      color="white" if value < 0.6 else "black")
+    axis.set(xlabel="test patients of", title=f"Test {score}: every model, every hospital")
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataFrame,
-                 config: dict[str, Any], folder: Path) -> Path:
+                 config: dict[str, Any], folder: Path, cross: pd.DataFrame | None = None
+                 ) -> Path:
     """Write results.csv, comparison.csv, <score>_per_round.png (the task's score),
-    comparison.png and summary.md (markdown that shows the plots beside its tables)."""
+    comparison.png, with ``cross`` (every model on every hospital: ``model``, ``owner``,
+    ``hospital``, metrics) cross_site.csv and cross_site.png, and summary.md (markdown that
+    shows the plots beside its tables)."""
     folder.mkdir(parents=True, exist_ok=True)
     score = task_class(config["task"]["name"]).score
     write_table(results, folder / "results.csv")
     table = comparison(results, score)
     write_table(table.reset_index(), folder / "comparison.csv")
+    cross_lines: list[str] = []
+    if cross is not None and len(cross):
+        write_table(cross, folder / "cross_site.csv")
+        matrix = cross_site(cross, score)
+        write_table(matrix.reset_index(), folder / "cross_site_matrix.csv")
+        plot_cross_site(matrix, score, folder / "cross_site.png")
+        cross_lines = [f"## Every model on every hospital's test patients ({score})", "",
+                       markdown_table(matrix), "",
+                       "![Every model on every hospital's test patients](cross_site.png)", ""]
 
     rounds = pd.read_csv(round_metrics)
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -68,13 +114,16 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
     federation = config["federation"]
     lines = [
         "# spinefl simulate report", "",
-        f"Task `{config['task']['name']}`, strategy `{federation['strategy']}`, "
+        f"Task `{config['task']['name']}`, strategy `{federation['strategy']}`"
+        + (f", personalisation `{federation['personalisation']}`"
+           if federation["personalisation"] != "none" else "") + ", "
         f"{federation['rounds']} rounds of {federation['local_epochs']} local epoch(s)"
         + (f" (at most {federation['local_steps']} steps)" if federation["local_steps"] else "")
         + f"; partition `{config['partition']['method']}`.", "",
         "## Hospitals", "", markdown_table(hospitals), "",
         f"## Test {score} per hospital", "", markdown_table(table), "",
         "![Each hospital's test patients, every model](comparison.png)", "",
+        *cross_lines,
         f"![Validation {score} per round at each hospital]({per_round})", "",
         *privacy_lines,
         "Per-image metrics of every model: `results.csv`; per-hospital metrics of every "

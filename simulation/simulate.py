@@ -8,8 +8,10 @@ Stages, each written under the output folder:
 3. ``federated/``: the Flower run (local SuperLink, Ray simulation engine):
    per-hospital metrics per round, round checkpoints, the final ``model.pt``;
 4. ``pooled/`` and ``local/<hospital>/``: the baselines on the very same splits;
-5. ``report/``: every model on every hospital's test patients (``results.csv``),
-   plots, and ``summary.md``.
+   each hospital's personal model, where the run personalises, is where the hospital
+   keeps it (``hospitals/<hospital>/.spinefl/personal/<run>/model.pt``);
+5. ``report/``: every model on every hospital's test patients (``cross_site.csv``; each
+   hospital's own models in ``results.csv``), plots, and ``summary.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import tomli_w
 import torch
 from rich.console import Console
 
+from client.personal import PERSONAL_FOLDER, personal_model_path
 from client.training import claim_run_folder, train
 from server.app import ROUND_CHECKPOINT
 from simulation import partition
@@ -40,6 +43,7 @@ from tasks.evaluation import evaluate
 from tasks.files import write_table, write_text
 from tasks.locks import folder_lock
 from tasks.manifest import Manifest
+from tasks.protocol import FEDERATION_ID
 from tasks.tables import frame_table
 
 # Lines of the federated run's log worth showing: hospitals, rounds, per-hospital results,
@@ -101,6 +105,18 @@ def _run_config(config: dict[str, dict[str, Any]], manifest: Path, out: Path,
             "train": train_settings, "privacy": config["privacy"], "output": {"dir": str(out)}}
 
 
+def personal_models(federated: Path, folder: Path, hospitals: list[tuple[str, Manifest]]
+                    ) -> dict[str, Path]:
+    """Each virtual hospital's own model of the federated run whose final model is
+    ``federated`` (``folder``: the hospitals' data folders), where it kept one."""
+    _, _, payload = load_checkpoint(federated)
+    identity = payload.get(FEDERATION_ID)
+    if not isinstance(identity, str):
+        return {}
+    paths = {name: personal_model_path(folder / _safe(name), identity) for name, _ in hospitals}
+    return {name: path for name, path in paths.items() if path.is_file()}
+
+
 def evaluate_on_hospitals(model_path: Path, hospitals: list[tuple[str, Manifest]],
                           device: torch.device) -> list[dict[str, Any]]:
     """The model's metrics on each hospital's test patients."""
@@ -139,6 +155,8 @@ def simulate(config: dict[str, dict[str, Any]], force: bool = False, resume: boo
         if not resume:
             claim_run_folder(out, force)
             shutil.rmtree(out / "federated", ignore_errors=True)
+            for kept in (out / "hospitals").glob(f"*/{PERSONAL_FOLDER}"):
+                shutil.rmtree(kept)  # earlier runs' personal models
         if cohort is not None:
             manifest = generate(cohort, Path(config["phantoms"]["dir"]))
         return _simulate(config, manifest, out, resume, console)
@@ -190,25 +208,27 @@ def _simulate(config: dict[str, dict[str, Any]], manifest: Manifest, out: Path, 
     if not (federated / "model.pt").is_file():
         raise UserError(f"the federated run ended without a model; see {federated / 'run.log'}")
 
-    models = {"federated": federated / "model.pt"}
+    # (model kind, the hospital whose model it is or "all", its checkpoint)
+    models = [("federated", "all", federated / "model.pt")]
+    models += [("personal", name, path) for name, path in
+               personal_models(federated / "model.pt", out / "hospitals", hospitals).items()]
     if config["baselines"]["pooled"]:
         console.print("[bold]Pooled baseline[/]")
         train(_run_config(config, out / "hospitals" / "pooled.csv", out / "pooled"),
               force=True, console=console)
-        models["pooled"] = out / "pooled" / "model.pt"
-    device = select_device(config["train"]["device"])
-    rows = []
-    for kind, path in models.items():
-        rows += [{"model": kind, **row} for row in evaluate_on_hospitals(path, hospitals, device)]
+        models.append(("pooled", "all", out / "pooled" / "model.pt"))
     if config["baselines"]["local"]:
-        for name, manifest in hospitals:
+        for name, _ in hospitals:
             console.print(f"[bold]Local-only baseline[/]: {name}")
             folder = out / "local" / _safe(name)
             own = out / "hospitals" / _safe(name) / "manifest.csv"
             train(_run_config(config, own, folder), force=True, console=console)
-            rows += [{"model": "local", **row}
-                     for row in evaluate_on_hospitals(folder / "model.pt", [(name, manifest)],
-                                                      device)]
-    results = pd.DataFrame(rows)
-    write_report(results, federated / "federated_metrics.csv", summary, config, out / "report")
+            models.append(("local", name, folder / "model.pt"))
+    device = select_device(config["train"]["device"])
+    cross = pd.DataFrame([{"model": kind, "owner": owner, **row} for kind, owner, path in models
+                          for row in evaluate_on_hospitals(path, hospitals, device)])
+    own = (cross.owner == "all") | (cross.owner == cross.hospital)
+    results = cross[own].drop(columns="owner").reset_index(drop=True)
+    write_report(results, federated / "federated_metrics.csv", summary, config, out / "report",
+                 cross)
     return results

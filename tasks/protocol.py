@@ -16,3 +16,9 @@ WEIGHT_KEYS = "weight-keys"
 # validation's, each key prefixed with GLOBAL_VAL).
 VALIDATE_GLOBAL = "validate-global"
 GLOBAL_VAL = "global-val-"
+# Metric-key prefix of a hospital's own model's validation (Ditto's personal model after
+# this round, or what the gated fine-tuning kept), filed under the round that made it.
+PERSONAL_VAL = "personal-val-"
+# Config key: the run's identity, the same across resumptions (hex). A hospital keeps its
+# personal model for the run under this name.
+FEDERATION_ID = "federation-id"

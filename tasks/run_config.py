@@ -39,6 +39,22 @@ LOCAL_TRAIN_KEYS = (
     Key("weight_decay", "float", 1e-5, "Adam weight decay.", minimum=0.0),
     Key("seed", "int", 0, "Seed of initialisation, sampling and augmentation."),
 )
+PERSONALISATIONS = ("none", "ditto", "finetune")
+PERSONAL_KEYS = (
+    Key("personalisation", "str", "none", "What each hospital ends with beside the global "
+        "model, kept in its own data folder and never sent: `none`; `ditto` (a personal model "
+        "trained every round on the hospital's data, pulled toward the global model by "
+        "`personal_lambda`; Li et al., 2021); `finetune` (after the last round the global "
+        "model fine-tuned for `personal_epochs`, kept only where it beats the global model on "
+        "the hospital's val patients). Under `fedbn` the global model with the hospital's own "
+        "normalisation layers is its model when this is `none`.", choices=PERSONALISATIONS),
+    Key("personal_lambda", "float", 0.1, "Ditto's pull toward the global model: the personal "
+        "loss adds (lambda / 2) * ||v - w_global||^2 (0: local training only; large: the "
+        "global model).", minimum=0.0),
+    Key("personal_epochs", "int", 1, "Epochs of personal training a round (Ditto; capped by "
+        "`local_steps` as local training is) or of the final fine-tuning (`finetune`).",
+        minimum=1),
+)
 POOLED_TRAIN_KEYS = (
     Key("epochs", "int", 30, "Passes over the training data (pooled and local-only runs; a "
         "federation's local work is `federation.local_epochs`).", minimum=1),

@@ -1,4 +1,5 @@
-"""The ClientApp driven with real Flower messages: FedBN, FedProx and a hospital's data."""
+"""The ClientApp driven with real Flower messages: FedBN, FedProx, personalisation (Ditto,
+gated fine-tuning) and a hospital's data."""
 
 from __future__ import annotations
 
@@ -146,3 +147,142 @@ def test_a_train_request_that_validates_first_reports_the_global_models_own_metr
     assert not any(k.startswith("global-val-") for k in alone.content["metrics"])
     for key, value in weights(alone).items():
         torch.testing.assert_close(weights(both)[key], value, msg=key)
+
+
+FEDERATION = "0123456789abcdef0123456789abcdef"
+
+
+def personalised(method: str, federation: str = FEDERATION, **settings) -> dict:
+    """A request's personalisation: the method and its settings, and the run's identity."""
+    return {"personal": json.dumps({"personalisation": method, **settings}),
+            "federation-id": federation}
+
+
+def node(hospital) -> Context:
+    """A node as it starts: nothing in memory, its data folder on disk."""
+    from client import hospital as hospitals
+
+    hospitals._MANIFESTS.clear()
+    return Context(run_id=1, node_id=1, node_config={"data-path": str(hospital)},
+                   state=RecordDict(), run_config={})
+
+
+def stored(hospital, federation: str = FEDERATION) -> tuple[dict, dict]:
+    """The hospital's personal model of the run: its weights and checkpoint payload."""
+    from tasks.checkpoint import load_checkpoint
+
+    _, model, payload = load_checkpoint(hospital / ".spinefl" / "personal" / federation
+                                        / "model.pt")
+    return model.state_dict(), payload
+
+
+def shifted(state: dict, by: float) -> dict:
+    return {k: v + by if v.is_floating_point() else v for k, v in state.items()}
+
+
+def test_dittos_personal_model_survives_a_node_restart(hospital, inside_a_run):
+    """Round 1 trains and stores the personal model; a restarted node (nothing in memory)
+    starts round 2 from it, not from round 2's global model (lr 0 in round 2: what it stores
+    is what it started from); the update it sends is the global model's training alone."""
+    import stat
+
+    torch.manual_seed(0)
+    start = task().build_model().state_dict()
+    first = app(request(start, **personalised("ditto"), train={"lr": 0.05},
+                        **{"server-round": 1, "local-steps": 2}), node(hospital))
+    after_first, payload = stored(hospital)
+    assert payload["round"] == 1 and payload["personalisation"] == "ditto"
+    assert any(not torch.equal(after_first[k], start[k]) for k in start), "it trained"
+    assert stat.S_IMODE((hospital / ".spinefl" / "personal").stat().st_mode) == 0o700
+    metrics = first.content["metrics"]
+    assert 0 <= metrics["personal-val-dice_mean"] <= 1 and metrics["personal-seconds"] > 0
+    plain = app(request(start, train={"lr": 0.05}, **{"server-round": 1, "local-steps": 2}),
+                node(hospital))
+    for key, value in weights(plain).items():
+        torch.testing.assert_close(weights(first)[key], value, msg=key)
+
+    app(request(shifted(start, 1.0), **personalised("ditto"), **{"server-round": 2}),
+        node(hospital))
+    after_second, payload = stored(hospital)
+    assert payload["round"] == 2
+    for key, value in after_first.items():
+        torch.testing.assert_close(after_second[key], value, msg=key)
+
+
+def test_dittos_pull_keeps_the_personal_model_near_the_global_one(hospital, inside_a_run):
+    torch.manual_seed(0)
+    start = task().build_model().state_dict()
+    distances = {}
+    for pull, federation in ((0.0, "a" * 32), (50.0, "b" * 32)):
+        app(request(start, **personalised("ditto", federation, personal_lambda=pull),
+                    train={"lr": 0.05}, **{"server-round": 1, "local-steps": 4}),
+            node(hospital))
+        personal, _ = stored(hospital, federation)
+        distances[pull] = sum(float(((personal[k] - start[k]) ** 2).sum())
+                              for k in start if start[k].is_floating_point()) ** 0.5
+    assert 0 < distances[50.0] < 0.5 * distances[0.0], distances
+
+
+def evaluation(state: dict, **config) -> Message:
+    return Message(request(state, **config).content, dst_node_id=1,
+                   message_type=MessageType.EVALUATE)
+
+
+@pytest.mark.parametrize("lr", [5.0, 0.01])
+def test_gated_fine_tuning_never_keeps_a_model_worse_on_val_than_the_global_one(
+        hospital, inside_a_run, lr):
+    """lr 5 wrecks the model, and the global one is kept; lr 0.01 for an epoch from an
+    untrained model improves it, and the fine-tuned one is kept. Either way the kept
+    model's val score is at least the global model's, and the stored model is the kept one."""
+    torch.manual_seed(0)
+    start = task().build_model().state_dict()
+    reply = app(evaluation(start, **personalised("finetune"), train={"lr": lr},
+                           **{"server-round": 3, "local-steps": 0}), node(hospital))
+    metrics = reply.content["metrics"]
+    kept = metrics["personal-val-kept-fine-tuned"]
+    assert metrics["personal-val-dice_mean"] >= metrics["dice_mean"]
+    personal, payload = stored(hospital)
+    assert payload["personalisation"] == "finetune" and payload["round"] == 3
+    same = all(torch.equal(personal[k], start[k]) for k in start)
+    if lr == 5.0:
+        assert kept == 0.0 and same
+        assert metrics["personal-val-dice_mean"] == metrics["dice_mean"]
+    else:
+        assert kept == 1.0 and not same
+        assert metrics["personal-val-dice_mean"] > metrics["dice_mean"]
+
+
+def test_keeps_tuned_keeps_the_global_model_on_a_tie_or_without_a_score():
+    from client.personal import keeps_tuned
+
+    assert keeps_tuned(task(), {"dice_mean": 0.5}, {"dice_mean": 0.51})
+    assert not keeps_tuned(task(), {"dice_mean": 0.5}, {"dice_mean": 0.5})
+    assert not keeps_tuned(task(), {"dice_mean": 0.5}, {"dice_mean": float("nan")})
+    assert not keeps_tuned(task(), {}, {})
+    assert keeps_tuned(task(), {"dice_mean": float("nan")}, {"dice_mean": 0.1})
+
+
+def test_under_fedbn_a_hospital_keeps_the_global_model_with_its_own_norms(hospital,
+                                                                         inside_a_run):
+    context = node(hospital)
+    torch.manual_seed(0)
+    start = task().build_model().state_dict()
+    trained = weights(app(request(start, **{"keep-local-norm": True}, train={"lr": 0.05}),
+                          context))
+    final = shifted(trained, 1.0)
+    reply = app(evaluation(final, **{"keep-local-norm": True}, **personalised("none")),
+                context)
+    assert not any(k.startswith("personal-val-") for k in reply.content["metrics"])
+    personal, payload = stored(hospital)
+    assert payload["personalisation"] == "fedbn"
+    norms = norm_state_keys(task().build_model())
+    for key, value in personal.items():
+        torch.testing.assert_close(value, trained[key] if key in norms else final[key])
+
+
+def test_a_coordinator_cannot_choose_where_a_hospital_writes(hospital, tmp_path, inside_a_run):
+    state = task().build_model().state_dict()
+    reply = app(request(state, **personalised("ditto", "../../../outside"),
+                        **{"server-round": 1}), node(hospital))
+    assert reply.has_error() and "is not 32 hexadecimal digits" in reply.error.reason
+    assert not list(tmp_path.parent.rglob("outside*"))

@@ -33,7 +33,9 @@ def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_
         smoke, tmp_path):
     """`spinefl simulate` killed (SIGKILL: no clean-up of its own runs) after round 1: its
     Flower and Ray processes end within seconds; --resume continues after round 1 in the
-    same folder (each round once), then the baselines and the report are made."""
+    same folder (each round once), then the baselines and the report are made. The run
+    personalises with Ditto: each hospital's personal model outlives the kill (one run
+    identity across the resumption) and the report puts every model on every hospital."""
     import signal
 
     import tomli_w
@@ -41,6 +43,7 @@ def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_
     from tests.helpers.cli import SPINEFL
 
     smoke["federation"]["rounds"] = 2
+    smoke["federation"]["personalisation"] = "ditto"
     config = {**smoke, "baselines": {"pooled": False, "local": False}}
     (tmp_path / "smoke.toml").write_text(tomli_w.dumps(config))
     metrics = tmp_path / "run" / "federated" / "federated_metrics.csv"
@@ -54,9 +57,22 @@ def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_
 
     run = tmp_path / "run"
     assert "Resuming after round 1" in (run / "federated" / "run.log").read_text()
-    assert set(results.model) == {"federated", "local", "pooled"}
+    assert set(results.model) == {"federated", "personal", "local", "pooled"}
     assert set(results.hospital) == {"ct-a", "ct-c", "mr-b"}
+    assert len(results) == 4 * 3, "each hospital's own models only"
+    for name in ("ct-a", "ct-c", "mr-b"):
+        kept = list((run / "hospitals" / name / ".spinefl" / "personal").glob("*/model.pt"))
+        assert len(kept) == 1, "the resumed run kept the run's identity"
+        assert load_checkpoint(kept[0])[2]["round"] == 2
     rounds = pd.read_csv(run / "federated" / "federated_metrics.csv")
+    assert rounds.personal_val_dice_mean.between(0, 1).all(), "every round, every hospital"
+    matrix = pd.read_csv(run / "report" / "cross_site_matrix.csv").set_index("trained")
+    assert sorted(matrix.index) == ["federated", "local: ct-a", "local: ct-c", "local: mr-b",
+                                    "personal: ct-a", "personal: ct-c", "personal: mr-b",
+                                    "pooled"]
+    assert matrix.notna().all().all() and list(matrix.columns) == ["ct-a", "ct-c", "mr-b"]
+    own = results.set_index(["model", "hospital"]).dice_mean
+    assert matrix.loc["local: mr-b", "mr-b"] == pytest.approx(own["local", "mr-b"])
     assert sorted(rounds["round"].unique()) == [1, 2]
     assert (rounds.groupby("round").size() == 3).all(), "each round once, three hospitals"
     # Round 1's validation came with the resumed run's round-2 train requests; round 2's
@@ -82,10 +98,11 @@ def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_
         assert set(own.table.site) == {name}
     task, _, payload = load_checkpoint(run / "federated" / "model.pt")
     assert payload["round"] == 2 and task.name == "segmentation"
-    for name in ("summary.md", "comparison.png", "dice_mean_per_round.png", "results.csv"):
+    for name in ("summary.md", "comparison.png", "dice_mean_per_round.png", "results.csv",
+                 "cross_site.csv", "cross_site.png"):
         assert (run / "report" / name).is_file()
     shown = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (run / "report" / "summary.md").read_text())
-    assert set(shown) == {"comparison.png", "dice_mean_per_round.png"}  # the plots, shown
+    assert set(shown) == {"comparison.png", "cross_site.png", "dice_mean_per_round.png"}
 
 
 def test_a_failing_hospital_does_not_stop_the_round(smoke, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.app import ROUND_CHECKPOINT, starting_point
+from server.app import ROUND_CHECKPOINT, federation_identity, starting_point
 from server.config import validate_experiment
 from tasks.checkpoint import save_checkpoint
 from tasks.errors import UserError
@@ -67,6 +67,20 @@ def test_a_stopped_run_resumes_after_its_last_finished_round(tmp_path):
         torch.testing.assert_close(weights[key], value)
     with pytest.raises(UserError, match="holds round 3 of an earlier run"):
         starting_point(task, config, tmp_path / "run")  # a new run never overwrites it
+
+
+def test_a_resumed_run_keeps_its_identity_and_a_new_run_gets_another(tmp_path):
+    """Hospitals keep their personal models under the run's identity: a resumption must
+    find them again, a new run in the same folder must not."""
+    config = experiment(tmp_path)
+    task = build(config)
+    out = tmp_path / "run"
+    first = federation_identity(out, resume=False)
+    assert len(first) == 32 and int(first, 16) >= 0
+    save_checkpoint(out / ROUND_CHECKPOINT, task, task.build_model(), round=1,
+                    **{"federation-id": first})
+    assert federation_identity(out, resume=True) == first
+    assert federation_identity(out, resume=False) != first
 
 
 def test_resuming_needs_a_finished_round(tmp_path):

@@ -109,6 +109,25 @@ def test_adaptive_server_optimisers_follow_their_update_rule(name):
     np.testing.assert_allclose(aggregate(strategy, 2, initial=start), expected, rtol=1e-6)
 
 
+def test_fedavgm_adds_server_momentum_to_the_average_update():
+    strategy = build_strategy(federation(strategy="fedavgm", server_momentum=0.5))
+    grid = TwoNodeGrid([1, 2])
+    weights = np.array([1.0, 1.0, 1.0])
+    momentum = np.zeros(3)
+    for server_round, pair in ((1, (0, 1)), (2, (2, 3))):
+        strategy.configure_train(server_round, ArrayRecord({"w": Array(weights)}),
+                                 ConfigRecord(), grid)
+        replies = [reply(i + 1, UPDATES[j], SAMPLES[j]) for i, j in enumerate(pair)]
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+        average = sum(UPDATES[j] * SAMPLES[j] for j in pair) / sum(SAMPLES[j] for j in pair)
+        # Hsu et al. 2019: v = beta * v + (w - average); w = w - v (server learning rate 1)
+        momentum = 0.5 * momentum + (weights - average) if server_round > 1 \
+            else weights - average
+        weights = weights - momentum
+        np.testing.assert_allclose(arrays["w"].numpy(), weights, rtol=1e-6)
+    assert not np.allclose(weights, average), "the second round moved past the plain average"
+
+
 def test_fedprox_and_fedbn_tell_the_hospitals_what_to_do():
     grid = TwoNodeGrid([1, 2])
     arrays = ArrayRecord({"w": Array(np.zeros(2))})
@@ -204,14 +223,19 @@ def test_one_message_a_round_validates_the_aggregate_it_carries():
     assert [len(list(evaluating.configure_evaluate(r, arrays, ConfigRecord(), grid)))
             for r in (1, 2, 3)] == [0, 0, 2]
 
-    folded.aggregate_train(2, [reply(1, UPDATES[0], 1, loss=0.7, **{"global-val-dice": 0.61}),
+    # North also validated its personal model (Ditto) after this round; south did not (over
+    # its evaluation limit), so the replies' keys differ until the recorder takes them out.
+    folded.aggregate_train(2, [reply(1, UPDATES[0], 1, loss=0.7, **{"global-val-dice": 0.61,
+                                                                    "personal-val-dice": 0.8}),
                                reply(2, UPDATES[1], 3, loss=0.2)])
     assert folded.aggregate_evaluate(2, []) is None  # no evaluation this round
     earlier = {row["hospital"]: row for row in recorder.rows(1)}
     assert earlier == {"north": {"round": 5, "hospital": "north", "val_dice": 0.61}}
     now = {row["hospital"]: row for row in recorder.rows(2)}
     assert now["north"]["train_loss"] == pytest.approx(0.7)
-    assert not any(k.startswith(("val", "train_global")) for k in now["north"])
+    assert now["north"]["personal_val_dice"] == pytest.approx(0.8)
+    assert not any(k.startswith(("val", "train_global", "train_personal")) for k in now["north"])
+    assert "personal_val_dice" not in now["south"]
 
 
 class SlowGrid:
