@@ -129,6 +129,7 @@ def train(msg: Message, context: Context, request: Request) -> Message:
             return refuse(msg, f"hospital {hospital.name}: {e}")
     else:
         fit = trainer.fit(batches, local_epochs, max_steps=local_steps or None, penalty=penalty)
+    seconds = time.perf_counter() - started  # the global model's training (and DP's ledger)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if request.keep_local_norm:
         context.state[LOCAL_NORM] = ArrayRecord({k: state[k] for k in norm_state_keys(model)})
@@ -143,7 +144,7 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     metrics = MetricRecord({"num-examples": len(batches.dataset), UNIFORM_WEIGHT: 1.0,
                             **loss, "steps": fit.steps,
                             "lr": fit.epochs[-1]["lr"] if fit.epochs else settings["lr"],
-                            "seconds": time.perf_counter() - started, **extra,
+                            "seconds": seconds, **extra,
                             **validation})
     return Message(RecordDict({"arrays": pack(state), "metrics": metrics}),
                    reply_to=msg)
@@ -200,12 +201,13 @@ def _ditto(task: Task, request: Request, settings: dict[str, Any],
     pull = personal["personal_lambda"]
     penalty = proximal_penalty(trainer.model, incoming, pull) if pull > 0 else None
     batches = _loader(task, request.hospital, settings, None, request.server_round)
-    trainer.fit(batches, epochs, max_steps=int(config["local-steps"]) or None, penalty=penalty)
+    fit = trainer.fit(batches, epochs, max_steps=int(config["local-steps"]) or None,
+                      penalty=penalty)
     save_personal(path, task, trainer.model, round=request.server_round,
                   personalisation="ditto")
     if private:
         return {}
-    metrics = {"personal-seconds": time.perf_counter() - started}
+    metrics = {"personal-seconds": time.perf_counter() - started, "personal-steps": fit.steps}
     if request.validation_refused is None:
         validation = _validation(task, trainer.model, trainer.model.state_dict(), request)
         metrics.update({PERSONAL_VAL + key: value for key, value in validation.items()})

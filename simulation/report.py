@@ -66,12 +66,13 @@ def plot_cross_site(table: pd.DataFrame, score: str, path: Path) -> Path:
 
 
 def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataFrame,
-                 config: dict[str, Any], folder: Path, cross: pd.DataFrame | None = None
-                 ) -> Path:
+                 config: dict[str, Any], folder: Path, cross: pd.DataFrame | None = None,
+                 steps: dict[str, int] | None = None) -> Path:
     """Write results.csv, comparison.csv, <score>_per_round.png (the task's score),
     comparison.png, with ``cross`` (every model on every hospital: ``model``, ``owner``,
     ``hospital``, metrics) cross_site.csv and cross_site.png, and summary.md (markdown that
-    shows the plots beside its tables)."""
+    shows the plots beside its tables, and ``steps``: the optimiser steps of each kind of
+    training)."""
     folder.mkdir(parents=True, exist_ok=True)
     score = task_class(config["task"]["name"]).score
     write_table(results, folder / "results.csv")
@@ -124,6 +125,10 @@ def write_report(results: pd.DataFrame, round_metrics: Path, hospitals: pd.DataF
         f"## Test {score} per hospital", "", markdown_table(table), "",
         "![Each hospital's test patients, every model](comparison.png)", "",
         *cross_lines,
+        *([f"Training compute, optimiser steps of {config['train']['batch_size']} samples "
+           "summed over hospitals and rounds or epochs: "
+           + "; ".join(f"{kind} {count}" for kind, count in steps.items()) + ".", ""]
+          if steps else []),
         f"![Validation {score} per round at each hospital]({per_round})", "",
         *privacy_lines,
         "Per-image metrics of every model: `results.csv`; per-hospital metrics of every "

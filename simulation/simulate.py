@@ -230,5 +230,21 @@ def _simulate(config: dict[str, dict[str, Any]], manifest: Manifest, out: Path, 
     own = (cross.owner == "all") | (cross.owner == cross.hospital)
     results = cross[own].drop(columns="owner").reset_index(drop=True)
     write_report(results, federated / "federated_metrics.csv", summary, config, out / "report",
-                 cross)
+                 cross, training_steps(out, [name for name, _ in hospitals]))
     return results
+
+
+def training_steps(out: Path, hospitals: list[str]) -> dict[str, int]:
+    """Optimiser steps each kind of training of the run in ``out`` took, summed over its
+    hospitals and rounds or epochs (what the report states of their compute)."""
+    rounds = pd.read_csv(out / "federated" / "federated_metrics.csv")
+    steps = {"federated (global model)": int(rounds["train_steps"].sum())}
+    if "train_personal-steps" in rounds:
+        steps["federated (personal models)"] = int(rounds["train_personal-steps"].sum())
+    baselines = {"pooled": [out / "pooled"],
+                 "local-only": [out / "local" / _safe(name) for name in hospitals]}
+    for kind, folders in baselines.items():
+        tables = [folder / "metrics.csv" for folder in folders]
+        if all(table.is_file() for table in tables):
+            steps[kind] = int(sum(pd.read_csv(table)["train_steps"].sum() for table in tables))
+    return steps

@@ -66,7 +66,7 @@ class SampleDataset(Dataset):
         shift = [mm / s for mm, s in zip(settings["shift"], settings["spacing"], strict=True)]
         self.transform = augmentation(tuple(settings["patch_size"][:spatial_dims]),
                                       settings["augment"], tuple(shift[:spatial_dims]),
-                                      settings["zoom"])
+                                      settings["zoom"], settings["intensity_augmentation"])
         self.index = [(i, z) for i, p in enumerate(prepared)
                       for z in range(_slices(p, spatial_dims))]
 

@@ -37,6 +37,11 @@ SEGMENTER_KEYS = (
     Key("patch_size", "list[int]", [96, 96, 64], "Training patch (2D uses the first two).",
         length=3, minimum=16),
     Key("augment", "bool", True, "Random intensity scale/shift, noise and flips in training."),
+    Key("intensity_augmentation", "str", "standard", "With `augment`: `standard` (the scale, "
+        "shift and noise above), or `cross-modality`, which adds random intensity mappings "
+        "that make a sample look like another scanner's or modality's (GIN random "
+        "convolutions, bias field, gamma contrast, histogram shift), for federations whose "
+        "hospitals see one modality each.", choices=("standard", "cross-modality")),
     Key("shift", "list[float]", [0.0, 0.0, 0.0], "Largest random translation (mm per axis) "
         "of a training sample within its patch; keeps a network that sees whole spines from "
         "naming structures by where they sit in the patch.", length=3, minimum=0.0),

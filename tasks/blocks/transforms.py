@@ -19,6 +19,7 @@ import torch
 from monai import transforms as mt
 from monai.data import get_track_meta, set_track_meta
 
+from tasks.blocks.intensity import cross_modality
 from tasks.imageio import ImageError, Volume
 
 
@@ -158,11 +159,14 @@ def without_metadata() -> Iterator[None]:
 
 
 def augmentation(patch: tuple[int, ...], augment: bool,
-                 shift: tuple[float, ...] = (), zoom: float = 0.0) -> mt.Compose:
+                 shift: tuple[float, ...] = (), zoom: float = 0.0,
+                 intensity: str = "standard") -> mt.Compose:
     """Training transforms on {'image': (1, *S), 'label': (1, *S)}: pad, random crop, then a
     random translation by up to ``shift`` voxels per axis and rescaling by up to ``zoom``
     (e.g. 0.15: 0.85-1.15x) where either is set, then (if ``augment``) random flips,
-    intensity scale/shift and noise."""
+    intensity scale/shift and noise, and with ``intensity`` "cross-modality" the
+    cross-modality steps (``tasks.blocks.intensity``: GIN, bias field, contrast,
+    histogram shift)."""
     steps: list[mt.Transform] = [
         mt.SpatialPadd(["image", "label"], patch),
         mt.RandSpatialCropd(["image", "label"], patch, random_size=False),
@@ -178,4 +182,6 @@ def augmentation(patch: tuple[int, ...], augment: bool,
             mt.RandShiftIntensityd("image", offsets=0.1, prob=0.8),
             mt.RandGaussianNoised("image", prob=0.3, std=0.03),
         ]
+        if intensity == "cross-modality":
+            steps += cross_modality("image")
     return mt.Compose(steps)

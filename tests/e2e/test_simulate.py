@@ -103,6 +103,9 @@ def test_a_killed_simulate_leaves_nothing_running_and_resumes_without_a_doubled_
         assert (run / "report" / name).is_file()
     shown = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (run / "report" / "summary.md").read_text())
     assert set(shown) == {"comparison.png", "cross_site.png", "dice_mean_per_round.png"}
+    summary = (run / "report" / "summary.md").read_text()
+    assert re.search(r"federated \(global model\) \d+; federated \(personal models\) \d+; "
+                     r"pooled \d+; local-only \d+", summary)
 
 
 def test_a_failing_hospital_does_not_stop_the_round(smoke, tmp_path):
