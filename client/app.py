@@ -37,11 +37,11 @@ from functools import wraps
 from importlib.metadata import version
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.approvals import BUNDLE_KEY
-from client.audit import AuditBroken, AuditLog, digest_arrays, digest_config
+from client.audit import AuditBroken, AuditLog, digest_arrays, digest_config, message_kind
 from client.hospital import resolve_hospital
 from client.requests import Request, refuse
 from client.secure_aggregation import secure_aggregation
@@ -91,6 +91,14 @@ def _audited(handler: Handler) -> Callable[[Message, Context], Message]:
         else:
             metrics = reply.content["metrics"]
             event["samples"] = int(metrics["num-examples"])
+            # Validations released: the global model's (an evaluation, or a train request's
+            # first) and a personal model's; each counts against max-evaluations.
+            validations = sum(any(key.startswith(prefix) for key in metrics)
+                              for prefix in (GLOBAL_VAL, PERSONAL_VAL))
+            if message_kind(msg.metadata.message_type) == MessageType.EVALUATE:
+                validations += 1
+            if validations:
+                event["validations"] = validations
             if any(key.startswith((GLOBAL_VAL, PERSONAL_VAL)) for key in metrics):
                 event["validated"] = True
             if "arrays" in reply.content:
@@ -123,7 +131,8 @@ def train(msg: Message, context: Context, request: Request) -> Message:
 @app.evaluate()
 @_audited
 def evaluate(msg: Message, context: Context, request: Request) -> Message:
-    """Evaluate the global weights (with local norms under FedBN) on the val patients."""
+    """Evaluate the global weights (with local norms under FedBN) on the val patients; after
+    the last round, keep the hospital's own model where the run personalises."""
     from client import rounds
 
     return rounds.evaluate(msg, context, request)

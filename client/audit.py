@@ -167,10 +167,13 @@ class AuditLog:
                 and "refused" not in r]
 
     def evaluations(self) -> int:
-        """How many validation releases this node answered: evaluate requests, and train
-        requests that validated the global model first (``validated``)."""
-        return len(self.served("evaluate")) + sum(1 for r in self.served("train")
-                                                  if r.get("validated"))
+        """How many validations this node released: each record's ``validations`` (the
+        global model's, in an evaluate request or first in a train request, and a personal
+        model's); records written before that count, one per evaluate request and per
+        ``validated`` train request."""
+        return sum(int(r.get("validations", 1)) for r in self.served("evaluate")) + sum(
+            int(r.get("validations", 1 if r.get("validated") else 0))
+            for r in self.served("train"))
 
 
 def message_kind(message_type: str) -> str:

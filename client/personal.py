@@ -34,6 +34,7 @@ import torch
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.contract import Task
 from tasks.errors import UserError
+from tasks.files import os_problem
 
 PERSONAL_FOLDER = Path(".spinefl") / "personal"
 _IDENTITY = re.compile(r"[0-9a-f]{32}")
@@ -47,22 +48,28 @@ def personal_model_path(folder: Path, federation_id: str) -> Path:
     return folder / PERSONAL_FOLDER / federation_id / "model.pt"
 
 
-def load_personal(path: Path, task: Task) -> dict[str, torch.Tensor] | None:
-    """The stored personal model's weights (None before the first), refused when they were
-    trained for other task settings."""
+def load_personal(path: Path, task: Task) -> tuple[dict[str, torch.Tensor], int] | None:
+    """The stored personal model's weights and the round it was stored in (None before the
+    first), refused when they were trained for other task settings."""
     if not path.is_file():
         return None
-    stored, model, _ = load_checkpoint(path)
+    stored, model, payload = load_checkpoint(path)
     if stored.name != task.name or stored.settings != task.settings:
         raise UserError(f"{path}: a personal model of other task settings than this run's")
-    return model.state_dict()
+    return model.state_dict(), int(payload.get("round", 0))
 
 
 def save_personal(path: Path, task: Task, model: torch.nn.Module, **extra: Any) -> Path:
-    """Write the personal model whole into its owner-only folder."""
-    for folder in (path.parents[2], path.parents[1], path.parent):  # .spinefl/personal/<run>
-        folder.mkdir(exist_ok=True, mode=0o700)
-        os.chmod(folder, 0o700)
+    """Write the personal model whole into its owner-only folders (``.spinefl`` is made
+    owner-only where it is missing; ``personal`` and the run's folder are made so)."""
+    spinefl, personal, run = path.parents[2], path.parents[1], path.parent
+    try:
+        spinefl.mkdir(exist_ok=True, mode=0o700)
+        for folder in (personal, run):
+            folder.mkdir(exist_ok=True, mode=0o700)
+            os.chmod(folder, 0o700)
+    except OSError as e:
+        raise os_problem(run, e) from None
     return save_checkpoint(path, task, model, **extra)
 
 

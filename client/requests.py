@@ -63,6 +63,17 @@ class Request:
             else "none"
 
     @property
+    def personal_withheld(self) -> bool:
+        """Whether nothing computed from a personal model (trained without DP noise) may
+        leave: the run asks for DP, or the hospital trains only with it (a budget)."""
+        try:
+            section = json.loads(str(self.config.get("privacy", "{}")))
+        except ValueError:  # refused, naming the key, where the section is validated
+            section = {}
+        enabled = isinstance(section, dict) and bool(section.get("enabled", False))
+        return enabled or self.hospital.budget.max_epsilon is not None
+
+    @property
     def validates(self) -> bool:
         """A train request that validates the incoming global model first."""
         return bool(self.config.get(VALIDATE_GLOBAL, False)) and self.validation_refused is None
@@ -96,7 +107,8 @@ class Request:
         kind = message_kind(message_type)
         if kind == MessageType.EVALUATE:
             return self._evaluation_problem(log)
-        if kind == MessageType.TRAIN and (self.validates or self.personalisation == "ditto"):
+        releases_personal = self.personalisation == "ditto" and not self.personal_withheld
+        if kind == MessageType.TRAIN and (self.validates or releases_personal):
             self.validation_refused = self._evaluation_problem(log)
         return None
 

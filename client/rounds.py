@@ -25,6 +25,7 @@ the hospital's own normalisation. Under DP no personal metric is sent.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,22 +99,25 @@ def train(msg: Message, context: Context, request: Request) -> Message:
         return refuse(msg, f"hospital {hospital.name} trains only with differential "
                        f"privacy (max-epsilon {hospital.budget.max_epsilon:g}); the run asked "
                        "for none")
+    try:  # before any training: a refusal must spend no privacy budget
+        plan = PersonalPlan.of(task, request)
+    except (ConfigError, UserError) as e:
+        return refuse(msg, f"hospital {hospital.name}: {e}")
     if len(task.select(hospital.manifest().select(split="train"))) == 0:
         return refuse(msg, f"hospital {hospital.name} has no training images for "
                        f"task {task.name} (split 'train' of its manifest)")
     received = task.build_model()  # the packed weights' layout; the model validated
     incoming = unpack(msg.content["arrays"], received.state_dict())
+    start = starting_state(incoming, context, request)
     validation = {}
     if request.validates:
         validation = {GLOBAL_VAL + key: value for key, value in
-                      _validation(task, received,
-                                  starting_state(incoming, context, request), request).items()}
+                      _validation(task, received, start, request).items()}
         started = time.perf_counter()
     local_epochs, local_steps = int(config["local-epochs"]), int(config["local-steps"])
     trainer = LocalTrainer.start(
         task, settings, select_device(hospital.device),
-        seed=settings["seed"] + request.server_round,
-        state=starting_state(incoming, context, request),
+        seed=settings["seed"] + request.server_round, state=start,
         run_epochs=int(config.get("num-rounds", 1)) * local_epochs,
         epochs_done=max(request.server_round - 1, 0) * local_epochs)
     model = trainer.model
@@ -133,10 +137,10 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if request.keep_local_norm:
         context.state[LOCAL_NORM] = ArrayRecord({k: state[k] for k in norm_state_keys(model)})
-    if request.section("personal", PERSONAL_KEYS)["personalisation"] == "ditto":
+    if plan.method == "ditto":
         try:
-            extra.update(_ditto(task, request, settings, incoming, private))
-        except UserError as e:  # a personal model of other settings; a full disk
+            extra.update(_ditto(task, request, settings, start, plan))
+        except UserError as e:  # a full disk
             return refuse(msg, f"hospital {hospital.name}: {e}")
     # With DP, the loss (computed on the hospital's data, not covered by the accountant)
     # stays at the hospital.
@@ -174,85 +178,114 @@ def _private_round(msg: Message, request: Request, trainer: LocalTrainer, batche
                  "sample-rate": fit.release.sample_rate}
 
 
-def _personal_path(request: Request) -> Path | None:
-    """Where this hospital keeps its model of the run (None: the server named no run)."""
-    identity = str(request.config.get(FEDERATION_ID, ""))
-    return personal_model_path(request.hospital.folder, identity) if identity else None
+@dataclass(frozen=True)
+class PersonalPlan:
+    """What the run asks the hospital to keep of its own (``method``: ``none``, ``ditto``,
+    ``finetune``; ``pull``: Ditto's lambda; ``epochs`` of personal training), where
+    (``path``; None: the server named no run), the stored personal model and the round it
+    was stored in, and whether nothing computed from it may leave (``withheld``: a DP run,
+    or a hospital that trains only with DP). Made before any training, so that a request
+    the node cannot serve is refused before it spends anything."""
+
+    method: str
+    pull: float
+    epochs: int
+    path: Path | None
+    stored: dict[str, torch.Tensor] | None
+    stored_round: int
+    withheld: bool
+
+    @classmethod
+    def of(cls, task: Task, request: Request) -> PersonalPlan:
+        settings = request.section("personal", PERSONAL_KEYS)
+        identity = str(request.config.get(FEDERATION_ID, ""))
+        path = personal_model_path(request.hospital.folder, identity) if identity else None
+        ditto = settings["personalisation"] == "ditto"
+        found = load_personal(path, task) if path is not None and ditto else None
+        return cls(settings["personalisation"], settings["personal_lambda"],
+                   settings["personal_epochs"], path, found[0] if found else None,
+                   found[1] if found else 0, request.personal_withheld)
 
 
 def _ditto(task: Task, request: Request, settings: dict[str, Any],
-           incoming: dict[str, torch.Tensor], private: bool) -> dict[str, float]:
+           start: dict[str, torch.Tensor], plan: PersonalPlan) -> dict[str, float]:
     """Ditto's personal step: the stored personal model (else the global one) trained on the
-    hospital's data with the pull toward ``incoming``, the global model of this round,
-    stored again and validated (not under DP, nor over the node's evaluation limit)."""
+    hospital's data with the pull toward ``start``, this round's global model (with the
+    hospital's own normalisation under FedBN), stored again and validated (not where
+    ``plan.withheld``, nor over the node's evaluation limit). A round the personal model
+    already took (a resumed run repeating a round the coordinator did not finish) is not
+    taken twice."""
     started = time.perf_counter()
-    path = _personal_path(request)
-    if path is None:
+    if plan.path is None:
         return {}
-    personal, config = request.section("personal", PERSONAL_KEYS), request.config
-    epochs = personal["personal_epochs"]
-    stored = load_personal(path, task)
+    config = request.config
     trainer = LocalTrainer.start(
         task, settings, select_device(request.hospital.device),
         seed=settings["seed"] + request.server_round,
-        state=incoming if stored is None else stored,
-        run_epochs=int(config.get("num-rounds", 1)) * epochs,
-        epochs_done=max(request.server_round - 1, 0) * epochs)
-    pull = personal["personal_lambda"]
-    penalty = proximal_penalty(trainer.model, incoming, pull) if pull > 0 else None
-    batches = _loader(task, request.hospital, settings, None, request.server_round)
-    fit = trainer.fit(batches, epochs, max_steps=int(config["local-steps"]) or None,
-                      penalty=penalty)
-    save_personal(path, task, trainer.model, round=request.server_round,
-                  personalisation="ditto")
-    if private:
+        state=start if plan.stored is None else plan.stored,
+        run_epochs=int(config.get("num-rounds", 1)) * plan.epochs,
+        epochs_done=max(request.server_round - 1, 0) * plan.epochs)
+    steps = 0
+    if plan.stored is None or plan.stored_round < request.server_round:
+        penalty = proximal_penalty(trainer.model, start, plan.pull) if plan.pull > 0 else None
+        batches = _loader(task, request.hospital, settings, None, request.server_round)
+        steps = trainer.fit(batches, plan.epochs, max_steps=int(config["local-steps"]) or None,
+                            penalty=penalty).steps
+        save_personal(plan.path, task, trainer.model, round=request.server_round,
+                      personalisation="ditto")
+    if plan.withheld:
         return {}
-    metrics = {"personal-seconds": time.perf_counter() - started, "personal-steps": fit.steps}
+    metrics = {"personal-seconds": time.perf_counter() - started, "personal-steps": steps}
     if request.validation_refused is None:
         validation = _validation(task, trainer.model, trainer.model.state_dict(), request)
         metrics.update({PERSONAL_VAL + key: value for key, value in validation.items()})
     return metrics
 
 
-def _finetuned(task: Task, request: Request, model: torch.nn.Module,
+def _finetuned(task: Task, request: Request, plan: PersonalPlan, model: torch.nn.Module,
                state: dict[str, torch.Tensor], validation: dict[str, float]
                ) -> tuple[torch.nn.Module, dict[str, float]]:
-    """The global model (``model``, holding ``state``, validated as ``validation``) fine-tuned
-    on the hospital's
-training patients, or the global model itself where the fine-tuned one does not
-    score higher on the val patients; with the kept model's validation."""
+    """The global model (``model``, holding ``state``, validated as ``validation``)
+    fine-tuned on the hospital's training patients, or the global model itself where the
+    fine-tuned one does not score higher on the val patients (or there is nothing to
+    fine-tune on); with the kept model's validation and the steps taken."""
     settings = request.section("train", LOCAL_TRAIN_KEYS)
-    epochs = request.section("personal", PERSONAL_KEYS)["personal_epochs"]
+    if len(task.select(request.hospital.manifest().select(split="train"))) == 0:
+        return model, {**validation, "kept-fine-tuned": 0.0, "steps": 0}
     trainer = LocalTrainer.start(task, settings, select_device(request.hospital.device),
                                  seed=settings["seed"] + request.server_round, state=state,
-                                 run_epochs=epochs)
+                                 run_epochs=plan.epochs)
     batches = _loader(task, request.hospital, settings, None, request.server_round)
-    trainer.fit(batches, epochs, max_steps=int(request.config["local-steps"]) or None)
+    steps = trainer.fit(batches, plan.epochs,
+                        max_steps=int(request.config["local-steps"]) or None).steps
     tuned = _validation(task, trainer.model, trainer.model.state_dict(), request)
     if keeps_tuned(task, validation, tuned):
-        return trainer.model, {**tuned, "kept-fine-tuned": 1.0}
-    return model, {**validation, "kept-fine-tuned": 0.0}
+        return trainer.model, {**tuned, "kept-fine-tuned": 1.0, "steps": steps}
+    return model, {**validation, "kept-fine-tuned": 0.0, "steps": steps}
 
 
-def _keep_personal(task: Task, request: Request, model: torch.nn.Module,
+def _keep_personal(task: Task, request: Request, plan: PersonalPlan, model: torch.nn.Module,
                    state: dict[str, torch.Tensor], validation: dict[str, float]
                    ) -> dict[str, float]:
     """After the last round: store the hospital's own model of the run, the gated
     fine-tuning's (``finetune``) or the global model with its own normalisation (FedBN);
-    the metrics to send of it."""
+    the metrics to send of it (none where ``plan.withheld``)."""
     started = time.perf_counter()
-    path = _personal_path(request)
-    method = request.section("personal", PERSONAL_KEYS)["personalisation"]
-    if path is None or method == "ditto" or (method == "none" and not request.keep_local_norm):
+    last = request.server_round >= int(request.config.get("num-rounds", 1))
+    method = plan.method
+    if plan.path is None or not last or method == "ditto" or \
+            (method == "none" and not request.keep_local_norm):
         return {}
+    metrics: dict[str, float] = {}
     if method == "finetune":
-        kept, metrics = _finetuned(task, request, model, state, validation)
+        kept, metrics = _finetuned(task, request, plan, model, state, validation)
     else:  # the validated global model, with the hospital's own normalisation
-        kept, metrics, method = model, {}, "fedbn"
-    save_personal(path, task, kept, round=request.server_round, personalisation=method)
-    if request.section("privacy", PRIVACY_KEYS)["enabled"]:
+        kept, method = model, "fedbn"
+    save_personal(plan.path, task, kept, round=request.server_round, personalisation=method)
+    if plan.withheld or not metrics:
         return {}
-    return {"personal-seconds": time.perf_counter() - started,
+    steps = metrics.pop("steps")
+    return {"personal-seconds": time.perf_counter() - started, "personal-steps": steps,
             **{PERSONAL_VAL + key: value for key, value in metrics.items()}}
 
 
@@ -260,13 +293,17 @@ def evaluate(msg: Message, context: Context, request: Request) -> Message:
     """Evaluate the global weights (with local norms under FedBN) on the val patients; keep
     the hospital's own model where the run personalises."""
     task = request.task()
+    try:
+        plan = PersonalPlan.of(task, request)
+    except (ConfigError, UserError) as e:
+        return refuse(msg, f"hospital {request.hospital.name}: {e}")
     model = task.build_model()
     incoming = unpack(msg.content["arrays"], model.state_dict())
     state = starting_state(incoming, context, request)
     metrics = _validation(task, model, state, request)
     try:
-        metrics.update(_keep_personal(task, request, model, state, metrics))
-    except UserError as e:
+        metrics.update(_keep_personal(task, request, plan, model, state, metrics))
+    except UserError as e:  # a full disk
         return refuse(msg, f"hospital {request.hospital.name}: {e}")
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from logging import ERROR, INFO, WARNING
@@ -121,8 +122,9 @@ def federation_identity(out: Path, resume: bool) -> str:
     hospital keeps its personal model of the run under it."""
     if resume and (out / ROUND_CHECKPOINT).is_file():
         _, _, payload = load_checkpoint(out / ROUND_CHECKPOINT)
-        if isinstance(payload.get(FEDERATION_ID), str):
-            return payload[FEDERATION_ID]
+        kept = payload.get(FEDERATION_ID)
+        if isinstance(kept, str) and re.fullmatch(r"[0-9a-f]{32}", kept):
+            return kept
     return uuid.uuid4().hex
 
 

@@ -69,12 +69,12 @@ FEDERATION_KEYS = (
     Key("secure_aggregation", "bool", False, "Secure aggregation (Flower's SecAgg+): the "
         "coordinator sees only the sum of the hospitals' weights (strategy `fedavg` or "
         "`fedbn`, at least 3 hospitals; uniform average; no per-update norm bound)."),
-    *PERSONAL_KEYS,
     Key("secagg_clipping_range", "float", 8.0, "SecAgg+ clips every weight to [-c, c] "
         "before quantising it; hospitals report the fraction they clipped.", above=0.0),
     Key("secagg_threshold", "float", 0.6, "Fraction of a hospital's neighbours needed to "
         "rebuild its masks when it drops out (higher: more private, less tolerant); more "
         "than half, or hospitals refuse to take part.", above=0.5, maximum=1.0),
+    *PERSONAL_KEYS,
 )
 
 

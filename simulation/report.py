@@ -51,14 +51,15 @@ def cross_site(cross: pd.DataFrame, score: str) -> pd.DataFrame:
 def plot_cross_site(table: pd.DataFrame, score: str, path: Path) -> Path:
     """The cross-site matrix as a heat map, each cell's score written in it."""
     figure, axis = plt.subplots(figsize=(1.6 * len(table.columns) + 3, 0.5 * len(table) + 1.5))
-    image = axis.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1,
-                        aspect="auto")
+    values = table.to_numpy(dtype=float)
+    low, high = min(0.0, np.nanmin(values)), max(1.0, np.nanmax(values))  # kappa: [-1, 1]
+    image = axis.imshow(values, cmap="viridis", vmin=low, vmax=high, aspect="auto")
     axis.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
     axis.set_yticks(range(len(table.index)), [str(i) for i in table.index])
-    for (row, column), value in np.ndenumerate(table.to_numpy(dtype=float)):
+    for (row, column), value in np.ndenumerate(values):
         if np.isfinite(value):
             axis.text(column, row, f"{value:.2f}", ha="center", va="center",
-                      color="white" if value < 0.6 else "black")
+                      color="white" if value < low + 0.6 * (high - low) else "black")
     axis.set(xlabel="test patients of", title=f"Test {score}: every model, every hospital")
     figure.colorbar(image, ax=axis)
     figure.tight_layout()

@@ -230,21 +230,26 @@ def _simulate(config: dict[str, dict[str, Any]], manifest: Manifest, out: Path, 
     own = (cross.owner == "all") | (cross.owner == cross.hospital)
     results = cross[own].drop(columns="owner").reset_index(drop=True)
     write_report(results, federated / "federated_metrics.csv", summary, config, out / "report",
-                 cross, training_steps(out, [name for name, _ in hospitals]))
+                 cross, training_steps(out, [name for name, _ in hospitals], config["baselines"]))
     return results
 
 
-def training_steps(out: Path, hospitals: list[str]) -> dict[str, int]:
+def training_steps(out: Path, hospitals: list[str], baselines: dict[str, bool]
+                   ) -> dict[str, int]:
     """Optimiser steps each kind of training of the run in ``out`` took, summed over its
-    hospitals and rounds or epochs (what the report states of their compute)."""
+    hospitals and rounds or epochs (what the report states of their compute): the global
+    model's, the personal models' (Ditto's every round, the final fine-tuning's; not
+    reported under DP), and the baselines this run trained."""
     rounds = pd.read_csv(out / "federated" / "federated_metrics.csv")
-    steps = {"federated (global model)": int(rounds["train_steps"].sum())}
-    if "train_personal-steps" in rounds:
-        steps["federated (personal models)"] = int(rounds["train_personal-steps"].sum())
-    baselines = {"pooled": [out / "pooled"],
-                 "local-only": [out / "local" / _safe(name) for name in hospitals]}
-    for kind, folders in baselines.items():
-        tables = [folder / "metrics.csv" for folder in folders]
-        if all(table.is_file() for table in tables):
-            steps[kind] = int(sum(pd.read_csv(table)["train_steps"].sum() for table in tables))
+    steps = {"federated (global model)": int(rounds.get("train_steps", pd.Series()).sum())}
+    personal = [c for c in ("train_personal-steps", "val_personal-steps") if c in rounds]
+    if personal:
+        steps["federated (personal models)"] = int(rounds[personal].sum().sum())
+    folders = {"pooled": [out / "pooled"] if baselines["pooled"] else [],
+               "local-only": [out / "local" / _safe(name) for name in hospitals]
+               if baselines["local"] else []}
+    for kind, trained in folders.items():
+        if trained:
+            steps[kind] = int(sum(pd.read_csv(folder / "metrics.csv")["train_steps"].sum()
+                                  for folder in trained))
     return steps

@@ -38,6 +38,9 @@ class RandGINd(mt.RandomizableTransform, mt.MapTransform):
                  allow_missing_keys: bool = False) -> None:
         mt.MapTransform.__init__(self, keys, allow_missing_keys)
         mt.RandomizableTransform.__init__(self, prob)
+        if any(size % 2 == 0 for size in kernel_sizes):
+            raise ValueError(f"GIN kernel sizes must be odd (the image keeps its shape), "
+                             f"got {tuple(kernel_sizes)}")
         self.layers, self.channels, self.kernel_sizes = layers, channels, tuple(kernel_sizes)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -170,6 +170,24 @@ def test_validations_in_train_requests_count_as_evaluations(hospital, inside_a_r
     assert AuditLog(hospital).evaluations() == 2 and AuditLog(hospital).verify() is None
 
 
+def test_each_validation_counts_a_personal_models_too(hospital, inside_a_run):
+    """Under Ditto a train request releases two validations (the global model's, the
+    personal model's): each counts. A request that starts under the limit is answered
+    whole; the next is trained without either."""
+    state = task().build_model().state_dict()
+    limited = _node(hospital, **{"max-evaluations": 3})
+    ditto = {"validate-global": True, "federation-id": "f" * 32,
+             "personal": json.dumps({"personalisation": "ditto"})}
+    answers = [app(request(state, server_round=r, **ditto), limited) for r in (1, 2, 3)]
+    released = [sorted({k.split("-val-")[0] for k in a.content["metrics"] if "-val-" in k})
+                for a in answers]
+    assert released == [["global", "personal"], ["global", "personal"], []]
+    records = AuditLog(hospital).records()
+    assert [r.get("validations") for r in records] == [2, 2, None]
+    assert "has answered its 3 evaluation(s)" in records[2]["validation_refused"]
+    assert AuditLog(hospital).evaluations() == 4 and AuditLog(hospital).verify() is None
+
+
 def test_a_node_with_a_budget_limits_evaluations_by_default(hospital):
     from client.hospital import DEFAULT_MAX_EVALUATIONS, resolve_hospital
 

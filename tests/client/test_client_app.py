@@ -208,6 +208,14 @@ def test_dittos_personal_model_survives_a_node_restart(hospital, inside_a_run):
     for key, value in after_first.items():
         torch.testing.assert_close(after_second[key], value, msg=key)
 
+    # A resumed run repeating round 2 (its coordinator stopped before checkpointing it):
+    # the personal model does not take round 2 twice.
+    again = app(request(shifted(start, 1.0), **personalised("ditto"), train={"lr": 0.05},
+                        **{"server-round": 2}), node(hospital))
+    assert again.content["metrics"]["personal-steps"] == 0
+    for key, value in stored(hospital)[0].items():
+        torch.testing.assert_close(value, after_second[key], msg=key)
+
 
 def test_dittos_pull_keeps_the_personal_model_near_the_global_one(hospital, inside_a_run):
     torch.manual_seed(0)
@@ -252,6 +260,20 @@ def test_gated_fine_tuning_never_keeps_a_model_worse_on_val_than_the_global_one(
         assert metrics["personal-val-dice_mean"] > metrics["dice_mean"]
 
 
+def test_a_hospital_that_trains_only_with_dp_sends_nothing_of_its_personal_model(
+        hospital, inside_a_run):
+    """Its fine-tuned model (trained without noise) is kept at home; no metric of it leaves."""
+    torch.manual_seed(0)
+    start = task().build_model().state_dict()
+    budgeted = node(hospital)
+    budgeted.node_config["max-epsilon"] = 8.0
+    reply = app(evaluation(start, **personalised("finetune"), train={"lr": 0.01},
+                           **{"server-round": 3, "local-steps": 2}), budgeted)
+    assert not reply.has_error()
+    assert not any(k.startswith("personal") for k in reply.content["metrics"])
+    assert stored(hospital)[1]["personalisation"] == "finetune"
+
+
 def test_keeps_tuned_keeps_the_global_model_on_a_tie_or_without_a_score():
     from client.personal import keeps_tuned
 
@@ -270,8 +292,8 @@ def test_under_fedbn_a_hospital_keeps_the_global_model_with_its_own_norms(hospit
     trained = weights(app(request(start, **{"keep-local-norm": True}, train={"lr": 0.05}),
                           context))
     final = shifted(trained, 1.0)
-    reply = app(evaluation(final, **{"keep-local-norm": True}, **personalised("none")),
-                context)
+    reply = app(evaluation(final, **{"keep-local-norm": True}, **personalised("none"),
+                           **{"server-round": 1}), context)  # the last of one round
     assert not any(k.startswith("personal-val-") for k in reply.content["metrics"])
     personal, payload = stored(hospital)
     assert payload["personalisation"] == "fedbn"
