@@ -51,27 +51,27 @@ class Request:
         """FedBN: the hospital keeps its own normalisation layers."""
         return bool(self.config.get(KEEP_LOCAL_NORM, False))
 
+    def _raw(self, name: str) -> dict[str, Any]:
+        """A JSON section of the request as sent, unvalidated ({} where it is not an
+        object: it is refused, naming the key, where it is validated)."""
+        try:
+            section = json.loads(str(self.config.get(name, "{}")))
+        except ValueError:
+            return {}
+        return section if isinstance(section, dict) else {}
+
     @property
     def personalisation(self) -> str:
         """What the run asks the hospital to keep of its own (``tasks.run_config.
         PERSONAL_KEYS``; read here without them, validated where it is used)."""
-        try:
-            section = json.loads(str(self.config.get("personal", "{}")))
-        except ValueError:  # refused, naming the key, where the section is validated
-            return "none"
-        return str(section.get("personalisation", "none")) if isinstance(section, dict) \
-            else "none"
+        return str(self._raw("personal").get("personalisation", "none"))
 
     @property
     def personal_withheld(self) -> bool:
         """Whether nothing computed from a personal model (trained without DP noise) may
         leave: the run asks for DP, or the hospital trains only with it (a budget)."""
-        try:
-            section = json.loads(str(self.config.get("privacy", "{}")))
-        except ValueError:  # refused, naming the key, where the section is validated
-            section = {}
-        enabled = isinstance(section, dict) and bool(section.get("enabled", False))
-        return enabled or self.hospital.budget.max_epsilon is not None
+        return bool(self._raw("privacy").get("enabled", False)) or \
+            self.hospital.budget.max_epsilon is not None
 
     @property
     def validates(self) -> bool:

@@ -83,6 +83,10 @@ def _loader(task: Task, hospital: Hospital, train: dict[str, Any],
     return batches
 
 
+def _has_training_images(task: Task, hospital: Hospital) -> bool:
+    return len(task.select(hospital.manifest().select(split="train"))) > 0
+
+
 def train(msg: Message, context: Context, request: Request) -> Message:
     """Local training from the global weights (DP-SGD when asked); reply with the new weights."""
     started = time.perf_counter()
@@ -103,7 +107,7 @@ def train(msg: Message, context: Context, request: Request) -> Message:
         plan = PersonalPlan.of(task, request)
     except (ConfigError, UserError) as e:
         return refuse(msg, f"hospital {hospital.name}: {e}")
-    if len(task.select(hospital.manifest().select(split="train"))) == 0:
+    if not _has_training_images(task, hospital):
         return refuse(msg, f"hospital {hospital.name} has no training images for "
                        f"task {task.name} (split 'train' of its manifest)")
     received = task.build_model()  # the packed weights' layout; the model validated
@@ -244,14 +248,14 @@ def _ditto(task: Task, request: Request, settings: dict[str, Any],
 
 def _finetuned(task: Task, request: Request, plan: PersonalPlan, model: torch.nn.Module,
                state: dict[str, torch.Tensor], validation: dict[str, float]
-               ) -> tuple[torch.nn.Module, dict[str, float]]:
+               ) -> tuple[torch.nn.Module, dict[str, float], int]:
     """The global model (``model``, holding ``state``, validated as ``validation``)
     fine-tuned on the hospital's training patients, or the global model itself where the
     fine-tuned one does not score higher on the val patients (or there is nothing to
     fine-tune on); with the kept model's validation and the steps taken."""
     settings = request.section("train", LOCAL_TRAIN_KEYS)
-    if len(task.select(request.hospital.manifest().select(split="train"))) == 0:
-        return model, {**validation, "kept-fine-tuned": 0.0, "steps": 0}
+    if not _has_training_images(task, request.hospital):
+        return model, {**validation, "kept-fine-tuned": 0.0}, 0
     trainer = LocalTrainer.start(task, settings, select_device(request.hospital.device),
                                  seed=settings["seed"] + request.server_round, state=state,
                                  run_epochs=plan.epochs)
@@ -260,8 +264,8 @@ def _finetuned(task: Task, request: Request, plan: PersonalPlan, model: torch.nn
                         max_steps=int(request.config["local-steps"]) or None).steps
     tuned = _validation(task, trainer.model, trainer.model.state_dict(), request)
     if keeps_tuned(task, validation, tuned):
-        return trainer.model, {**tuned, "kept-fine-tuned": 1.0, "steps": steps}
-    return model, {**validation, "kept-fine-tuned": 0.0, "steps": steps}
+        return trainer.model, {**tuned, "kept-fine-tuned": 1.0}, steps
+    return model, {**validation, "kept-fine-tuned": 0.0}, steps
 
 
 def _keep_personal(task: Task, request: Request, plan: PersonalPlan, model: torch.nn.Module,
@@ -277,14 +281,14 @@ def _keep_personal(task: Task, request: Request, plan: PersonalPlan, model: torc
             (method == "none" and not request.keep_local_norm):
         return {}
     metrics: dict[str, float] = {}
+    steps = 0
     if method == "finetune":
-        kept, metrics = _finetuned(task, request, plan, model, state, validation)
+        kept, metrics, steps = _finetuned(task, request, plan, model, state, validation)
     else:  # the validated global model, with the hospital's own normalisation
         kept, method = model, "fedbn"
     save_personal(plan.path, task, kept, round=request.server_round, personalisation=method)
     if plan.withheld or not metrics:
         return {}
-    steps = metrics.pop("steps")
     return {"personal-seconds": time.perf_counter() - started, "personal-steps": steps,
             **{PERSONAL_VAL + key: value for key, value in metrics.items()}}
 
