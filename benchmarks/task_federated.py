@@ -1,9 +1,16 @@
-"""Benchmark: one task's federated / local-only / pooled comparison on its phantom benchmark.
+"""Benchmark: what a federation pays each hospital, for any task, over seeds, with error bars.
 
-Runs `spinefl simulate` on the task's default federated config, then prints every metric of
-every model on each hospital's test patients (the simulate report's table holds the score
-only), and writes them as CSV and a PNG bar chart beside the report.
+Runs `spinefl simulate` on a task's federated config once per training seed (the same
+phantom cohort and split), and tables every metric of each hospital's global federated,
+personal, local-only and pooled models on that hospital's test patients as mean ± sd over
+the seeds. On the task's score it checks issue 17's targets: every hospital's personal
+model at least max(local-only, pooled) - 0.01, and the global model at least 0.97 of
+pooled (the mean over hospitals of the per-hospital ratio). Writes ``per_seed.csv``,
+``summary.csv`` and ``summary.png`` (the score and two more metrics, bars with sd) under
+``--out``, and each seed's simulate run in ``--out/seed-<n>``.
 
+    .venv/bin/python benchmarks/task_federated.py --config configs/federated.toml \\
+        --personalisation ditto --out runs/bench-personal
     .venv/bin/python benchmarks/task_federated.py --config configs/federated_labelling.toml
     .venv/bin/python benchmarks/task_federated.py --config configs/federated_grading.toml
     .venv/bin/python benchmarks/task_federated.py --config configs/federated_cobb.toml
@@ -19,6 +26,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -28,49 +37,99 @@ from simulation.simulate import simulate
 from tasks.registry import task_class
 from tasks.stops import handle_stops
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--out", type=Path, help="Run folder (default: the config's).")
+    parser.add_argument("--personalisation", choices=("none", "ditto", "finetune"),
+                        help="federation.personalisation (default: the config's)")
+    parser.add_argument("--strategy", help="federation.strategy (default: the config's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, help="default: runs/bench-<config name>")
     args = parser.parse_args()
     handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     console = Console()
-    config = load_simulation(args.config)
-    if args.out:
-        config["output"]["dir"] = str(args.out)
-    out = Path(config["output"]["dir"])
+    out = args.out or ROOT / "runs" / f"bench-{args.config.stem}"
+    rows = []
+    started = time.perf_counter()
+    for seed in args.seeds:
+        config = load_simulation(args.config)
+        config["train"]["seed"] = seed
+        if args.personalisation:
+            config["federation"]["personalisation"] = args.personalisation
+        if args.strategy:
+            config["federation"]["strategy"] = args.strategy
+        config["output"]["dir"] = str(out / f"seed-{seed}")
+        console.rule(f"seed {seed}")
+        rows.append(simulate(config, force=True, console=console).assign(seed=seed))
+    minutes = (time.perf_counter() - started) / 60
     task = task_class(config["task"]["name"])(
         {k: v for k, v in config["task"].items() if k != "name"})
+    per_seed = pd.concat(rows, ignore_index=True)
+    per_seed.to_csv(out / "per_seed.csv", index=False)
+    names = dict.fromkeys([task.score, *task.metric_names()])  # the score first
+    metrics = [m for m in names if m in per_seed and per_seed[m].notna().any()]
 
-    started = time.perf_counter()
-    results = simulate(config, force=True, console=console)
-    minutes = (time.perf_counter() - started) / 60
-
-    metrics = [m for m in task.metric_names() if m in results and results[m].notna().any()]
-    table = results.set_index(["hospital", "model"])[["test_images", *metrics]].sort_index()
-    table.to_csv(out / "report" / "all_metrics.csv")
-    shown = Table(title=f"{task.name}: test metrics per hospital ({minutes:.1f} min in all)")
+    summary = per_seed.groupby(["hospital", "model"])[["test_images", *metrics]].agg(
+        ["mean", "std"])
+    summary.columns = [f"{name} {stat}" for name, stat in summary.columns]
+    order = {model: i for i, model in enumerate(MODELS)}
+    summary = summary.sort_index(key=lambda index: index.map(lambda v: order.get(v, v)))
+    summary.to_csv(out / "summary.csv")
+    setting = config["federation"]["personalisation"]
+    table = Table(title=f"{task.name}: test metrics, mean ± sd over seeds {args.seeds} "
+                        f"(personalisation {setting}; {minutes:.0f} min in all)")
     for column in ("hospital", "model", "images", *metrics):
-        shown.add_column(column)
-    for (hospital, model), row in table.iterrows():
-        shown.add_row(str(hospital), str(model), str(int(row["test_images"])),
-                      *(f"{row[m]:.3f}" for m in metrics))
-    console.print(shown)
+        table.add_column(column)
+    for (hospital, model), row in summary.iterrows():
+        table.add_row(str(hospital), str(model), str(int(row["test_images mean"])),
+                      *(f"{row[f'{m} mean']:.3f} ± {row[f'{m} std']:.3f}" for m in metrics))
+    console.print(table)
+    plot(per_seed, metrics[:3], out / "summary.png", len(args.seeds))
+    console.print(f"Written: {out / 'per_seed.csv'}, {out / 'summary.csv'}, "
+                  f"{out / 'summary.png'}")
+    console.print(targets(per_seed, task.score))
 
-    shown_metrics = metrics[:3]
-    figure, axes = plt.subplots(1, len(shown_metrics), figsize=(5 * len(shown_metrics), 4),
+
+def targets(per_seed: pd.DataFrame, score: str) -> str:
+    """Issue 17's targets on the task's score, from each seed's figures."""
+    wide = per_seed.pivot_table(index=["hospital", "seed"], columns="model", values=score)
+    if "pooled" not in wide:
+        return "no pooled baseline: the targets are not checked"
+    ratio = (wide["federated"] / wide["pooled"]).groupby("hospital").mean().mean()
+    line = f"global / pooled on {score}: {ratio:.3f} (target 0.97)"
+    if "personal" in wide and "local" in wide:
+        margin = (wide["personal"] - wide[["local", "pooled"]].max(axis=1)).groupby(
+            "hospital").mean()
+        line += ("; personal - max(local, pooled) per hospital: "
+                 + ", ".join(f"{h} {m:+.3f}" for h, m in margin.items())
+                 + f" (target >= -0.01 everywhere: {bool((margin >= -0.01).all())})")
+    return line
+
+
+def plot(per_seed: pd.DataFrame, metrics: list[str], path: Path, seeds: int) -> None:
+    """Grouped bars (hospital x model) with sd error bars, one panel per metric."""
+    models = [m for m in MODELS if m in set(per_seed.model)]
+    hospitals = sorted(set(per_seed.hospital))
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4),
                                 squeeze=False)
-    for axis, metric in zip(axes[0], shown_metrics, strict=True):
-        pivot = results.pivot_table(index="hospital", columns="model", values=metric)
-        pivot[[m for m in MODELS if m in pivot]].plot.bar(ax=axis, rot=0, legend=False)
-        axis.set(title=metric, xlabel="")
+    width = 0.8 / len(models)
+    for axis, metric in zip(axes[0], metrics, strict=True):
+        stats = per_seed.groupby(["model", "hospital"])[metric].agg(["mean", "std"])
+        for i, model in enumerate(models):
+            values = stats.loc[model].reindex(hospitals)
+            axis.bar(np.arange(len(hospitals)) + i * width, values["mean"], width,
+                     yerr=values["std"], capsize=3, label=model)
+        axis.set_xticks(np.arange(len(hospitals)) + width * (len(models) - 1) / 2, hospitals,
+                        fontsize=8)
+        axis.set(title=f"{metric} (mean ± sd, {seeds} seeds)")
         axis.grid(axis="y", alpha=0.3)
     axes[0, -1].legend(title="model", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
-    figure.savefig(out / "report" / "all_metrics.png", dpi=100)
-    console.print(f"Written: {out / 'report' / 'all_metrics.csv'}, "
-                  f"{out / 'report' / 'all_metrics.png'}")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

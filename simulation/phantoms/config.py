@@ -65,6 +65,9 @@ SCANNER_KEYS = (
     Key("views", "list[str]", ["AP", "LAT"], "Radiograph views (XR only).", choices=("AP", "LAT")),
     Key("share", "float", 1.0, "Relative share of the cohort's patients imaged here.",
         minimum=0.0),
+    Key("extra_test_patients", "int", 0, "Test-only patients imaged here besides the cohort's "
+        "`patients`, numbered after them: a bigger test set, while every other patient, "
+        "image and split stays as it is.", minimum=0),
     Key("spacing", "list[float]", [1.0, 1.0, 2.0], "Voxel spacing in mm (x, y, slice); XR uses "
         "the first entry as pixel size.", length=3, minimum=0.1),
     Key("fov", "float", 130.0, "In-plane field of view in mm.", minimum=40.0),
@@ -103,6 +106,7 @@ class Scanner:
     sequences: tuple[str, ...]
     views: tuple[str, ...]
     share: float
+    extra_test_patients: int
     spacing: tuple[float, float, float]
     fov: float
     fov_jitter: float
@@ -126,7 +130,8 @@ def _scanner(values: dict[str, Any]) -> Scanner:
     effects = ScannerEffects(values["scale"], values["offset"], values["noise"], values["bias"],
                              values["blur"])
     return Scanner(values["name"], values["modality"], tuple(values["sequences"]),
-                   tuple(values["views"]), values["share"], tuple(values["spacing"]),
+                   tuple(values["views"]), values["share"], values["extra_test_patients"],
+                   tuple(values["spacing"]),
                    values["fov"], values["fov_jitter"], effects, values["orientation"])
 
 

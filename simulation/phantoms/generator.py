@@ -82,6 +82,11 @@ def splits_of_patients(sites: list[Scanner], fractions: tuple[float, ...], seed:
     return splits
 
 
+def test_only_sites(config: CohortConfig) -> list[Scanner]:
+    """Scanner of each test-only patient (numbered after the cohort's), scanner by scanner."""
+    return [s for s in config.scanners for _ in range(s.extra_test_patients)]
+
+
 def centroids(anatomy: Anatomy, affine: np.ndarray) -> list[dict[str, Any]]:
     """One VerSe-style centroid entry per vertebra, in voxel coordinates of ``affine``."""
     voxels = to_voxels(np.array([pose.center for pose in anatomy.poses]), affine)
@@ -222,8 +227,10 @@ def generate(config: CohortConfig, out: Path, force: bool = False) -> Manifest:
                     "choose another --out or pass --force to overwrite")
         sites = site_of_patients(config)
         splits = splits_of_patients(sites, config.split, config.seed)
+        extra = test_only_sites(config)
+        sites, splits = sites + extra, splits + ["test"] * len(extra)
         records = []
-        for index in track(range(config.patients), description="Generating phantoms"):
+        for index in track(range(len(sites)), description="Generating phantoms"):
             patient = f"P{index + 1:04d}"
             scanner = sites[index]
             for row in render_patient(index, scanner, config, out / patient):

@@ -8,7 +8,8 @@ steps that can each be inspected:
 - ``arc_lengths``: the predicted spine's centre line (the weighted centre of each axial
   slice, smoothed) and each foreground voxel's arc length along it, head to feet;
 - ``profile``: per arc-length bin, the foreground mass and the mass each level gets;
-- ``typical_step``: the length of one vertebra and disc, from the profile's periodicity;
+- ``typical_step``: the length of one vertebra and disc, from the profile's periodicity,
+  else (``level_step``) from how far apart the network puts consecutive levels;
 - ``vertebrae``: the bins cut into pieces of about one step, at the network's level
   changes or at the discs (a dynamic programme);
 - ``name``: the pieces, top to bottom, are consecutive levels, shifted as a whole to the
@@ -101,6 +102,24 @@ def typical_step(foreground: np.ndarray, width: float,
     return float(lags[peak] + (0.5 * (left - right) / bend if bend < 0 else 0.0))
 
 
+def level_step(mass: np.ndarray, sacrum: bool, width: float,
+               bounds: tuple[float, float] = STEP_MM) -> float | None:
+    """The spine's step (bins) from the network's own levels, for a foreground profile that
+    does not repeat (a network that fills the discs too): the median distance, within
+    ``bounds`` mm, between the mass centres of consecutive levels that each hold at least
+    a quarter of the largest level's mass. The sacrum is left out (it is no vertebra's
+    length). None without two such neighbours."""
+    levels = mass[:, :-1] if sacrum else mass
+    total = levels.sum(axis=0)
+    if not total.any():
+        return None
+    centre = np.arange(len(levels)) @ levels / np.maximum(total, 1e-12)
+    kept = total >= 0.25 * total.max()
+    gaps = np.diff(centre)[kept[:-1] & kept[1:]]
+    gaps = gaps[(gaps >= bounds[0] / width) & (gaps <= bounds[1] / width)]
+    return float(np.median(gaps)) if len(gaps) else None
+
+
 def vertebrae(foreground: np.ndarray, mass: np.ndarray, step: float | None,
               sacrum: bool) -> list[tuple[int, int]]:
     """Cut the profile into vertebrae: (start, end) bins, top first, covering every bin.
@@ -188,8 +207,11 @@ def decode(levels: np.ndarray, names: tuple[int, ...], affine: np.ndarray,
     width = width or float(np.max(np.linalg.norm(affine[:3, :3], axis=0)))
     arc = arc_lengths(index.astype(float), weights, affine)
     bins, profile_fg, mass = profile(arc, weights, levels[:, mask].T, width)
+    sacrum = names[-1] == SACRUM
     step = typical_step(profile_fg, width)
-    pieces = vertebrae(profile_fg, mass, step, sacrum=names[-1] == SACRUM)
+    if step is None:
+        step = level_step(mass, sacrum, width)
+    pieces = vertebrae(profile_fg, mass, step, sacrum)
     world = index @ affine[:3, :3].T + affine[:3, 3]
     centroids = {}
     for (begin, end), level in zip(pieces, name(pieces, mass), strict=True):

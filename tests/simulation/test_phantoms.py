@@ -66,6 +66,28 @@ def test_a_patient_does_not_depend_on_cohort_size(tmp_path):
                                   nib.load(three.path(same, "mask")).get_fdata())
 
 
+def test_extra_test_patients_leave_the_cohort_as_it_was(tmp_path):
+    scanners = [{**SCANNERS[0], "share": 2.0}, {**SCANNERS[2], "extra_test_patients": 2}]
+    plain = generate(cohort_config({"cohort": {"patients": 6, "seed": 11},
+                                    "scanner": [{**s, "extra_test_patients": 0}
+                                                for s in scanners]}, "plain"), tmp_path / "a")
+    more = generate(cohort_config({"cohort": {"patients": 6, "seed": 11}, "scanner": scanners},
+                                  "more"), tmp_path / "b")
+    columns = ["patient_id", "site", "split"]
+    kept = more.table[more.table.patient_id.isin(plain.table.patient_id)]
+    assert kept[columns].reset_index(drop=True).equals(plain.table[columns])
+    for row in plain.rows():
+        same = more.select(patient_id=row["patient_id"]).rows()[0]
+        np.testing.assert_array_equal(np.asarray(nib.load(plain.path(row, "image")).dataobj),
+                                      np.asarray(nib.load(more.path(same, "image")).dataobj))
+    added = more.table[~more.table.patient_id.isin(plain.table.patient_id)]
+    assert list(added.patient_id) == ["P0007", "P0008"]
+    assert set(added.site) == {"ct-pir"} and set(added.split) == {"test"}
+    first, second = (np.asarray(nib.load(more.path(row, "mask")).dataobj)
+                     for row in added.to_dict("records"))
+    assert first.shape != second.shape or not np.array_equal(first, second)  # two patients
+
+
 def test_every_centroid_lies_inside_its_own_vertebra(cohort):
     checked = 0
     for row in cohort.rows():

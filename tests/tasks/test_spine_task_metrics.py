@@ -24,7 +24,14 @@ from tasks.grading.metric import (
 from tasks.imageio import load_image
 from tasks.labelling.centroids import centroid_list, read_centroids
 from tasks.labelling.metric import identification, pool, rates
-from tasks.labelling.sequence import arc_lengths, decode, typical_step
+from tasks.labelling.sequence import (
+    arc_lengths,
+    decode,
+    level_step,
+    name,
+    typical_step,
+    vertebrae,
+)
 from tasks.points import label_centroids, read_points
 
 
@@ -213,10 +220,42 @@ def test_decoding_counts_from_the_sacrum_when_the_network_misnames_the_top(tilt)
     assert decode(np.zeros_like(levels), NAMED_VERTEBRAE, affine) == {}
 
 
+# A federated model's foreground profile along one CT test phantom's spine (4 mm bins, head
+# first) and each bin's most likely level (NAMED_VERTEBRAE indices: 12-16 L1-L5, 17 the
+# sacrum): the levels change where they should, but the foreground does not dip enough at
+# the discs for the profile to repeat, so typical_step finds no step.
+REAL_PROFILE = [
+    10.5, 19.7, 29.1, 48.6, 57.4, 53.6, 40.3, 44.1, 56.6, 74.7, 96.6, 69.0, 51.3, 59.5, 83.2,
+    108.2, 70.3, 78.0, 65.6, 58.2, 45.5, 67.3, 76.0, 81.2, 63.9, 50.5, 48.9, 74.7, 64.2, 19.5,
+    32.8, 125.8, 109.4, 91.0, 103.1, 107.9, 103.6, 73.6, 65.0, 42.5, 123.7, 129.2, 113.0,
+    100.3, 60.9, 71.6, 77.2, 80.9, 155.4, 110.1, 104.8, 146.2, 203.8, 174.1, 144.5, 120.1,
+    95.7, 77.9, 62.8, 42.6, 36.2, 26.9, 21.0, 9.9, 0.7]
+REAL_LEVELS = [12] * 11 + [13] * 7 + [14] * 9 + [15] * 9 + [16] * 9 + [17] * 20
+
+
+def test_a_profile_that_does_not_repeat_takes_its_step_from_the_levels():
+    foreground = np.array(REAL_PROFILE)
+    mass = np.zeros((len(foreground), 18))
+    mass[np.arange(len(foreground)), REAL_LEVELS] = foreground
+    assert typical_step(foreground, 4.0) is None
+    step = level_step(mass, True, 4.0)
+    assert step == pytest.approx(8.2, abs=0.5)  # L1's run is cut by the top, the others 7-9
+    assert vertebrae(foreground, mass, None, sacrum=True) == [(0, len(foreground))]
+    pieces = vertebrae(foreground, mass, step, sacrum=True)
+    # one piece per level run (and a sliver above L1), named consecutively down to the sacrum
+    assert pieces[2:] == [(11, 18), (18, 27), (27, 36), (36, 45), (45, 65)]
+    assert name(pieces, mass) == [11, 12, 13, 14, 15, 16, 17]
+
+
 def test_spine_step_and_arc_length():
     period = np.tile([1.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 3.0, 1.0], 8)
     assert typical_step(period, 4.0) == pytest.approx(9.0, abs=0.3)
     assert typical_step(period[:20], 4.0) is None
+    mass = np.zeros((len(period), 4))
+    for level in range(4):  # levels 9 bins apart, the last (a sacrum) 18 bins long
+        mass[9 * level: 9 * level + (18 if level == 3 else 9), level] = 1.0
+    assert level_step(mass, True, 4.0) == pytest.approx(9.0)
+    assert level_step(mass[:, [0, 3]], True, 4.0) is None  # one vertebra: no neighbours
     # A straight line of voxels 45 degrees off the axis: arc length is distance along it.
     index = np.array([[5.0, k, 20.0 - k] for k in range(15)])
     arc = arc_lengths(index, np.ones(len(index)), np.diag([2.0, 2.0, 2.0, 1.0]))
