@@ -22,7 +22,9 @@ a callback writes, in the experiment's output folder:
   steps, samples, learning rate, time; the task's validation metrics of the round's
   aggregate, filled in when the next round's replies bring them; errors; the round's
   wall time on the server);
-- ``checkpoint_round.pt``: the global weights and the round reached, to resume;
+- ``checkpoint_round.pt``: the global weights, the round reached, the run's identity and
+  the server optimiser's state (FedAvgM's momentum, FedAdam's and FedYogi's moments), to
+  resume;
 - ``tensorboard/<hospital>/``: the same metrics as TensorBoard scalars, step = round.
 
 At the end ``model.pt`` holds the final global model, usable by
@@ -48,6 +50,7 @@ from flwr.serverapp import Grid, ServerApp
 from server.admission import AdmittedGrid, admitted_nodes
 from server.config import load_experiment
 from server.folded_validation import FoldedValidation
+from server.optimiser_state import SERVER_OPTIMISER, optimiser_state, restore_optimiser
 from server.polling import PromptGrid
 from server.recorder import HospitalRecorder
 from server.resumption import GlobalRounds
@@ -117,14 +120,19 @@ def starting_point(task: Task, experiment: dict[str, Any], out: Path, resume: bo
     return task.build_model().state_dict(), 0
 
 
+def resumed_payload(out: Path, resume: bool) -> dict[str, Any]:
+    """What the round checkpoint keeps beside the weights, for a resumed run (else empty)."""
+    if resume and (out / ROUND_CHECKPOINT).is_file():
+        return load_checkpoint(out / ROUND_CHECKPOINT)[2]
+    return {}
+
+
 def federation_identity(out: Path, resume: bool) -> str:
     """The run's identity, the same across resumptions (the round checkpoint keeps it): a
     hospital keeps its personal model of the run under it."""
-    if resume and (out / ROUND_CHECKPOINT).is_file():
-        _, _, payload = load_checkpoint(out / ROUND_CHECKPOINT)
-        kept = payload.get(FEDERATION_ID)
-        if isinstance(kept, str) and re.fullmatch(r"[0-9a-f]{32}", kept):
-            return kept
+    kept = resumed_payload(out, resume).get(FEDERATION_ID)
+    if isinstance(kept, str) and re.fullmatch(r"[0-9a-f]{32}", kept):
+        return kept
     return uuid.uuid4().hex
 
 
@@ -199,8 +207,9 @@ def main(grid: Grid, context: Context) -> None:
     names = hospital_names(grid, nodes, partitions, timeout)
     log(INFO, "Hospitals: %s", ", ".join(sorted(names.values())))
     remaining = federation["rounds"] - done
-    recorder = HospitalRecorder(GlobalRounds(build_strategy(federation, len(names)), done),
-                                names, round_offset=done)
+    optimiser = build_strategy(federation, len(names))
+    restore_optimiser(optimiser, resumed_payload(out, resume).get(SERVER_OPTIMISER, {}))
+    recorder = HospitalRecorder(GlobalRounds(optimiser, done), names, round_offset=done)
     model = task.build_model()
     clock = {"last": time.perf_counter()}
     scalars = ScalarLog(out, fresh=done == 0)
@@ -234,7 +243,8 @@ def main(grid: Grid, context: Context) -> None:
                         {k: v for k, v in row.items() if k not in ("round", "hospital")})
         model.load_state_dict(unpack(arrays, model.state_dict()))
         save_checkpoint(out / ROUND_CHECKPOINT, task, model, round=server_round + done,
-                        **{FEDERATION_ID: identity})
+                        **{FEDERATION_ID: identity,
+                           SERVER_OPTIMISER: optimiser_state(optimiser)})
         return None
 
     if remaining > 0:

@@ -16,10 +16,13 @@ from flwr.app import (
 )
 
 from server.config import FEDERATION_KEYS
+from server.optimiser_state import SERVER_OPTIMISER, optimiser_state, restore_optimiser
 from server.recorder import HospitalRecorder
 from server.strategies import build_strategy
+from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.config import validate
 from tasks.protocol import KEEP_LOCAL_NORM, VALIDATE_GLOBAL
+from tasks.segmentation.task import SegmentationTask
 
 UPDATES = [np.array([1.0, 2.0, 10.0]), np.array([3.0, 4.0, -2.0]), np.array([2.0, 9.0, 4.0]),
            np.array([0.0, 1.0, 5.0]), np.array([8.0, 3.0, 1.0])]
@@ -126,6 +129,35 @@ def test_fedavgm_adds_server_momentum_to_the_average_update():
         weights = weights - momentum
         np.testing.assert_allclose(arrays["w"].numpy(), weights, rtol=1e-6)
     assert not np.allclose(weights, average), "the second round moved past the plain average"
+
+
+@pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi"])
+def test_a_resumed_server_optimiser_takes_the_steps_an_uninterrupted_one_takes(name, tmp_path):
+    settings = federation(strategy=name, server_momentum=0.5, server_lr=0.1)
+    grid = TwoNodeGrid([1, 2])
+
+    def step(strategy, server_round, weights):
+        strategy.configure_train(server_round, ArrayRecord({"w": Array(weights)}),
+                                 ConfigRecord(), grid)
+        pair = (0, 1) if server_round == 1 else (2, 3)
+        replies = [reply(i + 1, UPDATES[j], SAMPLES[j]) for i, j in enumerate(pair)]
+        return strategy.aggregate_train(server_round, replies)[0]["w"].numpy()
+
+    start = np.array([1.0, 1.0, 1.0])
+    through = build_strategy(settings)
+    after_one = step(through, 1, start)
+    expected = step(through, 2, after_one)
+    # the first run stops after round 1; its checkpoint is all a resumed run has
+    first = build_strategy(settings)
+    step(first, 1, start)
+    task = SegmentationTask(validate({"task": {}}, {"task": SegmentationTask.keys}, "t")["task"])
+    path = save_checkpoint(tmp_path / "round.pt", task, task.build_model(),
+                           **{SERVER_OPTIMISER: optimiser_state(first)})
+    resumed = build_strategy(settings)
+    restore_optimiser(resumed, load_checkpoint(path)[2][SERVER_OPTIMISER])
+    np.testing.assert_allclose(step(resumed, 2, after_one), expected, rtol=1e-6)
+    assert not np.allclose(step(build_strategy(settings), 2, after_one), expected), \
+        "without the state the second step differs"
 
 
 def test_fedprox_and_fedbn_tell_the_hospitals_what_to_do():
