@@ -48,6 +48,10 @@ def main() -> None:
     parser.add_argument("--strategy", help="federation.strategy (default: the config's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, help="default: runs/bench-<config name>")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back a seed whose run folder holds a finished report "
+                             "instead of running it again (a benchmark stopped part-way "
+                             "carries on; the folder is trusted to be this config's)")
     args = parser.parse_args()
     handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     console = Console()
@@ -62,6 +66,11 @@ def main() -> None:
         if args.strategy:
             config["federation"]["strategy"] = args.strategy
         config["output"]["dir"] = str(out / f"seed-{seed}")
+        finished = out / f"seed-{seed}" / "report" / "results.csv"
+        if args.reuse and finished.is_file():
+            console.print(f"seed {seed}: reusing {finished}")
+            rows.append(pd.read_csv(finished).assign(seed=seed))
+            continue
         console.rule(f"seed {seed}")
         rows.append(simulate(config, force=True, console=console).assign(seed=seed))
     minutes = (time.perf_counter() - started) / 60
