@@ -20,4 +20,5 @@ KEYS = (
     Key("blocks", "list[int]", [3, 3, 3], "DenseNet layers per dense block.", minimum=1),
     Key("augment", "bool", True, "Random intensity scale/shift, noise and lateral flips in "
         "training."),
+    *network_keys({}, ("intensity_augmentation",)),
 )

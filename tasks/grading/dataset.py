@@ -4,7 +4,8 @@ A row's image is put in RAS at ``pixel`` mm once (the segmentation transforms),
 then each disc gives a (3, H, W) crop: sagittal slices at -slab, 0, +slab mm
 laterally, H along antero-posterior, W along cranio-caudal; outside the image is 0.
 Training augments with shifts of up to 3 pixels, intensity scale/shift, noise
-and lateral flips.
+and lateral flips, and with ``intensity_augmentation = "cross-modality"`` the random
+intensity mappings of ``tasks/blocks/intensity.py`` (the same mapping on the three slices).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai import transforms as mt
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
 from tasks.blocks.cache import PreparedCache, cached
 from tasks.blocks.dataset import PatientDataset
+from tasks.blocks.intensity import cross_modality
 from tasks.blocks.transforms import prepare
 from tasks.contract import PatientDraws
 from tasks.grading.discs import disc_centres
@@ -111,10 +114,12 @@ def _from_arrays(arrays: dict[str, np.ndarray]) -> list[Disc]:
 class DiscDataset(Dataset):
     """Labelled disc crops; items are {'image': (3, H, W), 'grade': (), 'severity': ()}."""
 
-    def __init__(self, discs: list[list[Disc]], augment: bool, seed: int) -> None:
+    def __init__(self, discs: list[list[Disc]], augment: bool, seed: int,
+                 intensity: mt.Compose | None = None) -> None:
         self.discs = discs
         self.augment = augment
         self.rng = random.Random(seed)
+        self.intensity = intensity.set_random_state(seed) if intensity else None
         self.index = [(i, j) for i, row in enumerate(discs) for j, d in enumerate(row)
                       if d.grade >= 0 or d.severity >= 0]
 
@@ -135,6 +140,8 @@ class DiscDataset(Dataset):
             image = image + 0.03 * torch.randn(image.shape) * (self.rng.random() < 0.3)
             if self.rng.random() < 0.5:
                 image = image.flip(0)
+            if self.intensity is not None:
+                image = torch.as_tensor(self.intensity({"image": image})["image"])
         return {"image": image.float(), "grade": torch.tensor(d.grade),
                 "severity": torch.tensor(d.severity)}
 
@@ -143,7 +150,9 @@ def disc_loader(discs: list[list[Disc]], settings: dict[str, Any], batch_size: i
                 patients: list[str], draws: PatientDraws | None = None) -> DataLoader:
     """Shuffled batches of disc crops; with ``draws``, one item per patient (``patients``:
     each row's) drawing its discs at random (patient-level DP)."""
-    dataset = DiscDataset(discs, settings["augment"], seed)
+    cross = settings["intensity_augmentation"] == "cross-modality"
+    dataset = DiscDataset(discs, settings["augment"], seed,
+                          mt.Compose(cross_modality("image")) if cross else None)
     generator = torch.Generator().manual_seed(seed)
     if draws is not None:
         return DataLoader(PatientDataset(dataset, patients, seed, draws),

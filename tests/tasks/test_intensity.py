@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from tasks.blocks.intensity import RandGINd
 from tasks.blocks.transforms import augmentation, without_metadata
+from tasks.config import validate
+from tasks.grading.dataset import Disc, disc_loader
+from tasks.grading.task import GradingTask
 
 
 def two_tissues(dims: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,3 +71,27 @@ def test_cross_modality_is_switched_on_by_the_setting_only():
                             for _ in range(5)])
     for a, b in zip(*outputs, strict=True):  # a run's samples are drawn the same anywhere
         torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def test_grading_crops_take_the_cross_modality_mappings_when_set():
+    """Disc crops (three sagittal slices as channels) under the grading task's own loader:
+    GIN and the other mappings only with the setting, drawn the same for the same seeds."""
+    image, bone, disc = two_tissues(2)
+    crop = image.expand(3, -1, -1).clone()  # three identical slices
+    discs = [[Disc("L4/L5", crop, 2, 0, np.zeros(3))]]
+    settings = validate({"task": {}}, {"task": GradingTask.keys}, "t")["task"]
+
+    def samples(intensity: str, seed: int = 0) -> list[torch.Tensor]:
+        torch.manual_seed(seed)  # the standard noise draws from torch's generator
+        loader = disc_loader(discs, {**settings, "intensity_augmentation": intensity}, 1, seed,
+                             ["P1"])
+        return [loader.dataset.sample(0, 0)["image"] for _ in range(12)]
+
+    standard, cross = samples("standard"), samples("cross-modality")
+    assert all(s.shape == c.shape == crop.shape for s, c in zip(standard, cross, strict=True))
+    # the standard steps scale and shift: bone stays brighter than disc in every sample
+    assert all(s[0][bone[0]].mean() > s[0][disc[0]].mean() for s in standard)
+    assert any(c[0][bone[0]].mean() < c[0][disc[0]].mean() for c in cross), \
+        "GIN reverses the contrast on some draws"
+    for a, b in zip(cross, samples("cross-modality"), strict=True):
+        torch.testing.assert_close(a, b)
