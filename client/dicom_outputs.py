@@ -37,7 +37,8 @@ _STRUCTURES = {"vertebra": codes.SCT.Vertebra,
                "spine": codes.SCT.StructureOfVertebralColumn,
                "S": codes.SCT.Sacrum, "Co": codes.SCT.CoccygealVertebraStructure}
 _MEASURED = {"Cobb angle": codes.SCT.CobbAngle,
-             "Pfirrmann grade": Code("pfirrmann-grade", SCHEME, "Pfirrmann grade")}
+             "Pfirrmann grade": Code("pfirrmann-grade", SCHEME, "Pfirrmann grade"),
+             "Genant grade": Code("genant-grade", SCHEME, "Genant fracture grade")}
 _UNITS = {"deg": codes.UCUM.Degree, "{grade}": Code("{grade}", "UCUM", "grade")}
 _EVALUATED = {"Spinal canal stenosis": codes.SCT.Stenosis}
 # RSNA's canal stenosis grades: "normal/mild" is one grade, not SNOMED CT's mild.

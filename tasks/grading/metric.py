@@ -1,4 +1,5 @@
-"""Grading metrics: accuracy, quadratic weighted kappa, and the RSNA 2024 weighted log loss.
+"""Grading metrics beside accuracy and kappa (``tasks/blocks/agreement.py``): the RSNA 2024
+weighted log loss.
 
 RSNA 2024 scores each condition with a log loss weighted 1, 2 and 4 for
 normal/mild, moderate and severe true labels (each row of predictions is
@@ -14,26 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 EPSILON = 1e-15
-
-
-def accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """Share of equal labels."""
-    return float(np.mean(predicted == truth)) if len(truth) else float("nan")
-
-
-def quadratic_kappa(predicted: np.ndarray, truth: np.ndarray, classes: int) -> float:
-    """Cohen's kappa with quadratic weights for labels 0..classes-1 (1 = perfect, 0 = chance)."""
-    if not len(truth):
-        return float("nan")
-    observed = np.zeros((classes, classes))
-    np.add.at(observed, (truth, predicted), 1.0)
-    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
-    i, j = np.meshgrid(np.arange(classes), np.arange(classes), indexing="ij")
-    weights = (i - j) ** 2 / (classes - 1) ** 2
-    disagreement = (weights * expected).sum()
-    if disagreement == 0:
-        return 1.0 if (weights * observed).sum() == 0 else 0.0
-    return float(1.0 - (weights * observed).sum() / disagreement)
 
 
 def weighted_log_loss(probabilities: np.ndarray, truth: np.ndarray,

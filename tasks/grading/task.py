@@ -11,22 +11,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tasks.blocks.agreement import accuracy, quadratic_kappa
 from tasks.blocks.cache import PreparedCache
+from tasks.blocks.crops import CLASSIFIER_PARTS, Crop, crop_loader, sagittal_crops
 from tasks.config import Key
 from tasks.contract import ImageScore, PatientDraws, accepted_modality, without_bundle
 from tasks.device import autocast
 from tasks.errors import UserError
 from tasks.grading.config import KEYS
-from tasks.grading.dataset import Disc, crops, disc_loader, prepare_discs, row_discs
+from tasks.grading.dataset import prepare_discs, row_discs
 from tasks.grading.discs import centres_from_centroids
 from tasks.grading.loss import SEVERITY_WEIGHTS, grading_loss
-from tasks.grading.metric import (
-    accuracy,
-    any_severe_log_loss,
-    quadratic_kappa,
-    weighted_log_loss,
-)
-from tasks.grading.model import GRADES, PARTS, SEVERITIES, build_network
+from tasks.grading.metric import any_severe_log_loss, weighted_log_loss
+from tasks.grading.model import GRADES, SEVERITIES, build_network
 from tasks.imageio import Volume
 from tasks.manifest import Manifest
 from tasks.outputs import Finding, RecordOutput
@@ -43,7 +40,7 @@ class GradingTask:
     score: ClassVar[str] = "pfirrmann_kappa"
     output_suffix: ClassVar[str] = "_grades.json"
     inputs: ClassVar[dict[str, str]] = {"centroids": "_ctd.json"}
-    parts: ClassVar[dict[str, str]] = PARTS
+    parts: ClassVar[dict[str, str]] = CLASSIFIER_PARTS
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
@@ -73,14 +70,14 @@ class GradingTask:
                    per_patient: PatientDraws | None = None,
                    cache: PreparedCache | None = None) -> DataLoader:
         rows = self.select(manifest)
-        return disc_loader(prepare_discs(rows, self.settings, cache), self.settings,
+        return crop_loader(prepare_discs(rows, self.settings, cache), self.settings,
                            batch_size, seed, list(rows.table.patient_id), per_patient)
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
                    device: torch.device) -> torch.Tensor:
         logits = model(batch["image"].to(device))
-        return grading_loss(logits.float(), batch["grade"].to(device),
-                            batch["severity"].to(device))
+        labels = batch["labels"].to(device)
+        return grading_loss(logits.float(), labels[:, 0], labels[:, 1])
 
     @torch.no_grad()
     def probabilities(self, model: nn.Module, images: torch.Tensor, device: torch.device
@@ -103,7 +100,7 @@ class GradingTask:
         centres = centres_from_centroids(centroids, volume.affine)
         if not centres:
             raise UserError("the centroids hold no two neighbouring vertebrae T12-S")
-        found = crops(volume, volume.modality, centres, self.settings)
+        found = sagittal_crops(volume, volume.modality, centres, self.settings)
         grades, severities = self.probabilities(model, torch.stack(list(found.values())),
                                                 device)
         record = {}
@@ -126,16 +123,16 @@ class GradingTask:
 
     def score_image(self, model: nn.Module, manifest: Manifest, row: dict[str, str],
                     device: torch.device) -> ImageScore | None:
-        found: list[Disc] = row_discs(manifest, row, self.settings)
+        found: list[Crop] = row_discs(manifest, row, self.settings)
         if not found:
             return None
-        grades, severities = self.probabilities(model, torch.stack([d.crop for d in found]),
+        grades, severities = self.probabilities(model, torch.stack([d.image for d in found]),
                                                 device)
-        discs = [{"study": row["study_id"], "grade": d.grade, "severity": d.severity,
+        discs = [{"study": row["study_id"], "grade": d.labels[0], "severity": d.labels[1],
                   "grade_p": g, "severity_p": s}
                  for d, g, s in zip(found, grades, severities, strict=True)]
-        known = [(d.grade, int(g.argmax())) for d, g in zip(found, grades, strict=True)
-                 if d.grade >= 0]
+        known = [(d.labels[0], int(g.argmax())) for d, g in zip(found, grades, strict=True)
+                 if d.labels[0] >= 0]
         accuracy_ = float(np.mean([t == p for t, p in known])) if known else float("nan")
         return ImageScore({"discs": len(found), "pfirrmann_accuracy": accuracy_}, discs)
 

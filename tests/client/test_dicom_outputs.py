@@ -172,6 +172,21 @@ def test_a_cobb_angle_is_reported_in_degrees_with_its_snomed_concept(tiny_cohort
     assert dciodvfy_errors(path) == []
 
 
+def test_genant_grades_are_reported_per_vertebra(tiny_cohort, tmp_path):
+    _, _, files = a_ct_series(tiny_cohort, tmp_path / "ct")
+    findings = [Finding("L1", measurements=(("Genant grade", 2, "{grade}"),)),
+                Finding("L2", measurements=(("Genant grade", 0, "{grade}"),))]
+    path = write_report(findings, "fracture", files, tmp_path / "fracture_sr.dcm")
+    reported = {}
+    for group in measurement_groups(hd.sr.srread(path)):
+        items = {item.ConceptNameCodeSequence[0].CodeValue: item
+                 for item in group.ContentSequence}
+        site = items[codes.SCT.FindingSite.value].ConceptCodeSequence[0].CodeValue
+        reported[site] = int(items["genant-grade"].MeasuredValueSequence[0].NumericValue)
+    assert reported == {codes.SCT.L1Vertebra.value: 2, codes.SCT.L2Vertebra.value: 0}
+    assert dciodvfy_errors(path) == []
+
+
 def test_every_level_of_the_convention_gets_its_own_snomed_code():
     from tasks.blocks.classes import class_table
 

@@ -172,13 +172,13 @@ def test_adapters_feed_the_spine_tasks_as_prepared(tmp_path):
     grading: GradingTask = default_task("grading")
     spider = prepared("spider", fixtures.spider)
     discs = row_discs(spider, grading.select(spider).rows()[0], grading.settings)
-    assert discs and all(d.crop.shape == (3, 64, 48) for d in discs)
-    assert any(d.grade >= 0 for d in discs)
+    assert discs and all(d.image.shape == (3, 64, 48) for d in discs)
+    assert any(d.labels[0] >= 0 for d in discs)
     rsna = prepared("rsna", fixtures.rsna)
     rows = grading.select(rsna).rows()
     assert rows, "RSNA rows with keypoints and stenosis grades are graded"
     discs = row_discs(rsna, rows[0], grading.settings)
-    assert discs and any(d.severity >= 0 for d in discs)
+    assert discs and any(d.labels[1] >= 0 for d in discs)
 
     aasce = prepared("aasce2019", fixtures.aasce)
     cobb: CobbTask = default_task("cobb")

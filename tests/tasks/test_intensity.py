@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.blocks.crops import Crop, crop_loader
 from tasks.blocks.intensity import RandGINd
 from tasks.blocks.transforms import augmentation, without_metadata
 from tasks.config import validate
-from tasks.grading.dataset import Disc, disc_loader
 from tasks.grading.task import GradingTask
 
 
@@ -78,12 +78,12 @@ def test_grading_crops_take_the_cross_modality_mappings_when_set():
     GIN and the other mappings only with the setting, drawn the same for the same seeds."""
     image, bone, disc = two_tissues(2)
     crop = image.expand(3, -1, -1).clone()  # three identical slices
-    discs = [[Disc("L4/L5", crop, 2, 0, np.zeros(3))]]
+    discs = [[Crop("l4_l5", crop, (2, 0), np.zeros(3))]]
     settings = validate({"task": {}}, {"task": GradingTask.keys}, "t")["task"]
 
     def samples(intensity: str, seed: int = 0) -> list[torch.Tensor]:
         torch.manual_seed(seed)  # the standard noise draws from torch's generator
-        loader = disc_loader(discs, {**settings, "intensity_augmentation": intensity}, 1, seed,
+        loader = crop_loader(discs, {**settings, "intensity_augmentation": intensity}, 1, seed,
                              ["P1"])
         return [loader.dataset.sample(0, 0)["image"] for _ in range(12)]
 

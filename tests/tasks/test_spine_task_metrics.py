@@ -9,18 +9,19 @@ import numpy as np
 import pytest
 
 from simulation.phantoms.anatomy import CohortSettings, sample_anatomy
+from simulation.phantoms.config import cohort_config
+from simulation.phantoms.generator import generate
+from tasks.blocks.agreement import accuracy, quadratic_kappa, roc_auc
 from tasks.blocks.classes import NAMED_VERTEBRAE
 from tasks.cobb.geometry import angle_between, bodies, body_of, cobb_angle
 from tasks.cobb.landmarks import body_quads, quad_label_map, shrink
 from tasks.cobb.metric import circular_mae, smape
+from tasks.fracture.dataset import row_vertebrae, vertebra_centres
+from tasks.fracture.loss import fracture_loss
+from tasks.fracture.metric import called_grade, fracture_metrics
 from tasks.grading.discs import centres_between, centres_from_centroids
 from tasks.grading.loss import grading_loss
-from tasks.grading.metric import (
-    accuracy,
-    any_severe_log_loss,
-    quadratic_kappa,
-    weighted_log_loss,
-)
+from tasks.grading.metric import any_severe_log_loss, weighted_log_loss
 from tasks.imageio import load_image
 from tasks.labelling.centroids import centroid_list, read_centroids
 from tasks.labelling.metric import identification, pool, rates
@@ -33,6 +34,7 @@ from tasks.labelling.sequence import (
     vertebrae,
 )
 from tasks.points import label_centroids, read_points
+from tests.helpers.task_defaults import default_task
 
 
 def _point(z: float) -> np.ndarray:
@@ -102,6 +104,67 @@ def test_quadratic_kappa_accuracy_and_rsna_log_loss_by_hand():
     severity = np.array([0, 2, 0])
     assert any_severe_log_loss(severe, studies, severity) == pytest.approx(
         (4 * -math.log(0.6) + 1 * -math.log(0.8)) / 5)
+
+
+def test_roc_auc_counts_ordered_pairs_ties_as_half():
+    # positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs ordered
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+    assert math.isnan(roc_auc(np.array([0.2, 0.9]), np.array([1, 1])))
+
+
+def test_fracture_metrics_by_hand():
+    def vertebra(study, grade, p_none, p_mild=0.0, p_moderate=0.0):
+        return {"study": study, "grade": grade,
+                "probabilities": np.array([p_none, p_mild, p_moderate,
+                                           1 - p_none - p_mild - p_moderate])}
+
+    vertebrae = [vertebra("a", 0, 0.9, 0.1), vertebra("a", 2, 0.3, 0.1, 0.5),  # found, grade 2
+                 vertebra("b", 1, 0.6, 0.3),    # missed: fracture probability 0.4
+                 vertebra("b", 0, 0.4, 0.2, 0.2),  # false alarm; 1-3 tie: grade 1
+                 vertebra("c", 0, 0.8, 0.2), vertebra("c", -1, 0.1)]  # ungraded: left out
+    metrics = fracture_metrics(vertebrae)
+    # fracture probabilities: negatives 0.1, 0.6, 0.2; positives 0.7, 0.4 -> 5 of 6 pairs
+    assert metrics["fracture_auc"] == pytest.approx(5 / 6)
+    assert metrics["fracture_sensitivity"] == 0.5
+    assert metrics["fracture_specificity"] == pytest.approx(2 / 3)
+    assert metrics["genant_accuracy"] == pytest.approx(3 / 5)  # called 0, 2, 0, 1, 0
+    # per patient only whether any vertebra is fractured: b is right, by the wrong vertebra
+    assert metrics["patient_accuracy"] == 1.0
+    assert metrics["fracture_prevalence"] == pytest.approx(2 / 5)
+    np.testing.assert_array_equal(
+        called_grade(np.array([[0.4, 0.3, 0.2, 0.1], [0.6, 0.1, 0.1, 0.2]])), [1, 0])
+
+
+def test_fracture_loss_weights_fractures_and_skips_unknown_grades():
+    import torch
+
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 3.0]])
+    grade = torch.tensor([0, 1, -1])
+    ce = torch.nn.functional.cross_entropy(logits, grade.clamp(min=0), reduction="none")
+    assert fracture_loss(logits, grade, 4.0) == pytest.approx(float(ce[0] + 4 * ce[1]) / 3)
+
+
+def test_phantom_vertebra_crops_carry_their_genant_grades(tmp_path):
+    config = cohort_config({"cohort": {"patients": 2, "seed": 4, "fracture_probability": 0.5},
+                            "scanner": [{"name": "ct", "modality": "CT",
+                                         "spacing": [1.5, 1.5, 2.0], "fov": 120.0}]}, "t")
+    manifest = generate(config, tmp_path)
+    task = default_task("fracture")
+    grades = []
+    for row in task.select(manifest).rows():
+        crops = row_vertebrae(manifest, row, task.settings)
+        assert crops and all(c.image.shape == (3, 64, 64) for c in crops)
+        for crop in crops:
+            assert crop.labels == (int(row[f"fracture_{crop.name}"]),)
+            grades.append(crop.labels[0])
+        # without a centroid file the mask finds the same vertebrae (its labels' centres
+        # lie behind the bodies' by the posterior arch: within the crop's 64 mm)
+        image = load_image(manifest.path(row))
+        from_mask = vertebra_centres(manifest, {**row, "centroids": ""}, image)
+        assert set(from_mask) == {c.name for c in crops}
+        assert all(np.linalg.norm(from_mask[c.name] - c.centre) < 16.0 for c in crops)
+    assert 0 in grades and max(grades) >= 1, grades
 
 
 def test_grading_loss_ignores_missing_labels_and_weights_severity():
