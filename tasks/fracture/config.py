@@ -8,11 +8,11 @@ from tasks.config import Key
 KEYS = (
     Key("modalities", "list[str]", ["CT"], "Manifest modalities this model trains on and "
         "accepts.", choices=("CT", "MR")),
-    Key("crop", "list[float]", [64.0, 64.0], "Sagittal crop around each vertebra centroid in "
+    Key("crop", "list[float]", [64.0, 96.0], "Sagittal crop around each vertebra centroid in "
         "mm: antero-posterior, then cranio-caudal extent (it holds the body, both discs and "
-        "parts of both neighbours, whose heights a fracture is judged against).", length=2,
+        "both neighbours, whose heights a fracture is judged against).", length=2,
         minimum=8.0),
-    Key("pixel", "float", 1.0, "Pixel size of the crops in mm.", minimum=0.1),
+    Key("pixel", "float", 2.0, "Pixel size of the crops in mm.", minimum=0.1),
     Key("slab", "float", 4.0, "Lateral distance (mm) of the two outer sagittal slices from "
         "the middle one; the three slices are the network's input channels.", minimum=0.0),
     *network_keys({}, ("ct_window",)),

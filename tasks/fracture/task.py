@@ -28,7 +28,6 @@ from tasks.outputs import Finding, RecordOutput
 from tasks.points import to_voxels
 
 
-
 class FractureTask:
     """Grade every vertebra T12-L5 for a compression fracture (Genant 0-3) with a DenseNet."""
 

@@ -154,7 +154,7 @@ def test_phantom_vertebra_crops_carry_their_genant_grades(tmp_path):
     grades = []
     for row in task.select(manifest).rows():
         crops = row_vertebrae(manifest, row, task.settings)
-        assert crops and all(c.image.shape == (3, 64, 64) for c in crops)
+        assert crops and all(c.image.shape == (3, 32, 48) for c in crops)
         for crop in crops:
             assert crop.labels == (int(row[f"fracture_{crop.name}"]),)
             grades.append(crop.labels[0])
