@@ -85,6 +85,14 @@ def to_world(points: list[dict[str, Any]], affine: np.ndarray) -> np.ndarray:
     return (affine @ voxels.T).T[:, :3] if len(points) else np.zeros((0, 3))
 
 
+def labelled_world(points: list[dict[str, Any]], affine: np.ndarray) -> dict[int, np.ndarray]:
+    """Label -> world position (mm) of the labelled entries of a centroid list in voxel
+    coordinates of the image ``affine`` maps (a VerSe list's direction entry has none)."""
+    labelled = [p for p in points if "label" in p]
+    return dict(zip((int(p["label"]) for p in labelled), to_world(labelled, affine),
+                    strict=True))
+
+
 def to_voxels(world: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """(N, 3) voxel coordinates of (N, 3) world points (the inverse of ``to_world``)."""
     homogeneous = np.c_[world, np.ones(len(world))]

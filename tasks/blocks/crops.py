@@ -5,16 +5,19 @@ What disc grading (a crop per disc level) and fracture grading (a crop per verte
 - ``sagittal_crops``: a row's image is put in RAS at ``pixel`` mm once (the segmentation
   transforms), then each point gives a (3, H, W) crop: sagittal slices at -slab, 0, +slab
   mm laterally, H along antero-posterior, W along cranio-caudal; outside the image is 0;
-- ``Crop`` and its arrays (what ``tasks.blocks.cache`` stores);
+- ``labelled_rows``: the rows with a position to crop at and a label;
+- ``Crop``, its arrays (what ``tasks.blocks.cache`` stores) and ``prepare_crops``;
 - ``crop_loader``: shuffled training batches, augmented with shifts of up to 3 pixels,
   intensity scale/shift, noise and lateral flips, and with ``intensity_augmentation =
   "cross-modality"`` the random intensity mappings of ``tasks/blocks/intensity.py``;
-- ``crop_classifier``: the DenseNet.
+- ``crop_classifier``: the DenseNet, and ``crop_logits`` of a stack of crops.
 """
 
 from __future__ import annotations
 
+import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,15 +25,19 @@ import numpy as np
 import torch
 from monai import transforms as mt
 from monai.networks.nets import DenseNet
+from rich.progress import track
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.blocks.cache import PreparedCache, cached
 from tasks.blocks.dataset import PatientDataset
 from tasks.blocks.intensity import cross_modality
 from tasks.blocks.transforms import prepare
 from tasks.contract import PatientDraws
-from tasks.imageio import Volume
-from tasks.points import to_voxels
+from tasks.device import autocast
+from tasks.imageio import Volume, load_image
+from tasks.manifest import Manifest
+from tasks.points import label_centroids, labelled_world, read_points, to_voxels
 
 # Parts DP-SGD may train alone (``privacy.trainable``): the classifier after the features.
 CLASSIFIER_PARTS = {"head": r"^class_layers\."}
@@ -87,6 +94,56 @@ def crops_of_arrays(arrays: dict[str, np.ndarray]) -> list[Crop]:
             for name, image, labels, centre in zip(
                 arrays["name"], arrays["image"], arrays["labels"], arrays["centre"],
                 strict=True)]
+
+
+def vertebra_positions(manifest: Manifest, row: dict[str, str], image: Volume,
+                       labels: tuple[int, ...]) -> dict[int, np.ndarray] | None:
+    """VerSe label -> world centre (mm) of the vertebrae ``labels`` for a manifest row: from
+    its centroid list, else from its mask's labels; None when it has neither."""
+    if row.get("centroids"):
+        found = labelled_world(read_points(manifest.path(row, "centroids")), image.affine)
+        return {label: centre for label, centre in found.items() if label in labels}
+    if row.get("mask"):
+        mask = load_image(manifest.path(row, "mask"))
+        return label_centroids(mask.array, mask.affine, labels)
+    return None
+
+
+def prepare_crops(manifest: Manifest, settings: dict[str, Any], cache: PreparedCache | None,
+                  row_crops: Callable[[Manifest, dict[str, str], dict[str, Any]], list[Crop]],
+                  heads: int, what: str) -> list[list[Crop]]:
+    """``row_crops`` of every row, loaded once and kept in memory; read from ``cache`` where
+    it holds the row, stored there otherwise (``what``: the crops' kind, e.g. 'discs')."""
+    recipe = {"prepare": f"crops of {what}",
+              **{k: settings[k] for k in ("pixel", "crop", "slab", "ct_window")}}
+    return [cached(cache, manifest, row, recipe,
+                   functools.partial(row_crops, manifest, row, settings),
+                   functools.partial(crop_arrays, heads=heads), crops_of_arrays)
+            for row in track(manifest.rows(), description=f"Cropping {what}", transient=True)]
+
+
+def labelled_rows(manifest: Manifest, modalities: list[str], prefixes: tuple[str, ...],
+                  positions: tuple[str, ...] = ("centroids", "mask", "keypoints")) -> Manifest:
+    """Rows of ``modalities`` with a position to crop at (one of the ``positions`` columns)
+    and at least one label (a column starting with one of ``prefixes``)."""
+    table = manifest.select(modality=tuple(modalities)).table
+    located = np.zeros(len(table), dtype=bool)
+    for column in positions:
+        if column in table:
+            located |= (table[column] != "").to_numpy()
+    labels = [c for c in table.columns if c.startswith(prefixes)]
+    labelled = ((table[labels] != "").any(axis=1).to_numpy() if labels
+                else np.zeros(len(table), dtype=bool))
+    return Manifest(table[located & labelled].reset_index(drop=True), manifest.root)
+
+
+@torch.no_grad()
+def crop_logits(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(N, outputs) logits of (N, 3, H, W) crops, in float32 on the CPU (the model in eval
+    mode, autocast on CUDA)."""
+    model.eval()
+    with autocast(device):
+        return model(images.to(device)).float().cpu()
 
 
 class CropDataset(Dataset):

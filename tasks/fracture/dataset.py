@@ -5,17 +5,15 @@ vertebra centroid T12-L5, labelled with the vertebra's Genant grade (the manifes
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
-from rich.progress import track
 
-from tasks.blocks.cache import PreparedCache, cached
-from tasks.blocks.crops import Crop, crop_arrays, crops_of_arrays, sagittal_crops
+from tasks.blocks.cache import PreparedCache
+from tasks.blocks.crops import Crop, prepare_crops, sagittal_crops, vertebra_positions
 from tasks.imageio import Volume, load_image
 from tasks.manifest import VERTEBRAE, Manifest
-from tasks.points import label_centroids, read_points, to_world
+from tasks.points import labelled_world
 
 # VerSe value of each graded vertebra: T12 (19) to L5 (24).
 LEVELS = dict(zip(range(19, 25), VERTEBRAE, strict=True))
@@ -25,22 +23,15 @@ def centres_from_centroids(points: list[dict[str, Any]], affine: np.ndarray
                            ) -> dict[str, np.ndarray]:
     """Vertebra name (t12 ... l5) -> world centre, from a centroid list in voxel coordinates
     of the image ``affine`` maps."""
-    labelled = [p for p in points if int(p.get("label", 0)) in LEVELS]
-    world = to_world(labelled, affine)
-    return {LEVELS[int(p["label"])]: world[i] for i, p in enumerate(labelled)}
+    return {LEVELS[label]: centre for label, centre in labelled_world(points, affine).items()
+            if label in LEVELS}
 
 
 def vertebra_centres(manifest: Manifest, row: dict[str, str], image: Volume
                      ) -> dict[str, np.ndarray]:
     """Vertebra name -> world centre for a manifest row: its centroid list, else its mask."""
-    if row.get("centroids"):
-        return centres_from_centroids(read_points(manifest.path(row, "centroids")),
-                                      image.affine)
-    if row.get("mask"):
-        mask = load_image(manifest.path(row, "mask"))
-        found = label_centroids(mask.array, mask.affine, tuple(LEVELS))
-        return {LEVELS[value]: centre for value, centre in found.items()}
-    return {}
+    found = vertebra_positions(manifest, row, image, tuple(LEVELS)) or {}
+    return {LEVELS[label]: centre for label, centre in found.items()}
 
 
 def _grade(row: dict[str, str], level: str) -> int:
@@ -59,12 +50,5 @@ def row_vertebrae(manifest: Manifest, row: dict[str, str], settings: dict[str, A
 
 def prepare_vertebrae(manifest: Manifest, settings: dict[str, Any],
                       cache: PreparedCache | None = None) -> list[list[Crop]]:
-    """The vertebrae of every row (loaded once, kept in memory; read from ``cache`` where it
-    holds the row, stored there otherwise)."""
-    recipe = {"prepare": "vertebra-crops", **{k: settings[k] for k in ("pixel", "crop", "slab",
-                                                                         "ct_window")}}
-    return [cached(cache, manifest, row, recipe,
-                   functools.partial(row_vertebrae, manifest, row, settings),
-                   functools.partial(crop_arrays, heads=1), crops_of_arrays)
-            for row in track(manifest.rows(), description="Cropping vertebrae",
-                             transient=True)]
+    """The vertebrae of every row (see ``prepare_crops``)."""
+    return prepare_crops(manifest, settings, cache, row_vertebrae, 1, "vertebrae")

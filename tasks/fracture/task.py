@@ -13,10 +13,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.blocks.cache import PreparedCache
-from tasks.blocks.crops import CLASSIFIER_PARTS, Crop, crop_classifier, crop_loader, sagittal_crops
+from tasks.blocks.crops import (
+    CLASSIFIER_PARTS,
+    Crop,
+    crop_classifier,
+    crop_loader,
+    crop_logits,
+    labelled_rows,
+    sagittal_crops,
+)
 from tasks.config import Key
 from tasks.contract import ImageScore, PatientDraws, accepted_modality, without_bundle
-from tasks.device import autocast
 from tasks.errors import UserError
 from tasks.fracture.config import KEYS
 from tasks.fracture.dataset import centres_from_centroids, prepare_vertebrae, row_vertebrae
@@ -48,15 +55,8 @@ class FractureTask:
     def select(self, manifest: Manifest) -> Manifest:
         """Rows of the task's modalities with vertebra positions (centroids or a mask) and at
         least one Genant grade."""
-        table = manifest.select(modality=tuple(self.settings["modalities"])).table
-        located = np.zeros(len(table), dtype=bool)
-        for column in ("centroids", "mask"):
-            if column in table:
-                located |= (table[column] != "").to_numpy()
-        graded = [c for c in table.columns if c.startswith("fracture_")]
-        labelled = ((table[graded] != "").any(axis=1).to_numpy() if graded
-                    else np.zeros(len(table), dtype=bool))
-        return Manifest(table[located & labelled].reset_index(drop=True), manifest.root)
+        return labelled_rows(manifest, self.settings["modalities"], ("fracture_",),
+                             ("centroids", "mask"))
 
     def build_model(self) -> nn.Module:
         """(B, 3, H, W) sagittal crops to (B, 4) Genant logits."""
@@ -75,14 +75,10 @@ class FractureTask:
         return fracture_loss(logits.float(), batch["labels"].to(device)[:, 0],
                              self.settings["fracture_weight"])
 
-    @torch.no_grad()
     def probabilities(self, model: nn.Module, images: torch.Tensor, device: torch.device
                       ) -> np.ndarray:
         """(N, 4) Genant probabilities of (N, 3, H, W) crops."""
-        model.eval()
-        with autocast(device):
-            logits = model(images.to(device)).float().cpu()
-        return torch.softmax(logits, 1).numpy()
+        return torch.softmax(crop_logits(model, images, device), 1).numpy()
 
     def predict(self, model: nn.Module, volume: Volume, device: torch.device,
                 extra: Mapping[str, Any]) -> RecordOutput:

@@ -4,13 +4,10 @@ centre, labelled (Pfirrmann grade - 1, canal stenosis severity).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from rich.progress import track
-
-from tasks.blocks.cache import PreparedCache, cached
-from tasks.blocks.crops import Crop, crop_arrays, crops_of_arrays, sagittal_crops
+from tasks.blocks.cache import PreparedCache
+from tasks.blocks.crops import Crop, prepare_crops, sagittal_crops
 from tasks.grading.discs import disc_centres
 from tasks.imageio import load_image
 from tasks.manifest import Manifest
@@ -35,11 +32,5 @@ def row_discs(manifest: Manifest, row: dict[str, str], settings: dict[str, Any])
 
 def prepare_discs(manifest: Manifest, settings: dict[str, Any],
                   cache: PreparedCache | None = None) -> list[list[Crop]]:
-    """The discs of every row (loaded once, kept in memory; read from ``cache`` where it
-    holds the row, stored there otherwise)."""
-    recipe = {"prepare": "disc-crops", **{k: settings[k] for k in ("pixel", "crop", "slab",
-                                                                     "ct_window")}}
-    return [cached(cache, manifest, row, recipe,
-                   functools.partial(row_discs, manifest, row, settings),
-                   functools.partial(crop_arrays, heads=HEADS), crops_of_arrays)
-            for row in track(manifest.rows(), description="Cropping discs", transient=True)]
+    """The discs of every row (see ``prepare_crops``)."""
+    return prepare_crops(manifest, settings, cache, row_discs, HEADS, "discs")

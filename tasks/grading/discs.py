@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from tasks.imageio import Volume, load_image
+from tasks.blocks.crops import vertebra_positions
+from tasks.imageio import Volume
 from tasks.labels import SACRUM
 from tasks.manifest import DISC_LEVELS, Manifest
-from tasks.points import label_centroids, read_points, to_world
+from tasks.points import labelled_world, read_points, to_world
 
 # Upper vertebra (VerSe value) of each disc level, T12/L1 (19) to L5/S1 (24).
 UPPER = dict(zip(DISC_LEVELS, range(19, 25), strict=True))
@@ -35,21 +36,15 @@ def centres_between(vertebrae: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
 def centres_from_centroids(points: list[dict[str, Any]], affine: np.ndarray
                            ) -> dict[str, np.ndarray]:
     """Disc centres from a centroid list in voxel coordinates of the image ``affine`` maps."""
-    labelled = [p for p in points if "label" in p]
-    world = to_world(labelled, affine)
-    return centres_between({int(p["label"]): world[i] for i, p in enumerate(labelled)})
+    return centres_between(labelled_world(points, affine))
 
 
 def disc_centres(manifest: Manifest, row: dict[str, str], image: Volume
                  ) -> dict[str, np.ndarray]:
     """Disc level -> world centre for a manifest row (centroids, else mask, else keypoints)."""
-    if row.get("centroids"):
-        return centres_from_centroids(read_points(manifest.path(row, "centroids")),
-                                      image.affine)
-    if row.get("mask"):
-        mask = load_image(manifest.path(row, "mask"))
-        return centres_between(label_centroids(mask.array, mask.affine,
-                                               (*UPPER.values(), SACRUM)))
+    vertebrae = vertebra_positions(manifest, row, image, (*UPPER.values(), SACRUM))
+    if vertebrae is not None:
+        return centres_between(vertebrae)
     if row.get("keypoints"):
         points = [p for p in read_points(manifest.path(row, "keypoints"))
                   if p.get("level") in UPPER]

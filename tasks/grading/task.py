@@ -13,10 +13,16 @@ from torch.utils.data import DataLoader
 
 from tasks.blocks.agreement import accuracy, quadratic_kappa
 from tasks.blocks.cache import PreparedCache
-from tasks.blocks.crops import CLASSIFIER_PARTS, Crop, crop_loader, sagittal_crops
+from tasks.blocks.crops import (
+    CLASSIFIER_PARTS,
+    Crop,
+    crop_loader,
+    crop_logits,
+    labelled_rows,
+    sagittal_crops,
+)
 from tasks.config import Key
 from tasks.contract import ImageScore, PatientDraws, accepted_modality, without_bundle
-from tasks.device import autocast
 from tasks.errors import UserError
 from tasks.grading.config import KEYS
 from tasks.grading.dataset import prepare_discs, row_discs
@@ -52,16 +58,8 @@ class GradingTask:
     def select(self, manifest: Manifest) -> Manifest:
         """Rows of the task's modalities with disc positions (centroids, mask or keypoints)
         and at least one Pfirrmann or canal stenosis label."""
-        table = manifest.select(modality=tuple(self.settings["modalities"])).table
-        located = np.zeros(len(table), dtype=bool)
-        for column in ("centroids", "mask", "keypoints"):
-            if column in table:
-                located |= (table[column] != "").to_numpy()
-        graded = [c for c in table.columns
-                  if c.startswith(("pfirrmann_", "spinal_canal_stenosis_"))]
-        labelled = ((table[graded] != "").any(axis=1).to_numpy() if graded
-                    else np.zeros(len(table), dtype=bool))
-        return Manifest(table[located & labelled].reset_index(drop=True), manifest.root)
+        return labelled_rows(manifest, self.settings["modalities"],
+                             ("pfirrmann_", "spinal_canal_stenosis_"))
 
     def build_model(self) -> nn.Module:
         return build_network(self.settings)
@@ -79,13 +77,10 @@ class GradingTask:
         labels = batch["labels"].to(device)
         return grading_loss(logits.float(), labels[:, 0], labels[:, 1])
 
-    @torch.no_grad()
     def probabilities(self, model: nn.Module, images: torch.Tensor, device: torch.device
                       ) -> tuple[np.ndarray, np.ndarray]:
         """(N, 5) Pfirrmann and (N, 3) stenosis probabilities of (N, 3, H, W) crops."""
-        model.eval()
-        with autocast(device):
-            logits = model(images.to(device)).float().cpu()
+        logits = crop_logits(model, images, device)
         return (torch.softmax(logits[:, :GRADES], 1).numpy(),
                 torch.softmax(logits[:, GRADES:], 1).numpy())
 
