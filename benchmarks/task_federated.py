@@ -105,22 +105,27 @@ def main() -> None:
 
 
 def targets(per_seed: pd.DataFrame, score: str) -> str:
-    """Issue 17's targets on the task's score, from each seed's figures."""
+    """Issue 17's targets on the task's score, from each seed's figures; a comparison takes
+    only the (hospital, seed) pairs that have both sides' models."""
     wide = per_seed.pivot_table(index=["hospital", "seed"], columns="model", values=score)
-    if "pooled" not in wide:
-        return "no pooled baseline: the targets are not checked"
-    means = wide.groupby("hospital").mean()
+    if not {"federated", "pooled"} <= set(wide):
+        return "no federated or no pooled model: the targets are not checked"
+    paired = wide.dropna(subset=["federated", "pooled"])
+    means = paired.groupby("hospital").mean()
     ratios = (means["federated"] / means["pooled"])[means["pooled"] > 0]
     line = (f"global / pooled on {score} (each hospital's mean over seeds, then the mean over "
-            f"hospitals): {ratios.mean():.3f} (target 0.97); global - pooled per hospital: "
+            f"{len(ratios)} hospitals with a positive pooled score): {ratios.mean():.3f} (target "
+            "0.97); global - pooled per hospital: "
             + ", ".join(f"{h} {d:+.3f}" for h, d in (means["federated"] - means["pooled"]).items()))
-    if "personal" in wide and "local" in wide:
-        margin = (wide["personal"] - wide[["local", "pooled"]].max(axis=1)).groupby(
+    if {"personal", "local"} <= set(wide):
+        paired = wide.dropna(subset=["personal", "local", "pooled"])
+        margin = (paired["personal"] - paired[["local", "pooled"]].max(axis=1)).groupby(
             "hospital").mean()
         line += ("; personal - max(local, pooled) per hospital: "
                  + ", ".join(f"{h} {m:+.3f}" for h, m in margin.items())
                  + f" (target >= -0.01 everywhere: {bool((margin >= -0.01).all())})")
-    return line
+    missing = int(wide.isna().sum().sum())
+    return line + (f"; {missing} (hospital, seed, model) results missing" if missing else "")
 
 
 def plot(per_seed: pd.DataFrame, metrics: list[str], path: Path, seeds: int) -> None:

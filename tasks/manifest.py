@@ -75,7 +75,8 @@ def _spacing(value: str) -> str | None:
     return None
 
 
-def _number_in(low: float, high: float) -> Callable[[str], str | None]:
+def _number_in(low: float, high: float, grade: bool = False) -> Callable[[str], str | None]:
+    """A check of a number in [low, high]; with ``grade``, a whole number (a grade)."""
     def check(value: str) -> str | None:
         if value == "":
             return None
@@ -83,7 +84,9 @@ def _number_in(low: float, high: float) -> Callable[[str], str | None]:
             number = float(value)
         except ValueError:
             return f"'{value}' is not a number"
-        return None if low <= number <= high else f"{value} is outside [{low:g}, {high:g}]"
+        if not low <= number <= high:
+            return f"{value} is outside [{low:g}, {high:g}]"
+        return f"'{value}' is not a whole grade" if grade and not number.is_integer() else None
 
     return check
 
@@ -129,21 +132,20 @@ COLUMNS: dict[str, Column] = {
 # Families of per-level label columns: name pattern -> column description.
 COLUMN_FAMILIES: dict[str, Column] = {
     rf"pfirrmann_({_LEVELS})": Column(
-        "Pfirrmann-like degeneration grade 1-5 of the disc at that level", _number_in(1, 5)
-    ),
+        "Pfirrmann-like degeneration grade 1-5 of the disc at that level",
+        _number_in(1, 5, grade=True)),
     rf"herniation_({_LEVELS})": Column(
         "true when the disc at that level herniates posteriorly", _BOOL
     ),
     rf"modic_({_LEVELS})": Column("Modic change at that level: 0 none, 1-3 type I-III",
-                                  _number_in(0, 3)),
+                                  _number_in(0, 3, grade=True)),
     rf"narrowing_({_LEVELS})": Column("true when the disc at that level is narrowed", _BOOL),
     rf"bulging_({_LEVELS})": Column("true when the disc at that level bulges", _BOOL),
     **{rf"{condition}_({_RSNA_LEVELS})": Column(
         f"{condition.replace('_', ' ')} at that level as RSNA 2024 grades it: 0 normal/mild, "
-        "1 moderate, 2 severe", _number_in(0, 2)) for condition in RSNA_CONDITIONS},
+        "1 moderate, 2 severe", _number_in(0, 2, grade=True)) for condition in RSNA_CONDITIONS},
     rf"fracture_({'|'.join(VERTEBRAE)})": Column(
-        "Genant grade 0-3 of a vertebral compression fracture", _number_in(0, 3)
-    ),
+        "Genant grade 0-3 of a vertebral compression fracture", _number_in(0, 3, grade=True)),
 }
 
 

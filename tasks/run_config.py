@@ -91,7 +91,7 @@ PRIVACY_KEYS = (
     Key("augmentations", "int", 2, "Augmented copies of each drawn sample inside that mean "
         "(augmentation multiplicity; no privacy cost).", minimum=1),
     Key("trainable", "str", "all", "Parameters DP-SGD trains: `all`, or a part the task "
-        "names (U-Net tasks: `decoder`, `head`; grading: `head`); the others keep the "
+        "names (U-Net tasks: `decoder`, `head`; grading and fracture: `head`); the others keep the "
         "starting model's values and get neither gradient nor noise."),
 )
 

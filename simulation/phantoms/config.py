@@ -66,8 +66,8 @@ SCANNER_KEYS = (
     Key("share", "float", 1.0, "Relative share of the cohort's patients imaged here.",
         minimum=0.0),
     Key("extra_test_patients", "int", 0, "Test-only patients imaged here besides the cohort's "
-        "`patients`, numbered after them: a bigger test set, while every other patient, "
-        "image and split stays as it is.", minimum=0),
+        "`patients` (which `spinefl phantoms --patients` sets), numbered after them: a bigger "
+        "test set, while every other patient, image and split stays as it is.", minimum=0),
     Key("spacing", "list[float]", [1.0, 1.0, 2.0], "Voxel spacing in mm (x, y, slice); XR uses "
         "the first entry as pixel size.", length=3, minimum=0.1),
     Key("fov", "float", 130.0, "In-plane field of view in mm.", minimum=40.0),
@@ -149,6 +149,11 @@ def cohort_config(raw: dict[str, Any], where: str) -> CohortConfig:
         validate({"scanner": entry}, SCANNER_SCHEMA, f"{where} [[scanner]] #{i}")["scanner"]
         for i, entry in enumerate(scanners_raw, start=1)]
     scanners = [_scanner(values) for values in validated]
+    for scanner in scanners:
+        if scanner.extra_test_patients and not scanner.share:
+            raise ConfigError(f"{where}: scanner '{scanner.name}' has extra_test_patients but "
+                              "share 0: a site with test patients only would be a hospital "
+                              "with nothing to train on")
     names = [s.name for s in scanners]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: scanner names must be unique, got {names}")
@@ -157,8 +162,12 @@ def cohort_config(raw: dict[str, Any], where: str) -> CohortConfig:
     anatomy = CohortSettings(**{k: tuple(v) if isinstance(v, list) else v
                                 for k, v in cohort.items()
                                 if k not in ("patients", "seed", "split")})
+    # the record a phantom folder keeps: without test-only patients, as before the key was
+    # added, so that folders made then are still this cohort
+    record = [{k: v for k, v in entry.items() if k != "extra_test_patients" or v}
+              for entry in validated]
     return CohortConfig(cohort["patients"], cohort["seed"], tuple(cohort["split"]), anatomy,
-                        tuple(scanners), {"cohort": cohort, "scanner": validated})
+                        tuple(scanners), {"cohort": cohort, "scanner": record})
 
 
 def load_cohort_config(path: Path | None) -> CohortConfig:

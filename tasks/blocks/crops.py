@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tasks.blocks.cache import PreparedCache, cached
 from tasks.blocks.dataset import PatientDataset
 from tasks.blocks.intensity import cross_modality
-from tasks.blocks.transforms import prepare
+from tasks.blocks.transforms import prepare, without_metadata
 from tasks.contract import PatientDraws
 from tasks.device import autocast
 from tasks.imageio import Volume, load_image
@@ -176,7 +176,8 @@ class CropDataset(Dataset):
             if self.rng.random() < 0.5:
                 image = image.flip(0)
             if self.intensity is not None:
-                image = torch.as_tensor(self.intensity({"image": image})["image"])
+                with without_metadata():  # plain tensors: MONAI's MetaTensor is far slower
+                    image = torch.as_tensor(self.intensity({"image": image})["image"])
         return {"image": image.float(), "labels": torch.tensor(c.labels)}
 
 

@@ -25,7 +25,8 @@ def called_grade(probabilities: np.ndarray) -> np.ndarray:
 
 
 def fracture_metrics(vertebrae: list[dict[str, Any]]) -> dict[str, float]:
-    """Metrics of vertebra records {'study', 'grade' (truth, -1 unknown), 'probabilities'}."""
+    """Metrics of vertebra records {'patient', 'grade' (truth, -1 unknown), 'probabilities'};
+    a patient's images (MR T1 and T2) count as one patient, fractured where any is called."""
     metrics = dict.fromkeys(METRICS, float("nan"))
     known = [v for v in vertebrae if v["grade"] >= 0]
     if not known:
@@ -41,11 +42,11 @@ def fracture_metrics(vertebrae: list[dict[str, Any]]) -> dict[str, float]:
         metrics["fracture_specificity"] = float((~called[~fractured]).mean())
     metrics["genant_kappa"] = quadratic_kappa(grade, truth, GENANT)
     metrics["genant_accuracy"] = accuracy(grade, truth)
-    studies = np.array([v["study"] for v in known])
-    names = np.unique(studies)
+    patients = np.array([v["patient"] for v in known])
+    names = np.unique(patients)
     metrics["patient_accuracy"] = accuracy(
-        np.array([called[studies == s].any() for s in names]),
-        np.array([fractured[studies == s].any() for s in names]))
+        np.array([called[patients == p].any() for p in names]),
+        np.array([fractured[patients == p].any() for p in names]))
     metrics["fracture_prevalence"] = float(fractured.mean())
     return metrics
 

@@ -117,7 +117,7 @@ class FractureTask:
         if not found:
             return None
         probabilities = self.probabilities(model, torch.stack([c.image for c in found]), device)
-        vertebrae = [{"study": row["study_id"], "grade": c.labels[0], "probabilities": p}
+        vertebrae = [{"patient": row["patient_id"], "grade": c.labels[0], "probabilities": p}
                      for c, p in zip(found, probabilities, strict=True)]
         return ImageScore({"vertebrae": len(found),
                            "fractured": sum(c.labels[0] >= 1 for c in found)}, vertebrae)

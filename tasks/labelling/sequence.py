@@ -106,14 +106,16 @@ def level_step(mass: np.ndarray, sacrum: bool, width: float,
                bounds: tuple[float, float] = STEP_MM) -> float | None:
     """The spine's step (bins) from the network's own levels, for a foreground profile that
     does not repeat (a network that fills the discs too): the median distance, within
-    ``bounds`` mm, between the mass centres of consecutive levels that each hold at least
-    a quarter of the largest level's mass. The sacrum is left out (it is no vertebra's
-    length). None without two such neighbours."""
-    levels = mass[:, :-1] if sacrum else mass
-    total = levels.sum(axis=0)
+    ``bounds`` mm, between the mass centres of consecutive levels, each over the bins it
+    wins (so that a level's faint mass elsewhere does not pull its centre), that each hold
+    at least a quarter of the largest level's mass. The sacrum is left out (it is no
+    vertebra's length). None without two such neighbours."""
+    own = np.where(mass.argmax(axis=1)[:, None] == np.arange(mass.shape[1]), mass, 0.0)
+    own = own[:, :-1] if sacrum else own
+    total = own.sum(axis=0)
     if not total.any():
         return None
-    centre = np.arange(len(levels)) @ levels / np.maximum(total, 1e-12)
+    centre = np.arange(len(own)) @ own / np.maximum(total, 1e-12)
     kept = total >= 0.25 * total.max()
     gaps = np.diff(centre)[kept[:-1] & kept[1:]]
     gaps = gaps[(gaps >= bounds[0] / width) & (gaps <= bounds[1] / width)]

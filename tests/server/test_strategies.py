@@ -133,30 +133,36 @@ def test_fedavgm_adds_server_momentum_to_the_average_update():
 
 @pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi"])
 def test_a_resumed_server_optimiser_takes_the_steps_an_uninterrupted_one_takes(name, tmp_path):
+    """A run stopped after round 1 and resumed: the new process's Flower counts from round 1
+    again; the checkpoint's optimiser state and GlobalRounds make its step the one an
+    uninterrupted run takes in round 2 (FedAdam's bias correction counts rounds)."""
+    from server.resumption import GlobalRounds
+
     settings = federation(strategy=name, server_momentum=0.5, server_lr=0.1)
     grid = TwoNodeGrid([1, 2])
 
-    def step(strategy, server_round, weights):
+    def step(strategy, server_round, weights, pair):
         strategy.configure_train(server_round, ArrayRecord({"w": Array(weights)}),
                                  ConfigRecord(), grid)
-        pair = (0, 1) if server_round == 1 else (2, 3)
         replies = [reply(i + 1, UPDATES[j], SAMPLES[j]) for i, j in enumerate(pair)]
         return strategy.aggregate_train(server_round, replies)[0]["w"].numpy()
 
     start = np.array([1.0, 1.0, 1.0])
     through = build_strategy(settings)
-    after_one = step(through, 1, start)
-    expected = step(through, 2, after_one)
+    after_one = step(through, 1, start, (0, 1))
+    expected = step(through, 2, after_one, (2, 3))
     # the first run stops after round 1; its checkpoint is all a resumed run has
     first = build_strategy(settings)
-    step(first, 1, start)
+    step(first, 1, start, (0, 1))
     task = SegmentationTask(validate({"task": {}}, {"task": SegmentationTask.keys}, "t")["task"])
     path = save_checkpoint(tmp_path / "round.pt", task, task.build_model(),
                            **{SERVER_OPTIMISER: optimiser_state(first)})
-    resumed = build_strategy(settings)
-    restore_optimiser(resumed, load_checkpoint(path)[2][SERVER_OPTIMISER])
-    np.testing.assert_allclose(step(resumed, 2, after_one), expected, rtol=1e-6)
-    assert not np.allclose(step(build_strategy(settings), 2, after_one), expected), \
+    optimiser = build_strategy(settings)
+    restore_optimiser(optimiser, load_checkpoint(path)[2][SERVER_OPTIMISER])
+    resumed = GlobalRounds(optimiser, offset=1)
+    np.testing.assert_allclose(step(resumed, 1, after_one, (2, 3)), expected, rtol=1e-6)
+    fresh = GlobalRounds(build_strategy(settings), offset=1)
+    assert not np.allclose(step(fresh, 1, after_one, (2, 3)), expected), \
         "without the state the second step differs"
 
 

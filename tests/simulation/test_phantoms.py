@@ -80,6 +80,10 @@ def test_extra_test_patients_leave_the_cohort_as_it_was(tmp_path):
         same = more.select(patient_id=row["patient_id"]).rows()[0]
         np.testing.assert_array_equal(np.asarray(nib.load(plain.path(row, "image")).dataobj),
                                       np.asarray(nib.load(more.path(same, "image")).dataobj))
+    # a cohort without test-only patients records itself as before the key existed, so a
+    # folder generated then is still recognised as this cohort
+    assert "extra_test_patients" not in json.dumps(cohort_config(
+        {"cohort": {"patients": 6}, "scanner": [SCANNERS[0]]}, "old").raw)
     added = more.table[~more.table.patient_id.isin(plain.table.patient_id)]
     assert list(added.patient_id) == ["P0007", "P0008"]
     assert set(added.site) == {"ct-pir"} and set(added.split) == {"test"}
@@ -249,6 +253,7 @@ def test_output_folder_with_another_cohort_is_refused(cohort, tmp_path):
     ({"name": "a", "modality": "CT", "spacingg": [1, 1, 1]}, "did you mean 'scanner.spacing'"),
     ({"name": "a", "modality": "CT", "orientation": "RAR"}, "not an orientation code"),
     ({"modality": "CT"}, "missing required key scanner.name"),
+    ({"name": "a", "modality": "CT", "share": 0.0, "extra_test_patients": 2}, "nothing to train"),
 ])
 def test_bad_cohort_configs_are_refused_naming_the_key(scanner, message):
     with pytest.raises(ConfigError, match=message):

@@ -89,6 +89,7 @@ def test_grading_crops_take_the_cross_modality_mappings_when_set():
 
     standard, cross = samples("standard"), samples("cross-modality")
     assert all(s.shape == c.shape == crop.shape for s, c in zip(standard, cross, strict=True))
+    assert all(type(c) is torch.Tensor for c in cross), "no MONAI MetaTensor in a batch"
     # the standard steps scale and shift: bone stays brighter than disc in every sample
     assert all(s[0][bone[0]].mean() > s[0][disc[0]].mean() for s in standard)
     assert any(c[0][bone[0]].mean() < c[0][disc[0]].mean() for c in cross), \

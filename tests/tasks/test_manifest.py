@@ -68,6 +68,7 @@ def test_every_problem_is_reported_at_once(tiny_cohort, tmp_path):
     def edit(table: pd.DataFrame) -> pd.DataFrame:
         table.loc[0, "spacing"] = "1x-1x2"
         table.loc[1, "pfirrmann_l4_l5"] = "7"
+        table.loc[2, "fracture_l1"] = "1.5"
         table["comment"] = "x"
         return table
 
@@ -78,6 +79,8 @@ def test_every_problem_is_reported_at_once(tiny_cohort, tmp_path):
     assert any("unknown column 'comment'" in line for line in lines)
     assert any("row 1" in line and "'spacing'" in line for line in lines)
     assert any("row 2" in line and "'pfirrmann_l4_l5'" in line and "outside [1, 5]" in line
+               for line in lines)
+    assert any("row 3" in line and "'fracture_l1'" in line and "not a whole grade" in line
                for line in lines)
 
 

@@ -114,8 +114,8 @@ def test_roc_auc_counts_ordered_pairs_ties_as_half():
 
 
 def test_fracture_metrics_by_hand():
-    def vertebra(study, grade, p_none, p_mild=0.0, p_moderate=0.0):
-        return {"study": study, "grade": grade,
+    def vertebra(patient, grade, p_none, p_mild=0.0, p_moderate=0.0):
+        return {"patient": patient, "grade": grade,
                 "probabilities": np.array([p_none, p_mild, p_moderate,
                                            1 - p_none - p_mild - p_moderate])}
 
