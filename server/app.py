@@ -127,10 +127,10 @@ def resumed_payload(out: Path, resume: bool) -> dict[str, Any]:
     return {}
 
 
-def federation_identity(out: Path, resume: bool) -> str:
-    """The run's identity, the same across resumptions (the round checkpoint keeps it): a
-    hospital keeps its personal model of the run under it."""
-    kept = resumed_payload(out, resume).get(FEDERATION_ID)
+def federation_identity(resumed: dict[str, Any]) -> str:
+    """The run's identity, the same across resumptions (``resumed``, the round checkpoint's
+    payload, keeps it): a hospital keeps its personal model of the run under it."""
+    kept = resumed.get(FEDERATION_ID)
     if isinstance(kept, str) and re.fullmatch(r"[0-9a-f]{32}", kept):
         return kept
     return uuid.uuid4().hex
@@ -202,13 +202,14 @@ def main(grid: Grid, context: Context) -> None:
     timeout = federation["round_timeout"]
 
     weights, done = starting_point(task, experiment, out, resume)
-    identity = federation_identity(out, resume)
+    resumed = resumed_payload(out, resume)
+    identity = federation_identity(resumed)
     nodes = wait_for_hospitals(grid, federation["min_hospitals"], timeout)
     names = hospital_names(grid, nodes, partitions, timeout)
     log(INFO, "Hospitals: %s", ", ".join(sorted(names.values())))
     remaining = federation["rounds"] - done
     optimiser = build_strategy(federation, len(names))
-    restore_optimiser(optimiser, resumed_payload(out, resume).get(SERVER_OPTIMISER, {}))
+    restore_optimiser(optimiser, resumed.get(SERVER_OPTIMISER, {}))
     recorder = HospitalRecorder(GlobalRounds(optimiser, done), names, round_offset=done)
     model = task.build_model()
     clock = {"last": time.perf_counter()}

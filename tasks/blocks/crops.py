@@ -54,6 +54,13 @@ class Crop:
     centre: np.ndarray
 
 
+def row_grade(row: dict[str, str], column: str, first: int = 0) -> int:
+    """A manifest row's grade in ``column`` as a class index (``first``: the lowest grade,
+    class 0); -1 where the row has none."""
+    value = row.get(column, "")
+    return int(float(value)) - first if value != "" else -1
+
+
 def sagittal_crops(volume: Volume, modality: str, centres: dict[str, np.ndarray],
                    settings: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Point name -> (3, H, W) crop around its world centre (``settings``: pixel, crop,

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 
 from tasks.blocks.cache import PreparedCache
-from tasks.blocks.crops import Crop, prepare_crops, sagittal_crops, vertebra_positions
+from tasks.blocks.crops import (
+    Crop,
+    prepare_crops,
+    row_grade,
+    sagittal_crops,
+    vertebra_positions,
+)
 from tasks.imageio import Volume, load_image
 from tasks.manifest import VERTEBRAE, Manifest
 from tasks.points import labelled_world
@@ -34,17 +40,12 @@ def vertebra_centres(manifest: Manifest, row: dict[str, str], image: Volume
     return {LEVELS[label]: centre for label, centre in found.items()}
 
 
-def _grade(row: dict[str, str], level: str) -> int:
-    value = row.get(f"fracture_{level}", "")
-    return int(float(value)) if value != "" else -1
-
-
 def row_vertebrae(manifest: Manifest, row: dict[str, str], settings: dict[str, Any]
                   ) -> list[Crop]:
     """Every vertebra T12-L5 of a row that has a position, with its crop and Genant grade."""
     image = load_image(manifest.path(row))
     centres = vertebra_centres(manifest, row, image)
-    return [Crop(level, crop, (_grade(row, level),), centres[level])
+    return [Crop(level, crop, (row_grade(row, f"fracture_{level}"),), centres[level])
             for level, crop in sagittal_crops(image, row["modality"], centres, settings).items()]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.blocks.cache import PreparedCache
-from tasks.blocks.crops import Crop, prepare_crops, sagittal_crops
+from tasks.blocks.crops import Crop, prepare_crops, row_grade, sagittal_crops
 from tasks.grading.discs import disc_centres
 from tasks.imageio import load_image
 from tasks.manifest import Manifest
@@ -15,18 +15,13 @@ from tasks.manifest import Manifest
 HEADS = 2  # Pfirrmann grade, canal stenosis
 
 
-def _label(row: dict[str, str], column: str, shift: int = 0) -> int:
-    value = row.get(column, "")
-    return int(float(value)) - shift if value != "" else -1
-
-
 def row_discs(manifest: Manifest, row: dict[str, str], settings: dict[str, Any]) -> list[Crop]:
     """Every disc level of a row that has a position, with its crop and labels (Pfirrmann
     grade 0-4, i.e. grade - 1, and stenosis severity 0-2; -1 where the manifest has none)."""
     image = load_image(manifest.path(row))
     centres = disc_centres(manifest, row, image)
-    return [Crop(level, crop, (_label(row, f"pfirrmann_{level}", 1),
-                               _label(row, f"spinal_canal_stenosis_{level}")), centres[level])
+    return [Crop(level, crop, (row_grade(row, f"pfirrmann_{level}", first=1),
+                               row_grade(row, f"spinal_canal_stenosis_{level}")), centres[level])
             for level, crop in sagittal_crops(image, row["modality"], centres, settings).items()]
 
 

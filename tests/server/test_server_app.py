@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.app import ROUND_CHECKPOINT, federation_identity, starting_point
+from server.app import ROUND_CHECKPOINT, federation_identity, resumed_payload, starting_point
 from server.config import validate_experiment
 from tasks.checkpoint import save_checkpoint
 from tasks.errors import UserError
@@ -75,12 +75,12 @@ def test_a_resumed_run_keeps_its_identity_and_a_new_run_gets_another(tmp_path):
     config = experiment(tmp_path)
     task = build(config)
     out = tmp_path / "run"
-    first = federation_identity(out, resume=False)
+    first = federation_identity(resumed_payload(out, resume=False))
     assert len(first) == 32 and int(first, 16) >= 0
     save_checkpoint(out / ROUND_CHECKPOINT, task, task.build_model(), round=1,
                     **{"federation-id": first})
-    assert federation_identity(out, resume=True) == first
-    assert federation_identity(out, resume=False) != first
+    assert federation_identity(resumed_payload(out, resume=True)) == first
+    assert federation_identity(resumed_payload(out, resume=False)) != first
 
 
 def test_resuming_needs_a_finished_round(tmp_path):
