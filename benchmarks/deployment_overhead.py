@@ -14,8 +14,9 @@ request. Side by side:
   then train) against the same local compute without Flower: one process per
   hospital, started together as the nodes run (three hospitals share this machine's
   cores either way), each running the same local steps and the validation on data
-  it prepared beforehand; the time until the last ends (the ratio; the difference is
-  the round's fixed cost, what it costs whatever the compute);
+  it prepared beforehand; the time until the last ends, the median of ``--repeats``
+  runs (the ratio; the difference is the round's fixed cost, what it costs whatever
+  the compute);
 - what preparing a hospital's training data costs cold and from the on-disk cache;
 - the bytes each hospital received and sent per round through the proxy (its access
   log, HTTP inside TLS) against the model's fp32 size (the first deployment).
@@ -31,6 +32,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -156,7 +158,11 @@ def _hospital_compute(data: Path, train: dict, steps: int, ready, results) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-deployment"))
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="rounds a deployment (the median is over all but the first "
+                        "and the last)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of the bare compute at each step count (their median)")
     parser.add_argument("--steps", type=int, nargs="+", default=[30, 300],
                         help="local steps a round, one deployment each (a process per "
                         "request too for the first)")
@@ -197,7 +203,9 @@ def main() -> None:
                          "inside the nodes (s)": (later.train_seconds + later.val_seconds)
                          .groupby(later["round"]).max().median()})
     with console.status("The same compute without Flower"):
-        compute = {steps: bare_compute(hospitals, train, steps) for steps in args.steps}
+        compute = {steps: statistics.median(bare_compute(hospitals, train, steps)
+                                            for _ in range(args.repeats))
+                   for steps in args.steps}
         cold, cached = preparation(hospitals, out / "prepared")
     for row in rows:
         bare = compute[row["local steps"]]

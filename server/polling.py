@@ -1,10 +1,16 @@
-"""Replies collected within a fraction of a second of their arrival.
+"""Replies collected within a fraction of a second of their arrival, at a fraction of the
+looks.
 
 Flower 1.42's deployed grid (``flwr/superlink/grid/http_grid.py``) looks for the replies
 of ``send_and_receive`` every 3 s, so every message of a deployed round waits on
 average 1.5 s after its last hospital replied. ``PromptGrid`` pushes through the
-wrapped grid and looks every ``interval`` s instead; the looks go to the coordinator's
-own SuperLink, on the same machine.
+wrapped grid and looks on its own schedule instead. Each look is a request that the
+coordinator's SuperLink serves through its database (about 20 ms of CPU), so looking
+every 0.2 s through a training round of minutes would keep a tenth of a core busy.
+The schedule: every ``fast`` s once the replies are due (``DUE`` of the time the
+previous call of the same message type waited for all of its replies); before that,
+and for a type never sent before, a tenth of the time waited so far, between ``fast``
+and ``slow`` s.
 """
 
 from __future__ import annotations
@@ -17,28 +23,48 @@ from flwr.serverapp import Grid
 
 from server.wrapper import GridWrapper
 
-POLL_INTERVAL = 0.2
+FAST = 0.2
+SLOW = 2.0
+DUE = 0.8
 
 
 class PromptGrid(GridWrapper):
-    """``inner`` whose ``send_and_receive`` pulls replies every ``interval`` s."""
+    """``inner`` whose ``send_and_receive`` pulls replies every ``fast`` s once they are
+    due, and more rarely (up to every ``slow`` s) before."""
 
-    def __init__(self, inner: Grid, interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, inner: Grid, fast: float = FAST, slow: float = SLOW) -> None:
         super().__init__(inner)
-        self.interval = interval
+        self.fast, self.slow = fast, slow
+        self.waits: dict[str, float] = {}  # by message type: the last call's wait (s)
+
+    def next_look(self, waited: float, expected: float | None) -> float:
+        """Seconds until the next look, ``waited`` s into a call whose replies are expected
+        after ``expected`` s (None: not known)."""
+        if expected is not None and waited >= DUE * expected:
+            return self.fast
+        return min(self.slow, max(self.fast, waited / 10))
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> Iterable[Message]:
         """Push ``messages``, then the replies that came within ``timeout`` s (all of them
         when None)."""
+        messages = list(messages)
+        kind = messages[0].metadata.message_type if messages else ""
         waiting = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         replies: list[Message] = []
         while waiting:
             arrived = list(self.pull_messages(waiting))
             replies.extend(arrived)
             waiting -= {reply.metadata.reply_to_message_id for reply in arrived}
-            if not waiting or (deadline is not None and time.monotonic() >= deadline):
+            now = time.monotonic()
+            if not waiting or (deadline is not None and now >= deadline):
                 break
-            time.sleep(self.interval)
+            pause = self.next_look(now - started, self.waits.get(kind))
+            if deadline is not None:
+                pause = min(pause, max(deadline - now, 0.0))
+            time.sleep(pause)
+        if messages:
+            self.waits[kind] = time.monotonic() - started
         return replies

@@ -6,8 +6,11 @@ guard asks the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``: th
 covers a SIGKILL of the spinefl command, which no handler sees) and adopts every
 orphan below it (``PR_SET_CHILD_SUBREAPER``: a process whose parent exits still
 counts as the guard's). Everywhere (macOS has neither) it also looks twice a second
-whether its parent is gone, and remembers every process it has seen below it, so an
-orphan that another process adopted is still stopped. On SIGTERM, SIGINT or SIGHUP,
+whether its parent is gone; where no subreaper adopts orphans it also remembers every
+process it has seen below it then, so an orphan that another process adopted is still
+stopped. (Under a subreaper nothing below leaves the tree, and a walk of the process
+table twice a second, in every guard, costs the CPU that training on the same machine
+needs.) On SIGTERM, SIGINT or SIGHUP,
 when its parent is gone, or when COMMAND exits, it stops everything below it and
 everything it saw there, and exits with COMMAND's status (128 + the signal when
 stopped).
@@ -34,9 +37,10 @@ LOOK_EVERY = 0.5  # seconds between looks at the parent and the tree
 
 def main(argv: list[str]) -> int:
     parent, command = int(argv[0]), argv[1:]
+    adopts = False  # whether orphans below come to this process (a subreaper)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        adopts = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     handle_stops()
     status = 128 + signal.SIGTERM
@@ -54,9 +58,10 @@ def main(argv: list[str]) -> int:
                     status = 128 - status
                 break
             if pid == 0:
-                seen = {p.pid: p for p in seen.values() if p.is_running()}  # the ended go
-                for process in me.children(recursive=True):
-                    seen.setdefault(process.pid, process)  # the first seen under that pid
+                if not adopts:
+                    seen = {p.pid: p for p in seen.values() if p.is_running()}  # ended go
+                    for process in me.children(recursive=True):
+                        seen.setdefault(process.pid, process)  # first seen under that pid
                 time.sleep(LOOK_EVERY)
     except Stopped as stop:
         status = 128 + stop.signum

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from flwr.app import (
@@ -276,40 +278,65 @@ def test_one_message_a_round_validates_the_aggregate_it_carries():
     assert "personal_val_dice" not in now["south"]
 
 
-class SlowGrid:
-    """A grid whose replies arrive one per pull, after ``delay`` pulls."""
+class ClockGrid:
+    """A grid whose replies arrive ``after`` s after each push; it counts the pulls."""
 
-    def __init__(self, delay: int) -> None:
-        self.delay, self.pulls = delay, 0
+    def __init__(self, after: float) -> None:
+        self.after, self.pulls, self.pushed = after, 0, 0.0
 
     def push_messages(self, messages):
+        self.pushed = time.monotonic()
         return [f"m{i}" for i, _ in enumerate(messages)]
 
     def pull_messages(self, message_ids):
         self.pulls += 1
-        if self.pulls <= self.delay or not message_ids:
+        if time.monotonic() - self.pushed < self.after:
             return []
-        answered = sorted(message_ids)[0]
         return [Message(RecordDict(), metadata=Metadata(
-            run_id=1, message_id="", src_node_id=1, dst_node_id=0,
-            reply_to_message_id=answered, group_id="1", created_at=0.0, ttl=60.0,
-            message_type="train"))]
+            run_id=1, message_id="", src_node_id=1, dst_node_id=0, reply_to_message_id=answered,
+            group_id="1", created_at=0.0, ttl=60.0, message_type="train"))
+            for answered in message_ids]
+
+
+def requests(count: int, kind: str = "train") -> list[Message]:
+    return [Message(RecordDict(), dst_node_id=node, message_type=kind)
+            for node in range(1, count + 1)]
 
 
 def test_replies_are_collected_as_they_arrive_until_the_timeout():
-    import time
-
     from server.polling import PromptGrid
 
-    grid = PromptGrid(SlowGrid(delay=2), interval=0.05)
+    grid = PromptGrid(ClockGrid(after=0.3), fast=0.02, slow=0.1)
     started = time.monotonic()
-    replies = grid.send_and_receive([object()] * 3, timeout=10)
+    replies = grid.send_and_receive(requests(3), timeout=10)
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1", "m2"]
-    assert time.monotonic() - started < 1.0 and grid.inner.pulls == 5
-    late = PromptGrid(SlowGrid(delay=1000), interval=0.05)
+    assert 0.3 <= time.monotonic() - started < 0.3 + 0.1 + 0.2
+    late = PromptGrid(ClockGrid(after=1000), fast=0.02, slow=0.1)
     started = time.monotonic()
-    assert late.send_and_receive([object()] * 3, timeout=0.3) == []
-    assert 0.3 <= time.monotonic() - started < 1.0
+    assert late.send_and_receive(requests(3), timeout=0.3) == []
+    assert 0.3 <= time.monotonic() - started < 0.6
+
+
+def test_looks_are_rare_until_the_replies_are_due_then_prompt():
+    """Before its replies are due a call looks at most every ``slow`` s (a tenth of the time
+    waited); once due (80% of the previous wait of that message type) every ``fast`` s."""
+    from server.polling import PromptGrid
+
+    grid = PromptGrid(ClockGrid(after=1.0), fast=0.01, slow=0.2)
+    assert grid.next_look(0.5, None) == pytest.approx(0.05)
+    assert grid.next_look(5.0, None) == 0.2 and grid.next_look(5.0, 10.0) == 0.2
+    assert grid.next_look(8.0, 10.0) == 0.01 and grid.next_look(0.01, None) == 0.01
+    grid.send_and_receive(requests(2), timeout=10)  # the first: no expected wait yet
+    first = grid.inner.pulls
+    grid.inner.pulls = 0
+    started = time.monotonic()
+    grid.send_and_receive(requests(2), timeout=10)
+    late = time.monotonic() - started - 1.0
+    assert 0.0 <= late < 0.1  # due after 0.8 s: the reply is seen within about 0.01 s
+    assert first < 40 and grid.inner.pulls < 60  # every 0.01 s throughout: 100
+    grid.inner.pulls = 0
+    grid.send_and_receive(requests(2, "evaluate"), timeout=10)  # a type of its own
+    assert abs(grid.inner.pulls - first) <= 3  # looks as the first call did
 
 
 def test_a_resumed_runs_requests_carry_the_runs_round_numbers():
