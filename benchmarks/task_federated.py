@@ -9,11 +9,19 @@ pooled (per hospital the ratio of the two models' means over the seeds, then the
 hospitals). Writes ``per_seed.csv``, ``summary.csv`` and ``summary.png`` (the score and two
 more metrics, bars with sd) under ``--out``, and each seed's run in ``--out/seed-<n>``.
 
+With ``--update-precision float32 float16`` each seed's federation runs once per precision
+of the hospitals' replies (``federation.update_precision``; the baselines with the first
+only): the later ones are tabled as models of their own (``federated-float16``), with the
+paired difference in score and the bytes each hospital sent a round against the float32
+model's (the replies' ``update-bytes``). ``--no-baselines`` runs the federations alone.
+
     .venv/bin/python benchmarks/task_federated.py --config configs/federated.toml \\
         --personalisation ditto --out runs/bench-personal
     .venv/bin/python benchmarks/task_federated.py --config configs/federated_labelling.toml
     .venv/bin/python benchmarks/task_federated.py --config configs/federated_grading.toml
     .venv/bin/python benchmarks/task_federated.py --config configs/federated_cobb.toml
+    .venv/bin/python benchmarks/task_federated.py --config configs/federated.toml \
+        --update-precision float32 float16 --no-baselines --out runs/bench-float16
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from rich.table import Table
 from simulation.config import load_simulation
 from simulation.report import MODELS
 from simulation.simulate import simulate
+from tasks.packing import PRECISIONS
 from tasks.registry import task_class
 from tasks.stops import handle_stops
 
@@ -46,6 +55,11 @@ def main() -> None:
     parser.add_argument("--personalisation", choices=("none", "ditto", "finetune"),
                         help="federation.personalisation (default: the config's)")
     parser.add_argument("--strategy", help="federation.strategy (default: the config's)")
+    parser.add_argument("--update-precision", nargs="+", choices=PRECISIONS,
+                        help="federation.update_precision, one federation each (default: "
+                        "the config's)")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="no local-only or pooled models")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, help="default: runs/bench-<config name>")
     parser.add_argument("--reuse", action="store_true",
@@ -56,23 +70,37 @@ def main() -> None:
     handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     console = Console()
     out = args.out or ROOT / "runs" / f"bench-{args.config.stem}"
-    rows = []
+    rows, sent = [], []
     started = time.perf_counter()
+    precisions = args.update_precision or [None]
     for seed in args.seeds:
-        config = load_simulation(args.config)
-        config["train"]["seed"] = seed
-        if args.personalisation:
-            config["federation"]["personalisation"] = args.personalisation
-        if args.strategy:
-            config["federation"]["strategy"] = args.strategy
-        config["output"]["dir"] = str(out / f"seed-{seed}")
-        finished = out / f"seed-{seed}" / "report" / "results.csv"
-        if args.reuse and finished.is_file():
-            console.print(f"seed {seed}: reusing {finished}")
-            rows.append(pd.read_csv(finished).assign(seed=seed))
-            continue
-        console.rule(f"seed {seed}")
-        rows.append(simulate(config, force=True, console=console).assign(seed=seed))
+        for precision in precisions:
+            config = load_simulation(args.config)
+            config["train"]["seed"] = seed
+            if args.personalisation:
+                config["federation"]["personalisation"] = args.personalisation
+            if args.strategy:
+                config["federation"]["strategy"] = args.strategy
+            name = f"seed-{seed}"
+            if precision is not None:
+                config["federation"]["update_precision"] = precision
+            if precision not in (None, precisions[0]):
+                name += f"-{precision}"
+            if args.no_baselines or precision not in (None, precisions[0]):
+                config["baselines"] = {"pooled": False, "local": False}
+            config["output"]["dir"] = str(out / name)
+            finished = out / name / "report" / "results.csv"
+            if args.reuse and finished.is_file():
+                console.print(f"{name}: reusing {finished}")
+                results = pd.read_csv(finished)
+            else:
+                console.rule(name)
+                results = simulate(config, force=True, console=console)
+            label = config["federation"]["update_precision"]
+            if precision not in (None, precisions[0]):
+                results = results.replace({"model": {"federated": f"federated-{label}"}})
+            rows.append(results.assign(seed=seed))
+            sent.append(update_bytes(out / name).assign(seed=seed, precision=label))
     minutes = (time.perf_counter() - started) / 60
     task = task_class(config["task"]["name"])(
         {k: v for k, v in config["task"].items() if k != "name"})
@@ -85,7 +113,8 @@ def main() -> None:
         ["mean", "std"])
     summary.columns = [f"{name} {stat}" for name, stat in summary.columns]
     order = {model: i for i, model in enumerate(MODELS)}
-    summary = summary.sort_index(key=lambda index: index.map(lambda v: order.get(v, v)))
+    summary = summary.sort_index(key=lambda index: index.map(
+        lambda v: order.get(v, len(order))) if index.name == "model" else index)
     summary.to_csv(out / "summary.csv")
     setting = config["federation"]["personalisation"]
     table = Table(title=f"{task.name}: test metrics, mean ± sd over seeds {args.seeds} "
@@ -102,6 +131,8 @@ def main() -> None:
     console.print(f"Written: {out / 'per_seed.csv'}, {out / 'summary.csv'}, "
                   f"{out / 'summary.png'}")
     console.print(targets(per_seed, task.score))
+    if len(precisions) > 1:
+        console.print(precision_cost(per_seed, pd.concat(sent), task, precisions))
 
 
 def targets(per_seed: pd.DataFrame, score: str) -> str:
@@ -128,9 +159,41 @@ def targets(per_seed: pd.DataFrame, score: str) -> str:
     return line + (f"; {missing} (hospital, seed, model) results missing" if missing else "")
 
 
+def update_bytes(run: Path) -> pd.DataFrame:
+    """Each hospital's mean bytes of weights sent a round (its replies' ``update-bytes``)
+    in a seed's run folder (no rows when its federation recorded none)."""
+    metrics = pd.read_csv(next(run.rglob("federated_metrics.csv")))
+    if "train_update-bytes" not in metrics:
+        return pd.DataFrame(columns=["hospital", "bytes"])
+    return (metrics.groupby("hospital")["train_update-bytes"].mean().rename("bytes")
+            .reset_index())
+
+
+def precision_cost(per_seed: pd.DataFrame, sent: pd.DataFrame, task, precisions: list[str]
+                   ) -> str:
+    """Each later precision's score against the first's, paired by seed and hospital, and
+    the bytes a hospital sent a round against the float32 model's."""
+    model_bytes = 4 * sum(t.numel() for t in task.build_model().state_dict().values()
+                          if t.is_floating_point())
+    wide = per_seed.pivot_table(index=["hospital", "seed"], columns="model", values=task.score)
+    lines = []
+    for precision in precisions[1:]:
+        difference = (wide[f"federated-{precision}"] - wide["federated"]).groupby("hospital")
+        lines.append(f"{task.score}, federated-{precision} - federated ({precisions[0]}) per "
+                     "hospital, mean ± sd over seeds: " + ", ".join(
+                         f"{h} {m:+.4f} ± {s:.4f}" for h, m, s in zip(
+                             difference.mean().index, difference.mean(), difference.std(),
+                             strict=True)))
+    ratio = sent.groupby("precision")["bytes"].mean() / model_bytes
+    lines.append("bytes sent a round per hospital / float32 model: " + ", ".join(
+        f"{p} {r:.3f}" for p, r in ratio.items()))
+    return "\n".join(lines)
+
+
 def plot(per_seed: pd.DataFrame, metrics: list[str], path: Path, seeds: int) -> None:
     """Grouped bars (hospital x model) with sd error bars, one panel per metric."""
-    models = [m for m in MODELS if m in set(per_seed.model)]
+    present = set(per_seed.model)
+    models = [m for m in MODELS if m in present] + sorted(present - set(MODELS))
     hospitals = sorted(set(per_seed.hospital))
     figure, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4),
                                 squeeze=False)

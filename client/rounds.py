@@ -46,8 +46,14 @@ from tasks.contract import PatientDraws, Task
 from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.evaluation import evaluate as evaluate_task
-from tasks.packing import pack, unpack
-from tasks.protocol import FEDERATION_ID, GLOBAL_VAL, PERSONAL_VAL, UNIFORM_WEIGHT
+from tasks.packing import PRECISIONS, pack_reply, unpack
+from tasks.protocol import (
+    FEDERATION_ID,
+    GLOBAL_VAL,
+    PERSONAL_VAL,
+    UNIFORM_WEIGHT,
+    UPDATE_PRECISION,
+)
 from tasks.run_config import (
     LOCAL_TRAIN_KEYS,
     PERSONAL_KEYS,
@@ -99,6 +105,10 @@ def train(msg: Message, context: Context, request: Request) -> Message:
         check_privacy({"task": {"name": task.name}, "privacy": privacy}, "server request")
     except ConfigError as e:
         return refuse(msg, f"hospital {hospital.name}: {e}")
+    precision = str(config.get(UPDATE_PRECISION, "float32"))
+    if precision not in PRECISIONS:
+        return refuse(msg, f"hospital {hospital.name}: update precision '{precision}' is "
+                      f"not one of {', '.join(PRECISIONS)}")
     if hospital.budget.max_epsilon is not None and not private:
         return refuse(msg, f"hospital {hospital.name} trains only with differential "
                        f"privacy (max-epsilon {hospital.budget.max_epsilon:g}); the run asked "
@@ -149,13 +159,14 @@ def train(msg: Message, context: Context, request: Request) -> Message:
     # With DP, the loss (computed on the hospital's data, not covered by the accountant)
     # stays at the hospital.
     loss = {} if private else {"loss": fit.loss}
+    arrays = pack_reply(state, msg.content["arrays"], precision)
     metrics = MetricRecord({"num-examples": len(batches.dataset), UNIFORM_WEIGHT: 1.0,
                             **loss, "steps": fit.steps,
                             "lr": fit.epochs[-1]["lr"] if fit.epochs else settings["lr"],
-                            "seconds": seconds, **extra,
-                            **validation})
-    return Message(RecordDict({"arrays": pack(state), "metrics": metrics}),
-                   reply_to=msg)
+                            "seconds": seconds,
+                            "update-bytes": sum(len(a.data) for a in arrays.values()),
+                            **extra, **validation})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
 def _private_round(msg: Message, request: Request, trainer: LocalTrainer, batches: Any,

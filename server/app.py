@@ -57,13 +57,14 @@ from server.resumption import GlobalRounds
 from server.sampling import SamplingGuard, TooFewHospitals, wait_for_hospitals
 from server.secure_aggregation import SecureAggregation
 from server.strategies import build_strategy, request_hints
+from server.update_precision import FullWeights
 from server.validation import UpdateValidation
 from tasks.checkpoint import load_checkpoint, save_checkpoint, starting_weights
 from tasks.contract import Task
 from tasks.errors import UserError
 from tasks.files import write_table
 from tasks.packing import pack, unpack
-from tasks.protocol import FEDERATION_ID
+from tasks.protocol import FEDERATION_ID, UPDATE_PRECISION
 from tasks.run_config import LOCAL_TRAIN_KEYS, PERSONAL_KEYS, task_from_config
 from tasks.seeding import seed_everything
 from tasks.tracking import ScalarLog
@@ -166,6 +167,7 @@ def request_config(task: Task, experiment: dict[str, Any], partitions: str,
         "local-steps": federation["local_steps"],
         "num-rounds": federation["rounds"],
         "partitions": partitions,
+        UPDATE_PRECISION: federation["update_precision"],
     })
 
 
@@ -258,9 +260,10 @@ def main(grid: Grid, context: Context) -> None:
                     grid, context, arrays, remaining, timeout, config, ConfigRecord(config),
                     round_end)
             else:
+                validated = UpdateValidation(recorder, federation["max_update_norm"])
                 strategy = FoldedValidation(
-                    SamplingGuard(UpdateValidation(recorder, federation["max_update_norm"]),
-                                  federation["min_hospitals"], timeout, names),
+                    SamplingGuard(FullWeights(validated), federation["min_hospitals"],
+                                  timeout, names),
                     last_round=remaining, resumed=done > 0)
                 result = strategy.start(grid, arrays, num_rounds=remaining, timeout=timeout,
                                         train_config=config,

@@ -15,6 +15,7 @@ from typing import Any
 
 from tasks.config import ConfigError, Key, Schema, below
 from tasks.contract import Task
+from tasks.packing import PRECISIONS
 from tasks.run_config import (
     PERSONAL_KEYS,
     RUN_CHECKS,
@@ -74,6 +75,10 @@ FEDERATION_KEYS = (
     Key("secagg_threshold", "float", 0.6, "Fraction of a hospital's neighbours needed to "
         "rebuild its masks when it drops out (higher: more private, less tolerant); more "
         "than half, or hospitals refuse to take part.", above=0.5, maximum=1.0),
+    Key("update_precision", "str", "float32", "What a hospital sends back each round: "
+        "`float32` (its weights) or `float16` (its update, new weights minus global, in "
+        "float16: half the bytes; not with secure aggregation, which quantises itself).",
+        choices=PRECISIONS),
     *PERSONAL_KEYS,
 )
 
@@ -106,6 +111,8 @@ def check_combination(experiment: dict[str, dict[str, Any]], where: str) -> None
                        "hides; use the hospitals' own DP ([privacy])")
         elif federation["max_update_norm"] > 0:
             problem = "max_update_norm checks each update, which secure aggregation hides"
+        elif federation["update_precision"] != "float32":
+            problem = "update_precision must be float32 (SecAgg+ quantises the weights itself)"
         elif federation["min_hospitals"] < 3:
             problem = "min_hospitals must be at least 3 (with 2, each learns the other's update)"
         if problem:

@@ -9,6 +9,11 @@ every floating-point tensor of a state dict, by sorted name, into one float32 ar
 ``unpack`` restores the state dict from the names, shapes and dtypes of a model of the
 same task (both sides build it from the task's settings; no layout travels).
 
+A reply may carry its update in float16 instead (``pack_reply``: new weights minus the
+weights the request carried, under ``UPDATE``), half the bytes; the coordinator adds it
+back to the weights it sent (``full_weights``) before any strategy sees the reply. An
+update that does not fit float16 (non-finite, or beyond its range) goes as float32 weights.
+
 Strategies treat the packed array as they treated the tensors: averages, medians, trimmed
 means and adaptive updates are element-wise, and update norms, DP clipping and SecAgg+'s
 clipping and masking are over the whole update or element-wise.
@@ -23,6 +28,8 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 PACKED = "weights"
+UPDATE = "update-float16"
+PRECISIONS = ("float32", "float16")
 
 
 def pack(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
@@ -60,3 +67,33 @@ def unpack(record: ArrayRecord, like: Mapping[str, torch.Tensor]) -> dict[str, t
             state[key] = torch.from_numpy(record[key].numpy()).reshape(value.shape).to(
                 value.dtype)
     return {key: state[key] for key in like}
+
+
+def pack_reply(state: Mapping[str, torch.Tensor], sent: ArrayRecord, precision: str
+               ) -> ArrayRecord:
+    """``state`` packed for a reply to a request that carried ``sent``: its weights, or in
+    ``precision`` float16 its update (weights minus ``sent``'s) under ``UPDATE``."""
+    record = pack(state)
+    if precision == "float32":
+        return record
+    update = record[PACKED].numpy() - sent[PACKED].numpy()
+    if not np.all(np.abs(update) <= np.finfo(np.float16).max):  # NaN fails too
+        return record
+    del record[PACKED]
+    record[UPDATE] = Array(update.astype(np.float16))
+    return record
+
+
+def full_weights(record: ArrayRecord, sent: ArrayRecord) -> ArrayRecord:
+    """``record`` with packed float32 weights: its float16 update added to ``sent``'s
+    weights, or itself when it carries weights; ValueError when the update does not fit."""
+    if UPDATE not in record:
+        return record
+    base = sent[PACKED].numpy()
+    update = record[UPDATE].numpy()
+    if update.shape != base.shape:
+        raise ValueError(f"the float16 update holds {update.size} values; the weights sent "
+                         f"{base.size}")
+    full = ArrayRecord({key: record[key] for key in record if key != UPDATE})
+    full[PACKED] = Array(base + update.astype(np.float32))
+    return full

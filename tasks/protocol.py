@@ -22,3 +22,7 @@ PERSONAL_VAL = "personal-val-"
 # Config key: the run's identity, the same across resumptions (hex). A hospital keeps its
 # personal model for the run under this name.
 FEDERATION_ID = "federation-id"
+# Config key of a train request: the precision of the reply's weights, "float32" (the
+# weights) or "float16" (the update: new weights minus those the request carried, in
+# float16; tasks.packing.pack_reply).
+UPDATE_PRECISION = "update-precision"

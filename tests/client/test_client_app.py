@@ -308,3 +308,37 @@ def test_a_coordinator_cannot_choose_where_a_hospital_writes(hospital, tmp_path,
                         **{"server-round": 1}), node(hospital))
     assert reply.has_error() and "is not 32 hexadecimal digits" in reply.error.reason
     assert not list(tmp_path.parent.rglob("outside*"))
+
+
+def test_a_float16_reply_carries_the_update_in_half_the_bytes(hospital, inside_a_run):
+    """Asked for float16, the hospital sends its update (new weights minus those it was
+    sent) in float16; added back, it gives the float32 reply's weights to float16's
+    precision. A precision it does not know is refused."""
+    from tasks.packing import UPDATE, full_weights
+
+    state = task().build_model().state_dict()
+    replies = {}
+    for precision in ("float32", "float16"):
+        context = Context(run_id=1, node_id=1, node_config={"data-path": str(hospital)},
+                          state=RecordDict(), run_config={})
+        sent = request(state, train={"lr": 0.01}, **{"update-precision": precision})
+        replies[precision] = (sent, app(sent, context))
+    sent, half = replies["float16"]
+    assert UPDATE in half.content["arrays"] and "weights" not in half.content["arrays"]
+    whole = replies["float32"][1].content["metrics"]["update-bytes"]
+    assert half.content["metrics"]["update-bytes"] < 0.51 * whole
+    rebuilt = unpack(full_weights(half.content["arrays"], sent.content["arrays"]),
+                     task().build_model().state_dict())
+    exact, moved = weights(replies["float32"][1]), 0.0
+    for key, value in exact.items():
+        if value.is_floating_point():
+            update = (value - state[key]).abs()
+            assert torch.all((rebuilt[key] - value).abs() <= update * 2 ** -10 + 1e-7), key
+            moved += float(update.sum())
+        else:
+            assert torch.equal(rebuilt[key], value), key
+    assert moved > 0  # the step moved the weights: there was an update to carry
+    context = Context(run_id=1, node_id=1, node_config={"data-path": str(hospital)},
+                      state=RecordDict(), run_config={})
+    refused = app(request(state, **{"update-precision": "int4"}), context)
+    assert refused.has_error() and "update precision 'int4'" in refused.error.reason

@@ -57,6 +57,7 @@ def test_legacy_requests_and_replies_keep_every_weight_by_name():
     ({"central_dp": True}, "central_dp"),
     ({"max_update_norm": 10.0}, "max_update_norm"),
     ({"min_hospitals": 2}, "at least 3"),
+    ({"update_precision": "float16"}, "quantises the weights itself"),
 ])
 def test_secure_aggregation_refuses_what_needs_each_update(federation, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -81,3 +81,55 @@ def test_strategies_aggregate_the_packed_array_as_they_did_the_tensors(name, ins
     for key in states[0]:
         np.testing.assert_allclose(restored[key].numpy(), named[key].numpy(), rtol=1e-6,
                                    atol=1e-7, err_msg=key)
+
+
+def test_a_float16_update_adds_back_to_the_weights_and_what_does_not_fit_goes_whole():
+    from tasks.packing import UPDATE, full_weights, pack_reply
+
+    sent = pack(_model(0).state_dict())
+    new = _model(0).state_dict()
+    new["0.weight"] = new["0.weight"] + 1e-3
+    reply = pack_reply(new, sent, "float16")
+    assert list(reply.keys()) == ["1.num_batches_tracked", UPDATE]
+    assert reply[UPDATE].numpy().dtype == np.float16
+    rebuilt = full_weights(reply, sent)
+    np.testing.assert_allclose(rebuilt[PACKED].numpy(), pack(new)[PACKED].numpy(),
+                               rtol=0, atol=1e-3 * 2 ** -10)
+    assert full_weights(pack(new), sent) is not None  # float32 weights pass through
+    for bad in (float("nan"), 1e6):  # non-finite, or beyond float16's range
+        broken = _model(0).state_dict()
+        broken["2.bias"] = broken["2.bias"] + bad
+        whole = pack_reply(broken, sent, "float16")
+        assert PACKED in whole and UPDATE not in whole
+    short = ArrayRecord({UPDATE: Array(np.zeros(5, np.float16))})
+    with pytest.raises(ValueError, match="holds 5 values; the weights sent 52"):
+        full_weights(short, sent)
+
+
+def test_float16_updates_aggregate_as_their_weights_would(inside_a_run):
+    """Behind ``FullWeights``, FedAvg over float16 updates gives the float32 weights'
+    average to float16's precision; an update of another size is refused by name."""
+    from server.recorder import HospitalRecorder
+    from server.update_precision import FullWeights
+    from server.validation import UpdateValidation
+    from tasks.packing import pack_reply
+
+    rng = np.random.default_rng(0)
+    sent = ArrayRecord({PACKED: Array(rng.normal(size=52).astype(np.float32))})
+    news = [sent[PACKED].numpy() + rng.normal(scale=0.01, size=52).astype(np.float32)
+            for _ in range(3)]
+    results = {}
+    for precision in ("float32", "float16"):
+        federation = validate({"federation": {}}, {"federation": FEDERATION_KEYS},
+                              "test")["federation"]
+        recorder = HospitalRecorder(build_strategy(federation), {i: f"h{i}" for i in range(1, 6)})
+        strategy = FullWeights(UpdateValidation(recorder))
+        list(strategy.configure_train(1, sent, ConfigRecord(), _Nodes()))
+        records = [pack_reply({"w": torch.from_numpy(new)}, sent, precision) for new in news]
+        records.append(ArrayRecord({"update-float16": Array(np.zeros(7, np.float16))}))
+        arrays, _ = strategy.aggregate_train(1, _replies(records))
+        results[precision] = arrays[PACKED].numpy()
+        error = {row["hospital"]: row.get("train_error", "") for row in recorder.rows(1)}["h4"]
+        assert "missing ['weights'], unexpected ['update-float16']" in error
+    np.testing.assert_allclose(results["float16"], results["float32"], rtol=0, atol=2e-5)
+    assert not np.array_equal(results["float16"], sent[PACKED].numpy())
