@@ -166,10 +166,13 @@ def install_launchers(data: Path) -> Path:
 
 
 def supernode_command(member: Membership) -> list[str]:
-    """The ``flower-supernode`` command line for this membership (checked first): process
-    isolation, its local Runtime API open only to holders of ``superexec_secret``."""
+    """The ``flower-supernode`` command line for this membership (checked first), through
+    ``client.prompt_supernode`` (Flower's SuperNode, looking for the next message promptly
+    after a reply): process isolation, its local Runtime API open only to holders of
+    ``superexec_secret``."""
     check_membership(member)
-    return [str(BIN / "flower-supernode"), "--superlink", member.superlink,
+    return [sys.executable, "-P", "-m", "client.prompt_supernode",
+            "--superlink", member.superlink,
             "--auth-supernode-private-key", str(member.key.resolve()),
             "--node-config", str(write_node_config(member)),
             "--port", str(member.runtime_port),

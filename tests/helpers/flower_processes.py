@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",
-                    "flwr-clientapp", "flwr-simulation", "spinefl", "client.worker", "raylet",
+                    "flwr-clientapp", "flwr-simulation", "spinefl", "client.worker",
+                    "client.prompt_supernode", "raylet",
                     "gcs_server", "ray::")
 
 
