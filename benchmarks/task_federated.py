@@ -11,7 +11,8 @@ more metrics, bars with sd) under ``--out``, and each seed's run in ``--out/seed
 
 With ``--update-precision float32 float16`` each seed's federation runs once per precision
 of the hospitals' replies (``federation.update_precision``; the baselines with the first
-only): the later ones are tabled as models of their own (``federated-float16``), with the
+only): the later ones' models are tabled as models of their own (``federated-float16``,
+``personal-float16``), with the
 paired difference in score and the bytes each hospital sent a round against the float32
 model's (the replies' ``update-bytes``). ``--no-baselines`` runs the federations alone.
 
@@ -97,8 +98,8 @@ def main() -> None:
                 console.rule(name)
                 results = simulate(config, force=True, console=console)
             label = config["federation"]["update_precision"]
-            if precision not in (None, precisions[0]):
-                results = results.replace({"model": {"federated": f"federated-{label}"}})
+            if precision not in (None, precisions[0]):  # its models, apart from the first's
+                results = results.assign(model=results.model + f"-{label}")
             rows.append(results.assign(seed=seed))
             sent.append(update_bytes(out / name).assign(seed=seed, precision=label))
     minutes = (time.perf_counter() - started) / 60

@@ -24,6 +24,7 @@ IDLE = 3.0  # flwr's wait after a look that found no message
 LOCAL = 0.5  # flwr's wait between looks at the node's own state
 FIRST, GROWTH, LOCAL_LOOK = 0.2, 1.5, 0.1
 BUSY = 1.0  # a loop that took longer than this since the last wait handled a message
+# (one handled without a wait for its reply: a node that answers at once)
 
 
 class PromptClock:
@@ -40,7 +41,8 @@ class PromptClock:
 
     def wait(self, seconds: float) -> float:
         """What a wait of ``seconds`` in the loop becomes."""
-        if seconds == LOCAL:
+        if seconds == LOCAL:  # only while a message is handled: look again soon after
+            self.streak = 0
             return LOCAL_LOOK
         if seconds != IDLE:
             return seconds

@@ -8,9 +8,9 @@ wrapped grid and looks on its own schedule instead. Each look is a request that 
 coordinator's SuperLink serves through its database (about 20 ms of CPU), so looking
 every 0.2 s through a training round of minutes would keep a tenth of a core busy.
 The schedule: every ``fast`` s once the replies are due (``DUE`` of the time the
-previous call of the same message type waited for all of its replies); before that,
-and for a type never sent before, a tenth of the time waited so far, between ``fast``
-and ``slow`` s.
+previous call of the same kind, its message type and record names, waited for all of its
+replies); before that, and for a kind never sent before, a tenth of the time waited so
+far, between ``fast`` and ``slow`` s.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class PromptGrid(GridWrapper):
     def __init__(self, inner: Grid, fast: float = FAST, slow: float = SLOW) -> None:
         super().__init__(inner)
         self.fast, self.slow = fast, slow
-        self.waits: dict[str, float] = {}  # by message type: the last call's wait (s)
+        self.waits: dict[str, float] = {}  # by kind: the last whole call's wait (s)
 
     def next_look(self, waited: float, expected: float | None) -> float:
         """Seconds until the next look, ``waited`` s into a call whose replies are expected
@@ -49,7 +49,7 @@ class PromptGrid(GridWrapper):
         """Push ``messages``, then the replies that came within ``timeout`` s (all of them
         when None)."""
         messages = list(messages)
-        kind = messages[0].metadata.message_type if messages else ""
+        kind = _kind(messages[0]) if messages else ""
         waiting = set(self.push_messages(messages))
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
@@ -65,6 +65,12 @@ class PromptGrid(GridWrapper):
             if deadline is not None:
                 pause = min(pause, max(deadline - now, 0.0))
             time.sleep(pause)
-        if messages:
+        if messages and not waiting:  # a call cut short by its timeout says nothing
             self.waits[kind] = time.monotonic() - started
         return replies
+
+
+def _kind(message: Message) -> str:
+    """What calls wait alike for: the message type and the names of its records (SecAgg+
+    sends all four of its stages as train messages; only one carries the weights)."""
+    return " ".join([message.metadata.message_type, *sorted(message.content.keys())])

@@ -10,9 +10,9 @@ every floating-point tensor of a state dict, by sorted name, into one float32 ar
 same task (both sides build it from the task's settings; no layout travels).
 
 A reply may carry its update in float16 instead (``pack_reply``: new weights minus the
-weights the request carried, under ``UPDATE``), half the bytes; the coordinator adds it
-back to the weights it sent (``full_weights``) before any strategy sees the reply. An
-update that does not fit float16 (non-finite, or beyond its range) goes as float32 weights.
+weights the request carried, scaled to float16's range, under ``UPDATE``), half the bytes;
+the coordinator adds it back to the weights it sent (``full_weights``) before any
+strategy sees the reply. A non-finite update goes as float32 weights (and is refused).
 
 Strategies treat the packed array as they treated the tensors: averages, medians, trimmed
 means and adaptive updates are element-wise, and update norms, DP clipping and SecAgg+'s
@@ -29,6 +29,7 @@ from flwr.app import Array, ArrayRecord
 
 PACKED = "weights"
 UPDATE = "update-float16"
+UPDATE_SCALE = "update-scale"
 PRECISIONS = ("float32", "float16")
 
 
@@ -72,21 +73,31 @@ def unpack(record: ArrayRecord, like: Mapping[str, torch.Tensor]) -> dict[str, t
 def pack_reply(state: Mapping[str, torch.Tensor], sent: ArrayRecord, precision: str
                ) -> ArrayRecord:
     """``state`` packed for a reply to a request that carried ``sent``: its weights, or in
-    ``precision`` float16 its update (weights minus ``sent``'s) under ``UPDATE``."""
+    ``precision`` float16 its update (weights minus ``sent``'s) under ``UPDATE``, scaled so
+    that its largest value is 2^15 (``UPDATE_SCALE`` holds the scale): every value keeps
+    float16's relative precision, 2^-11, down to 2^-29 of the largest."""
     record = pack(state)
     if precision == "float32":
         return record
     update = record[PACKED].numpy() - sent[PACKED].numpy()
-    if not np.all(np.abs(update) <= np.finfo(np.float16).max):  # NaN fails too
+    if not np.all(np.isfinite(update)):
         return record
-    del record[PACKED]
-    record[UPDATE] = Array(update.astype(np.float16))
-    return record
+    largest = float(np.max(np.abs(update))) if update.size else 0.0
+    scale = largest / 2 ** 15 if largest > 0 else 1.0
+    reply = ArrayRecord()
+    for key in record:
+        if key == PACKED:
+            reply[UPDATE] = Array((update / scale).astype(np.float16))
+            reply[UPDATE_SCALE] = Array(np.array([scale], np.float32))
+        else:
+            reply[key] = record[key]
+    return reply
 
 
 def full_weights(record: ArrayRecord, sent: ArrayRecord) -> ArrayRecord:
-    """``record`` with packed float32 weights: its float16 update added to ``sent``'s
-    weights, or itself when it carries weights; ValueError when the update does not fit."""
+    """``record`` with packed float32 weights, in ``pack``'s order: its float16 update,
+    scaled back, added to ``sent``'s weights; itself when it carries weights; ValueError
+    when the update does not fit."""
     if UPDATE not in record:
         return record
     base = sent[PACKED].numpy()
@@ -94,6 +105,13 @@ def full_weights(record: ArrayRecord, sent: ArrayRecord) -> ArrayRecord:
     if update.shape != base.shape:
         raise ValueError(f"the float16 update holds {update.size} values; the weights sent "
                          f"{base.size}")
-    full = ArrayRecord({key: record[key] for key in record if key != UPDATE})
-    full[PACKED] = Array(base + update.astype(np.float32))
+    if UPDATE_SCALE not in record or record[UPDATE_SCALE].numpy().size != 1:
+        raise ValueError(f"the float16 update comes without its scale ('{UPDATE_SCALE}')")
+    scale = float(record[UPDATE_SCALE].numpy()[0])
+    full = ArrayRecord()
+    for key in record:
+        if key == UPDATE:
+            full[PACKED] = Array(base + update.astype(np.float32) * np.float32(scale))
+        elif key != UPDATE_SCALE:
+            full[key] = record[key]
     return full

@@ -31,12 +31,17 @@ def test_after_a_message_the_node_looks_promptly_then_backs_off_to_flowers_wait(
         fake.now += 0.01
     assert fake.slept[:3] == pytest.approx([FIRST, FIRST * GROWTH, FIRST * GROWTH ** 2])
     assert fake.slept[-1] == IDLE and sorted(fake.slept) == fake.slept
-    fake.now += 40.0  # a message: the loop waited on the ClientApp's reply, then pushed it
+    for _ in range(300):  # a message: the loop looks for the ClientApp's reply meanwhile
+        clock.sleep(LOCAL)
+    assert fake.slept[-1] == LOCAL_LOOK
+    fake.now += 0.3  # the reply pushed, then one empty look
     clock.sleep(IDLE)
     assert fake.slept[-1] == FIRST  # the next round's message is looked for at once
-    clock.sleep(LOCAL)
+    fake.now += 40.0  # a message answered without waiting for a reply (a refusal)
+    clock.sleep(IDLE)
+    assert fake.slept[-1] == FIRST
     clock.sleep(0.25)  # any other wait is Flower's
-    assert fake.slept[-2:] == [LOCAL_LOOK, 0.25]
+    assert fake.slept[-1] == 0.25
     # the first 10 s after a reply: a handful of looks, where Flower makes 3 or 4
     fake.now += 40.0
     start, looks = fake.now, 0
