@@ -15,8 +15,9 @@ request. Side by side:
   hospital, started together as the nodes run (three hospitals share this machine's
   cores either way), each running the same local steps and the validation on data
   it prepared beforehand; the time until the last ends, the median of ``--repeats``
-  runs (the ratio; the difference is the round's fixed cost, what it costs whatever
-  the compute);
+  runs just before and ``--repeats`` just after that step count's deployments (the
+  ratio; the difference is the round's fixed cost, what it costs whatever the compute;
+  the medians before and after are shown, as this shared machine's speed drifts);
 - what preparing a hospital's training data costs cold and from the on-disk cache;
 - the bytes each hospital received and sent per round through the proxy (its access
   log, HTTP inside TLS) against the model's fp32 size (the first deployment).
@@ -161,8 +162,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6,
                         help="rounds a deployment (the median is over all but the first "
                         "and the last)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of the bare compute at each step count (their median)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs of the bare compute just before and again just after "
+                        "each step count's deployments (the median of all of them)")
     parser.add_argument("--steps", type=int, nargs="+", default=[30, 300],
                         help="local steps a round, one deployment each (a process per "
                         "request too for the first)")
@@ -188,9 +190,14 @@ def main() -> None:
                      "benchmark")["train"]
     rows, traffic, model_bytes = [], None, 0
     for steps in args.steps:
+        # The bare compute just before and just after this step count's deployments: this
+        # shared machine's speed drifts by more than the margin measured over half an hour.
+        with console.status(f"The same compute without Flower, {steps} steps (before)"):
+            before = [bare_compute(hospitals, train, steps) for _ in range(args.repeats)]
         joins = [("warm worker", ())]
         if steps == args.steps[0]:
             joins.append(("a process per request", ("--no-worker",)))
+        deployments = []
         for label, join in joins:
             folder = out / f"{label.replace(' ', '-')}-{steps}"
             metrics, used, model_bytes = deployed(folder, hospitals, train, args.rounds, steps,
@@ -198,20 +205,22 @@ def main() -> None:
             traffic = used if traffic is None else traffic
             later = metrics[metrics["round"].between(2, args.rounds - 1)]
             per_round = later.groupby("round")
-            rows.append({"nodes": label, "local steps": steps,
-                         "deployed round (s)": per_round.round_seconds.first().median(),
-                         "inside the nodes (s)": (later.train_seconds + later.val_seconds)
-                         .groupby(later["round"]).max().median()})
-    with console.status("The same compute without Flower"):
-        compute = {steps: statistics.median(bare_compute(hospitals, train, steps)
-                                            for _ in range(args.repeats))
-                   for steps in args.steps}
+            deployments.append({"nodes": label, "local steps": steps,
+                                "deployed round (s)": per_round.round_seconds.first().median(),
+                                "inside the nodes (s)": (later.train_seconds + later.val_seconds)
+                                .groupby(later["round"]).max().median()})
+        with console.status(f"The same compute without Flower, {steps} steps (after)"):
+            after = [bare_compute(hospitals, train, steps) for _ in range(args.repeats)]
+        bare = statistics.median(before + after)
+        for row in deployments:
+            row.update({"bare compute (s)": bare,
+                        "bare before / after": f"{statistics.median(before):.1f} / "
+                                               f"{statistics.median(after):.1f}",
+                        "fixed cost (s)": row["deployed round (s)"] - bare,
+                        "ratio": row["deployed round (s)"] / bare})
+        rows += deployments
+    with console.status("Preparing the hospitals' data, cold and cached"):
         cold, cached = preparation(hospitals, out / "prepared")
-    for row in rows:
-        bare = compute[row["local steps"]]
-        row.update({"bare compute (s)": bare,
-                    "fixed cost (s)": row["deployed round (s)"] - bare,
-                    "ratio": row["deployed round (s)"] / bare})
 
     traffic = traffic[traffic.hospital.isin(hospitals)].copy()
     for side in ("received", "sent"):

@@ -19,7 +19,7 @@ request's validation of the global model counting as one) and
 written, with the reply's hash and the hash of the run's app bundle, to the
 hospital's MAC-chained audit log (``client.audit``) before the reply leaves; a
 node whose audit log is broken or missing serves nothing. In deployment this
-code is the hospital's installed copy, run by ``client.launcher`` for approved
+code is the hospital's installed copy, run by ``client.runtime_request`` for approved
 bundles only.
 When the server runs secure aggregation, training requests arrive through
 Flower's SecAgg+ (``client.secure_aggregation``) and the reply leaves masked.

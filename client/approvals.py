@@ -2,7 +2,7 @@
 
 A run reaches a SuperNode with its app bundle (a Flower FAB: a zip of the app's
 files, built by ``flwr run`` from the coordinator's app folder). The node never
-runs the bundle's code (``client.launcher`` runs the ClientApp installed at
+runs the bundle's code (``client.runtime_request`` runs the ClientApp installed at
 the hospital), but it serves a run only when a person at the hospital approved
 that exact bundle: its SHA-256 is in ``<data>/.spinefl/approvals.json`` with
 the bundle's name and version, who approved it and when (``spinefl hospital

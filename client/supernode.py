@@ -18,7 +18,8 @@ SuperExec that holds it; for each request it starts a program by name:
 kinds, each of which would import the bundle's code. Its whole PATH is
 ``<data>/.spinefl/bin``: the hospital's launcher as ``flwr-clientapp``
 (``client.launcher``: requests of bundles the hospital approved are served by
-the ClientApp installed here, never by code from a bundle) and, for every other
+the ClientApp installed here, never by code from a bundle; in a fork of the node's warm
+worker, ``client.worker``, when it runs) and, for every other
 task kind, a stub that refuses. Nothing is installed at run time. A data folder
 others can write to is refused (the ledger, audit log and approvals live in
 it); ``.spinefl`` is kept owner-only.
@@ -39,6 +40,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
 
 from client.launcher import LAUNCHER_NAME
+from client.worker import WORKER_SOCKET, socket_path
 from tasks.device import select_device
 from tasks.errors import UserError
 from tasks.manifest import Manifest
@@ -201,8 +203,11 @@ TASK_POLL_INTERVAL = "0.5"
 
 
 def supernode_env(member: Membership, base: dict[str, str]) -> dict[str, str]:
-    """The environment of the SuperNode and its SuperExec: ``base`` with
+    """The environment of the SuperNode, its SuperExec and the node's worker: ``base`` with
     ``install_launchers``' folder as the whole PATH, so nothing else can be started by
-    name, and the SuperExec looking for requests every ``TASK_POLL_INTERVAL`` s."""
+    name, the SuperExec looking for requests every ``TASK_POLL_INTERVAL`` s, and the
+    worker's socket named to the launchers (``client.worker``; a launcher that finds no
+    worker there serves its request itself)."""
     return {**base, "PATH": str(install_launchers(member.data)),
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": TASK_POLL_INTERVAL}
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": TASK_POLL_INTERVAL,
+            WORKER_SOCKET: str(socket_path(member.data.resolve()))}

@@ -1,19 +1,23 @@
 """The node's warm worker: requests served by forks of a process that has already imported
 what they need.
 
-Flower's SuperNode starts a process for every request (the launcher, ``client.launcher``),
-and importing torch, MONAI and the tasks costs seconds each time, every round.
-``spinefl hospital join`` starts this worker beside the SuperNode: it imports the
-installed ClientApp and everything its requests use once, then listens on a Unix socket
-in the hospital's owner-only ``.spinefl`` folder. The launcher, once it has checked that
-the hospital approved the run's bundle, hands the request (message and context, as
-Flower's protobuf) to the worker; the worker forks and the child answers it and exits,
-so a crash ends that request only, as it did in the launcher (children ask the kernel's
-out-of-memory killer to take them first).
-A launcher that goes away (a stopped run) takes its child with it. Without a worker
-listening (``--no-worker``, still importing, or a data path too long for a Unix socket)
-the launcher serves the request itself; a worker that dies stops ``hospital join``, as
-any of its processes would (a service restarts it).
+Flower's SuperExec starts a process for every request (the launcher, ``client.launcher``),
+and importing Flower, torch, MONAI and the tasks costs seconds of CPU each time, every
+round. ``spinefl hospital join`` starts this worker beside the SuperNode: it imports
+``client.runtime_request`` and everything a request uses once, then listens on a Unix
+socket in the hospital's owner-only ``.spinefl`` folder, named to the SuperExec's
+launchers in ``SPINEFL_WORKER_SOCKET``. A launcher (Python's standard library only) hands
+the worker its command line (``hand_off``); the worker forks, and the child tells the
+launcher its pid, serves the request as the launcher would have (``client.runtime_request``:
+pulled from the SuperNode's Runtime API, the bundle's approval checked, answered by the
+installed ClientApp, the reply pushed) and sends the launcher its exit status. The
+launcher passes the signals it gets (SIGINT, SIGTERM, SIGHUP: a stopped run) on to the
+child, whose Flower handlers then end the request as ``flwr-clientapp``'s would, and exits
+with the child's status. A crash ends that request only (children ask the kernel's
+out-of-memory killer to take them first); a launcher that goes away (killed) takes its
+child with it. Without a worker listening (``--no-worker``, still importing, or a data
+path too long for a Unix socket) the launcher serves the request itself; a worker that
+dies stops ``hospital join``, as any of its processes would (a service restarts it).
 
 Only the hospital's account reaches the socket (0600 in a 0700 folder); what it runs is
 the ClientApp installed at the hospital, as the launcher would.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import os
 import select
 import signal
@@ -33,31 +38,18 @@ import sys
 import time
 import traceback
 from pathlib import Path
-
-from flwr.app import Context, Message
-from flwr.common.serde import (
-    context_from_proto,
-    context_to_proto,
-    message_from_proto,
-    message_to_proto,
-)
-from flwr.proto.message_pb2 import Context as ProtoContext
-from flwr.proto.message_pb2 import Message as ProtoMessage
-from flwr.supercore.task_identity import TaskIdentity
+from typing import NamedTuple
 
 from tasks.stops import SIGNALS, Stopped, handle_stops
 
 SOCKET = Path(".spinefl") / "worker.sock"
-# The installed ClientApp and what its requests import (torch, MONAI, Opacus, the tasks).
-WARM = ("client.app", "client.rounds", "client.privacy", "client.secure_aggregation",
-        "opacus", "opacus.accountants")
+# The environment variable that names the socket to the node's launchers.
+WORKER_SOCKET = "SPINEFL_WORKER_SOCKET"
+# What requests import: Flower's Runtime API client, the installed ClientApp, torch, MONAI,
+# Opacus and the tasks.
+WARM = ("client.runtime_request", "client.rounds", "client.privacy",
+        "client.secure_aggregation", "opacus", "opacus.accountants")
 _LENGTH = struct.Struct("!Q")
-_IDENTITY = struct.Struct("!QQQ")  # Flower's task, run and node ids (Messages need them)
-_ANSWERED, _FAILED = b"A", b"F"
-
-
-class WorkerFailed(RuntimeError):
-    """The worker's child raised while answering (its text is the exception's)."""
 
 
 def socket_path(folder: Path) -> Path:
@@ -76,40 +68,46 @@ def unavailable(folder: Path) -> str | None:
     return None
 
 
-def ask(folder: Path, message: Message, context: Context) -> tuple[Message, Context] | None:
-    """The worker's reply and context after answering ``message``; None when no worker
-    listens for ``folder`` (the caller answers itself). WorkerFailed when the answer
-    raised, or the child died before answering."""
+def hand_off(path: Path, argv: list[str]) -> int | None:
+    """The exit status of the request ``flwr-clientapp``'s arguments ``argv`` name, served
+    by a fork of the worker listening on ``path``, the signals this process gets passed on
+    to it; None when no worker listens (the caller serves it)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         try:
-            connection.connect(str(socket_path(folder)))
+            connection.connect(str(path))
         except OSError:
             return None
-        _send(connection, _IDENTITY.pack(TaskIdentity.task_id, TaskIdentity.run_id,
-                                         TaskIdentity.node_id))
-        _send(connection, message_to_proto(message).SerializeToString())
-        _send(connection, context_to_proto(context).SerializeToString())
+        _send(connection, json.dumps({"argv": argv, "cwd": os.getcwd()}).encode())
         try:
-            status = _receive(connection)
-            if status == _FAILED:
-                raise WorkerFailed(_receive(connection).decode(errors="replace"))
-            reply = message_from_proto(ProtoMessage.FromString(_receive(connection)))
-            state = context_from_proto(ProtoContext.FromString(_receive(connection)))
+            child = int(_receive(connection))
+            for name in SIGNALS:
+                signal.signal(name, lambda signum, _: _signal(child, signum))
+            code = int(_receive(connection))
         except (EOFError, OSError):
-            raise WorkerFailed("the node's worker died while answering (see its log)") \
-                from None
-    return reply, state
+            print(f"spinefl: the node's worker ({path}) ended the request without an exit "
+                  "status (see its log)", file=sys.stderr)
+            return 1
+    if code < 0:
+        print(f"spinefl: the worker's fork serving the request was killed by signal {-code} "
+              f"(see the worker's log, {path.parent})", file=sys.stderr)
+        return 128 - code
+    return code
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
 
 
 def serve(folder: Path) -> None:
-    """Import what requests need, then answer each connection in a fork until stopped."""
+    """Import what requests need, then serve each launcher in a fork until stopped."""
     for name in WARM:
         importlib.import_module(name)
 
     path = socket_path(folder)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    children: dict[int, socket.socket] = {}  # child pid -> its launcher's connection
+    children: dict[int, _Launcher] = {}
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         previous = os.umask(0o177)
         try:
@@ -128,12 +126,21 @@ def serve(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _serve_once(server: socket.socket, children: dict[int, socket.socket]) -> None:
-    """Wait up to a second: fork a child for a new connection, kill the child of a launcher
-    that hung up (POLLRDHUP: the request's data arriving does not count), reap ended ones."""
+class _Launcher(NamedTuple):
+    """The connection of the launcher a fork serves, and when the fork started."""
+
+    connection: socket.socket
+    started: float
+
+
+def _serve_once(server: socket.socket, children: dict[int, _Launcher]) -> None:
+    """Wait up to a second: fork a child for a new connection and tell its launcher the
+    child's pid; kill the child of a launcher that hung up (POLLRDHUP: the request's data
+    arriving does not count); reap ended children and tell their launchers the exit status
+    (the child may leave through Flower's ``os._exit``, so the worker says it)."""
     poll = select.poll()
     poll.register(server, select.POLLIN)
-    by_fd = {connection.fileno(): pid for pid, connection in children.items()}
+    by_fd = {launcher.connection.fileno(): pid for pid, launcher in children.items()}
     for fd in by_fd:
         poll.register(fd, select.POLLRDHUP)
     for fd, _ in poll.poll(1000):
@@ -141,7 +148,7 @@ def _serve_once(server: socket.socket, children: dict[int, socket.socket]) -> No
             connection, _ = server.accept()
             signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # none between fork and reset
             pid = os.fork()
-            if pid == 0:  # the child: answer, then exit whatever happens (never serve)
+            if pid == 0:  # the child: serve, then exit whatever happens (never loop)
                 status = 1
                 try:
                     for name in SIGNALS:
@@ -150,53 +157,60 @@ def _serve_once(server: socket.socket, children: dict[int, socket.socket]) -> No
                     with contextlib.suppress(OSError):  # under memory pressure, this one
                         Path("/proc/self/oom_score_adj").write_text("1000")
                     server.close()
-                    for other in children.values():
-                        other.close()
+                    for launcher in children.values():
+                        launcher.connection.close()
                     status = _answer(connection)
                 finally:
                     os._exit(status)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-            children[pid] = connection
+            children[pid] = _Launcher(connection, time.perf_counter())
+            with contextlib.suppress(OSError):  # a launcher gone already: reaped below
+                _send(connection, str(pid).encode())
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(by_fd[fd], signal.SIGKILL)
     for pid in list(children):
-        ended, _ = os.waitpid(pid, os.WNOHANG)
+        ended, status = os.waitpid(pid, os.WNOHANG)
         if ended:
-            children.pop(pid).close()
+            launcher = children.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            print(f"request answered in {time.perf_counter() - launcher.started:.1f} s, "
+                  f"exit status {code}", flush=True)
+            with contextlib.suppress(OSError):
+                _send(launcher.connection, str(code).encode())
+            launcher.connection.close()
 
 
 def _answer(connection: socket.socket) -> int:
-    """In the child: read the request, answer it with the ClientApp, write the reply."""
-    from client.app import app
+    """In the child: serve the launcher's request; its exit status."""
+    from client.runtime_request import serve_command_line
 
     try:
-        identity = _IDENTITY.unpack(_receive(connection))
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = identity
-        message = message_from_proto(ProtoMessage.FromString(_receive(connection)))
-        context = context_from_proto(ProtoContext.FromString(_receive(connection)))
-        started = time.perf_counter()
-        try:
-            reply = app(message, context)
-        except Exception as e:  # the launcher replies with it, as Flower would
-            _send(connection, _FAILED)
-            _send(connection, f"{type(e).__name__}: {e}".encode())
-            return 1
-        print(f"{message.metadata.message_type} request of run {message.metadata.run_id} "
-              f"answered in {time.perf_counter() - started:.1f} s", flush=True)
-        _send(connection, _ANSWERED)
-        _send(connection, message_to_proto(reply).SerializeToString())
-        _send(connection, context_to_proto(context).SerializeToString())
+        request = json.loads(_receive(connection))
+        connection.close()
+        os.chdir(request["cwd"])
+        serve_command_line(request["argv"])
         return 0
+    except SystemExit as e:  # Flower's exit, or the arguments refused
+        return _exit_status(e.code)
     except (OSError, EOFError):  # the launcher went away
         return 1
-    except Exception:  # the reply could not be made or sent: say why in the worker's log
+    except Exception:  # the request could not be served: say why in the worker's log
         traceback.print_exc()
         return 1
     finally:
-        connection.close()
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _exit_status(code: object) -> int:
+    """The process exit status ``sys.exit(code)`` gives (a message is printed, status 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
 
 
 def _send(connection: socket.socket, data: bytes) -> None:

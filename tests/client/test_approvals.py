@@ -11,7 +11,7 @@ from flwr.app import Context, RecordDict
 
 from client.approvals import Approvals, bundle_bytes, digest
 from client.audit import AuditLog
-from client.launcher import answer
+from client.runtime_request import answer
 from tasks.processes import BIN
 from tests.helpers.cli import assert_one_line_error, spinefl
 from tests.helpers.messages import evaluation, task

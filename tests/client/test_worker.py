@@ -1,39 +1,83 @@
-"""The node's warm worker, really started: it answers as the ClientApp would in the launcher,
-only its own account reaches it, and a request whose launcher goes away or whose child dies
-ends cleanly."""
+"""The node's warm worker and its launcher, really started: a launcher hands its command line
+to the worker, a fork of the worker serves it with Flower's Runtime API client (the
+launcher itself never imports Flower), the launcher passes on its signals and exits with
+the fork's status; only the hospital's account reaches the socket, and a request whose
+launcher goes away or whose fork dies ends cleanly.
+
+The Runtime API here is a plain HTTP server on 127.0.0.1 that answers every call with one
+status and records it: what is tested is the hand-off, not Flower's API (a real SuperNode's
+is served in tests/e2e/test_deployment.py, where every request goes through the worker).
+"""
 
 from __future__ import annotations
 
+import signal
 import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from flwr.app import Context
 
-from client.app import app
-from client.audit import AUDIT_FILE
-from client.worker import WorkerFailed, ask, socket_path
-from tasks.processes import descendants, stop_tree
-from tests.helpers.cli import spinefl
-from tests.helpers.messages import evaluation, node, request, task
+from client.worker import WORKER_SOCKET, socket_path
+from tasks.processes import BIN, descendants, stop_tree
 
-pytestmark = pytest.mark.slow  # real worker processes, a few seconds each to import
+pytestmark = pytest.mark.slow  # a real worker process, seconds to import
 
-ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "a-token-of-this-request"
+
+
+class RuntimeAPI(ThreadingHTTPServer):
+    """Answers every call with ``status`` (a 503 is retried by Flower's client for ever: a
+    request in progress) and records the path and token of each."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.status = 503
+        self.calls: list[tuple[str, str]] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: RuntimeAPI
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.calls.append((self.path, " ".join(
+            value for name, value in self.headers.items() if TOKEN in value)))
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def runtime_api() -> Iterator[RuntimeAPI]:
+    server = RuntimeAPI()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="module")
-def hospital(tiny_cohort, tmp_path_factory):
-    """A prepared hospital folder (one site of the tiny cohort) and its running worker; it
-    removes its socket when stopped."""
+def hospital(tmp_path_factory):
+    """A hospital folder and its running worker; it removes its socket when stopped."""
     folder = tmp_path_factory.mktemp("hospital")
-    tiny_cohort.select(site="ct-a").with_absolute_paths(folder).save(folder / "manifest.csv")
     log = (folder / "worker.log").open("w")
     worker = subprocess.Popen([sys.executable, "-m", "client.worker", "--data", str(folder)],
                               stdout=log, stderr=subprocess.STDOUT)
@@ -48,127 +92,122 @@ def hospital(tiny_cohort, tmp_path_factory):
     assert worker.returncode == 128 + 15 and not socket_path(folder).exists()
 
 
-def records(folder: Path) -> int:
-    """How many records the hospital's audit log holds; its chain is intact."""
-    if not (folder / AUDIT_FILE).exists():
-        return 0
-    audit = spinefl("hospital", "audit", "--data", str(folder), "--verify")
-    shown = " ".join(audit.stdout.split())
-    assert "chain intact" in shown, audit.stdout + audit.stderr
-    return int(shown.split(" record(s)")[0].split()[-1])
+def launch(socket: Path, api: RuntimeAPI) -> subprocess.Popen:
+    """The launcher as the SuperExec starts it for a request (``flwr-clientapp``'s
+    arguments), the worker's socket in its environment."""
+    import os
+
+    return subprocess.Popen([str(BIN / "spinefl-clientapp"), "--runtime-api-address",
+                             api.address, "--token", TOKEN, "--insecure"],
+                            env={**os.environ, WORKER_SOCKET: str(socket)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def serving(worker: subprocess.Popen, launcher: subprocess.Popen, api: RuntimeAPI) -> int:
+    """The pid of the worker's fork once it is calling the Runtime API for ``launcher``."""
+    deadline = time.monotonic() + 60
+    while not (api.calls and descendants(worker.pid)):
+        assert launcher.poll() is None, launcher.communicate()
+        assert time.monotonic() < deadline, "no fork of the worker took the request"
+        time.sleep(0.1)
+    (fork,) = descendants(worker.pid)
+    return fork
 
 
 def idle(worker: subprocess.Popen) -> None:
-    """Wait until the worker has reaped the children of earlier requests (within a second)."""
+    """Wait until the worker has reaped the forks of earlier requests (within a second)."""
     deadline = time.monotonic() + 10
     while descendants(worker.pid):
-        assert time.monotonic() < deadline, "an earlier request's child is still there"
+        assert time.monotonic() < deadline, "an earlier request's fork is still there"
         time.sleep(0.1)
 
 
-def weights() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    return task().build_model().state_dict()
+def test_the_launcher_imports_nothing_but_the_standard_library():
+    """What every request pays before the hand-off: no Flower, torch or tasks."""
+    loaded = subprocess.run([sys.executable, "-c", "import sys, client.launcher; "
+                             "print(' '.join(sorted(sys.modules)))"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert not [name for name in loaded if name.split(".")[0] in ("flwr", "torch", "numpy")]
+    assert not [name for name in loaded if name.startswith(("client.", "tasks."))
+                and name not in ("client.launcher", "client.worker", "tasks.stops")]
 
 
-def test_the_worker_answers_as_the_clientapp_does_in_process(hospital, inside_a_run):
-    """The same train request answered in this process and by the worker: the same weights,
-    metrics and state; the worker's answer is audited in the hospital's log; an evaluation
-    too; only the hospital's account can reach the socket."""
+def test_a_fork_of_the_worker_serves_the_request_and_the_launcher_exits_with_its_status(
+        hospital, runtime_api):
+    """The fork calls the Runtime API at the launcher's address with its token; refused
+    (401, as a SuperNode refuses an unknown token), Flower's client stops the request (a
+    graceful exit, status 0, as in ``flwr-clientapp``) and the launcher exits with the
+    fork's status; only the hospital's account reaches the socket."""
     folder, worker = hospital
     assert stat.S_IMODE(socket_path(folder).stat().st_mode) == 0o600
     assert stat.S_IMODE(socket_path(folder).parent.stat().st_mode) == 0o700
-    before, answers = records(folder), (folder / "worker.log").read_text().count("answered in")
-    here = app(request(weights()), node(folder))
-    answered = ask(folder, request(weights()), node(folder))
-    assert answered is not None
-    reply, context = answered
-    assert not reply.has_error(), reply.error
-    mine, theirs = here.content["arrays"], reply.content["arrays"]
-    assert list(mine.keys()) == list(theirs.keys())
-    assert all(np.array_equal(mine[k].numpy(), theirs[k].numpy()) for k in mine)
-    assert here.content["metrics"]["steps"] == reply.content["metrics"]["steps"] == 2
-    assert isinstance(context, Context)
-    evaluated, _ = ask(folder, evaluation(weights()), node(folder))
-    assert 0 <= evaluated.content["metrics"]["dice_mean"] <= 1
-    assert (folder / "worker.log").read_text().count("answered in") == answers + 2
-    assert worker.poll() is None and records(folder) == before + 3  # here, and the worker's
-
-
-def test_a_refusal_comes_back_as_the_app_gave_it(hospital, inside_a_run):
-    folder, _ = hospital
-    refusing = node(folder, **{"accept-tasks": "grading"})
-    here = app(request(weights()), refusing)
-    reply, _ = ask(folder, request(weights()), refusing)
-    assert reply.has_error() and reply.error.reason == here.error.reason
-    assert "grading" in reply.error.reason
-
-
-# A launcher: asks the worker for a long training request and waits for the answer.
-LAUNCHER = """
-import sys
-from pathlib import Path
-import torch
-from flwr.supercore.task_identity import TaskIdentity
-from client.worker import ask
-from tests.helpers.cli import spinefl
-from tests.helpers.messages import node, request, task
-TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-torch.manual_seed(0)
-ask(Path(sys.argv[1]), request(task().build_model().state_dict(), **{"local-steps": 10_000}),
-    node(sys.argv[1]))
-"""
-
-
-def test_a_launcher_that_goes_away_takes_its_request_with_it(hospital, inside_a_run):
-    """A launcher killed mid-request (a stopped run, a SuperNode gone): the worker kills the
-    child serving it within seconds, and serves the next request."""
-    folder, worker = hospital
     idle(worker)
-    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(folder)], cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while not descendants(worker.pid):
-        assert launcher.poll() is None and time.monotonic() < deadline, "no child took it"
-        time.sleep(0.1)
-    (child,) = descendants(worker.pid)
-    launcher.kill()
-    launcher.wait()
-    deadline = time.monotonic() + 10
-    while child in descendants(worker.pid):
-        assert time.monotonic() < deadline, "the abandoned request's child is still running"
-        time.sleep(0.1)
-    reply, _ = ask(folder, evaluation(weights()), node(folder))
-    assert not reply.has_error()
-
-
-def test_a_child_that_dies_is_a_failed_request_not_a_dead_worker(hospital, inside_a_run):
-    folder, worker = hospital
-    idle(worker)
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(
-        result=_swallow(ask, folder, request(weights(), **{"local-steps": 10_000}),
-                        node(folder))))
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not descendants(worker.pid):
-        assert time.monotonic() < deadline, "no child took the request"
-        time.sleep(0.1)
-    for pid in descendants(worker.pid):  # out of memory, as the kernel would end it
-        subprocess.run(["kill", "-9", str(pid)], check=False)
-    thread.join(timeout=30)
-    assert isinstance(outcome["result"], WorkerFailed)
-    assert "died while answering" in str(outcome["result"])
+    answered = (folder / "worker.log").read_text().count("answered in")
+    launcher = launch(socket_path(folder), runtime_api)
+    fork = serving(worker, launcher, runtime_api)
+    assert fork != launcher.pid
+    runtime_api.status = 401
+    _, errors = launcher.communicate(timeout=60)
+    assert all(TOKEN in token for _, token in runtime_api.calls), runtime_api.calls
+    log = (folder / "worker.log").read_text()
+    assert log.count("answered in") == answered + 1
+    assert "Task stopped" in log.split("Worker ready")[-1]  # Flower's own stop, in the fork
+    assert log.rstrip().endswith(f"exit status {launcher.returncode}"), log[-2000:]
     assert worker.poll() is None
-    reply, _ = ask(folder, evaluation(weights()), node(folder))
-    assert not reply.has_error()
 
 
-def test_without_a_worker_the_launcher_is_told_to_answer_itself(tmp_path, inside_a_run):
-    assert ask(tmp_path, request(weights()), node(tmp_path)) is None
+def test_a_stopped_launcher_stops_its_fork_through_flower(hospital, runtime_api):
+    """SIGTERM to the launcher (a stopped run) reaches the fork, whose Flower handlers report
+    the request to the Runtime API and end it; the launcher exits with the fork's status."""
+    folder, worker = hospital
+    idle(worker)
+    launcher = launch(socket_path(folder), runtime_api)
+    fork = serving(worker, launcher, runtime_api)
+    assert not [path for path, _ in runtime_api.calls if path.endswith("push-task-output")]
+    launcher.send_signal(signal.SIGTERM)
+    _, errors = launcher.communicate(timeout=60)
+    assert fork not in descendants(worker.pid)
+    # The fork's Flower handler told the Runtime API the request ended, as flwr-clientapp's
+    assert [path for path, _ in runtime_api.calls if path.endswith("push-task-output")]
+    log = (folder / "worker.log").read_text()
+    assert log.rstrip().endswith(f"exit status {launcher.returncode}"), log[-2000:]
+    assert "without an exit status" not in errors and "killed" not in errors, errors
+    assert worker.poll() is None
 
 
-def _swallow(function, *args):
-    try:
-        return function(*args)
-    except Exception as e:  # the test looks at what came back
-        return e
+def test_a_launcher_that_goes_away_takes_its_request_with_it(hospital, runtime_api):
+    """A launcher killed mid-request (a SuperExec gone): the worker kills the fork serving it
+    within seconds, and serves the next request."""
+    folder, worker = hospital
+    idle(worker)
+    launcher = launch(socket_path(folder), runtime_api)
+    fork = serving(worker, launcher, runtime_api)
+    launcher.kill()
+    launcher.communicate()
+    deadline = time.monotonic() + 10
+    while fork in descendants(worker.pid):
+        assert time.monotonic() < deadline, "the abandoned request's fork is still running"
+        time.sleep(0.1)
+    runtime_api.calls.clear()
+    runtime_api.status = 401
+    _, errors = launch(socket_path(folder), runtime_api).communicate(timeout=60)
+    assert runtime_api.calls and worker.poll() is None, errors
+
+
+def test_a_fork_that_dies_fails_its_request_not_the_worker(hospital, runtime_api):
+    folder, worker = hospital
+    idle(worker)
+    launcher = launch(socket_path(folder), runtime_api)
+    fork = serving(worker, launcher, runtime_api)
+    subprocess.run(["kill", "-9", str(fork)], check=False)  # out of memory, as the kernel would
+    _, errors = launcher.communicate(timeout=30)
+    assert launcher.returncode == 128 + 9 and "killed by signal 9" in errors, errors
+    assert worker.poll() is None
+
+
+def test_without_a_worker_the_launcher_serves_the_request_itself(tmp_path, runtime_api):
+    runtime_api.status = 401
+    launcher = launch(tmp_path / "no-worker.sock", runtime_api)
+    output, errors = launcher.communicate(timeout=60)
+    assert runtime_api.calls and launcher.returncode == 0, errors
+    assert "Task stopped" in output + errors  # Flower's own stop, in the launcher itself
