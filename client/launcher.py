@@ -12,7 +12,7 @@ Importing Flower alone costs about a second of CPU, every request of every round
 module imports only Python's standard library: when the node's warm worker listens (its
 socket in ``SPINEFL_WORKER_SOCKET``, set by ``hospital join``), the launcher hands it
 its command line and waits; a fork of the worker, Flower and the tasks already imported,
-serves the request, the launcher passes on the signals it gets and exits with the fork's
+serves the request, the launcher sends on the signals it gets and exits with the fork's
 status (``client.worker``). Without a worker it serves the request itself.
 """
 
@@ -31,8 +31,7 @@ def main() -> None:
     """``spinefl-clientapp``: the arguments of Flower's ``flwr-clientapp``."""
     argv = sys.argv[1:]
     worker = os.environ.get(WORKER_SOCKET)
-    # A token on standard input stays with this process: served here.
-    status = None if worker is None or "--token-stdin" in argv else hand_off(Path(worker), argv)
+    status = None if worker is None else hand_off(Path(worker), argv)
     if status is None:
         from client.runtime_request import serve_command_line
 

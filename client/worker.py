@@ -7,20 +7,26 @@ round. ``spinefl hospital join`` starts this worker beside the SuperNode: it imp
 ``client.runtime_request`` and everything a request uses once, then listens on a Unix
 socket in the hospital's owner-only ``.spinefl`` folder, named to the SuperExec's
 launchers in ``SPINEFL_WORKER_SOCKET``. A launcher (Python's standard library only) hands
-the worker its command line (``hand_off``); the worker forks, and the child tells the
-launcher its pid, serves the request as the launcher would have (``client.runtime_request``:
-pulled from the SuperNode's Runtime API, the bundle's approval checked, answered by the
-installed ClientApp, the reply pushed) and sends the launcher its exit status. The
-launcher passes the signals it gets (SIGINT, SIGTERM, SIGHUP: a stopped run) on to the
-child, whose Flower handlers then end the request as ``flwr-clientapp``'s would, and exits
-with the child's status. A crash ends that request only (children ask the kernel's
-out-of-memory killer to take them first); a launcher that goes away (killed) takes its
-child with it. Without a worker listening (``--no-worker``, still importing, or a data
-path too long for a Unix socket) the launcher serves the request itself; a worker that
-dies stops ``hospital join``, as any of its processes would (a service restarts it).
+the worker its command line (``hand_off``). The worker reads it, forks, tells the launcher
+the request started, and the child serves the request as the launcher would have
+(``client.runtime_request``: pulled from the SuperNode's Runtime API, the bundle's
+approval checked, answered by the installed ClientApp, the reply pushed). The launcher
+sends the worker the signals it gets (SIGINT, SIGTERM, SIGHUP, SIGQUIT), and the worker
+passes each to the child while it has not reaped it (Flower's handlers in the child end
+the request as ``flwr-clientapp``'s would). Once it reaps the child, the worker sends the
+launcher the child's exit status, and the launcher exits with it.
 
-Only the hospital's account reaches the socket (0600 in a 0700 folder); what it runs is
-the ClientApp installed at the hospital, as the launcher would.
+A crash ends that request only (children ask the kernel's out-of-memory killer to take
+them first): no reply leaves at once, and the SuperNode reports the ClientApp crashed
+when its heartbeats stop (Flower's, within about a minute), as for a ``flwr-clientapp``
+that crashed. A launcher that goes away (killed) takes its child with it. A fork that
+fails leaves the launcher to serve the request itself, as it does without a worker
+listening (``--no-worker``, still importing, or a data path too long for a Unix socket);
+a worker that dies stops ``hospital join``, as any of its processes would (a service
+restarts it).
+
+Only the hospital's account reaches the socket (0600 in a 0700 folder); what a request
+runs is the ClientApp installed at the hospital, as in the launcher.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ WORKER_SOCKET = "SPINEFL_WORKER_SOCKET"
 # Opacus and the tasks.
 WARM = ("client.runtime_request", "client.rounds", "client.privacy",
         "client.secure_aggregation", "opacus", "opacus.accountants")
+# The signals a launcher passes on to the fork serving its request (Flower's handlers).
+FORWARDED = (*SIGNALS, signal.SIGQUIT)
+ACCEPT_TIMEOUT = 5.0  # seconds a launcher has to send its request once connected
 _LENGTH = struct.Struct("!Q")
 
 
@@ -70,33 +79,47 @@ def unavailable(folder: Path) -> str | None:
 
 def hand_off(path: Path, argv: list[str]) -> int | None:
     """The exit status of the request ``flwr-clientapp``'s arguments ``argv`` name, served
-    by a fork of the worker listening on ``path``, the signals this process gets passed on
-    to it; None when no worker listens (the caller serves it)."""
+    by a fork of the worker listening on ``path``, the signals this process gets sent on
+    to it; None when no worker listens or it could not fork (the caller serves it; a
+    signal that came meanwhile then ends this process as it would have)."""
+    pending: list[int] = []
+    started = False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+
+        def forward(signum: int, _: object) -> None:
+            if not started:
+                pending.append(signum)
+                return
+            with contextlib.suppress(OSError):  # the worker is gone: its EOF says so
+                _send(connection, str(signum).encode())
+
+        previous = {name: signal.signal(name, forward) for name in FORWARDED}
         try:
-            connection.connect(str(path))
-        except OSError:
-            return None
-        _send(connection, json.dumps({"argv": argv, "cwd": os.getcwd()}).encode())
-        try:
-            child = int(_receive(connection))
-            for name in SIGNALS:
-                signal.signal(name, lambda signum, _: _signal(child, signum))
-            code = int(_receive(connection))
-        except (EOFError, OSError):
-            print(f"spinefl: the node's worker ({path}) ended the request without an exit "
-                  "status (see its log)", file=sys.stderr)
-            return 1
+            try:
+                connection.connect(str(path))
+                _send(connection, json.dumps({"argv": argv, "cwd": os.getcwd()}).encode())
+                _receive(connection)  # started
+            except (OSError, EOFError):
+                return None
+            started = True
+            for signum in pending:
+                forward(signum, None)
+            try:
+                code = int(_receive(connection))
+            except (OSError, EOFError):
+                print(f"spinefl: the node's worker ({path}) ended the request without an "
+                      "exit status (see its log)", file=sys.stderr)
+                return 1
+        finally:
+            for name, handler in previous.items():
+                signal.signal(name, handler)
+            if not started and pending:
+                signal.raise_signal(pending[0])
     if code < 0:
         print(f"spinefl: the worker's fork serving the request was killed by signal {-code} "
               f"(see the worker's log, {path.parent})", file=sys.stderr)
         return 128 - code
     return code
-
-
-def _signal(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
 
 
 def serve(folder: Path) -> None:
@@ -134,41 +157,27 @@ class _Launcher(NamedTuple):
 
 
 def _serve_once(server: socket.socket, children: dict[int, _Launcher]) -> None:
-    """Wait up to a second: fork a child for a new connection and tell its launcher the
-    child's pid; kill the child of a launcher that hung up (POLLRDHUP: the request's data
-    arriving does not count); reap ended children and tell their launchers the exit status
-    (the child may leave through Flower's ``os._exit``, so the worker says it)."""
+    """Wait up to a second: start a fork for a new launcher; pass a launcher's signals to
+    its fork; kill the fork of a launcher that hung up; reap ended forks and send their
+    launchers the exit status (a fork may leave through Flower's ``os._exit``, so the
+    worker says it)."""
     poll = select.poll()
     poll.register(server, select.POLLIN)
     by_fd = {launcher.connection.fileno(): pid for pid, launcher in children.items()}
     for fd in by_fd:
-        poll.register(fd, select.POLLRDHUP)
-    for fd, _ in poll.poll(1000):
+        poll.register(fd, select.POLLIN | select.POLLRDHUP)
+    for fd, events in poll.poll(1000):
         if fd == server.fileno():
-            connection, _ = server.accept()
-            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # none between fork and reset
-            pid = os.fork()
-            if pid == 0:  # the child: serve, then exit whatever happens (never loop)
-                status = 1
-                try:
-                    for name in SIGNALS:
-                        signal.signal(name, signal.SIG_DFL)
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-                    with contextlib.suppress(OSError):  # under memory pressure, this one
-                        Path("/proc/self/oom_score_adj").write_text("1000")
-                    server.close()
-                    for launcher in children.values():
-                        launcher.connection.close()
-                    status = _answer(connection)
-                finally:
-                    os._exit(status)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-            children[pid] = _Launcher(connection, time.perf_counter())
-            with contextlib.suppress(OSError):  # a launcher gone already: reaped below
-                _send(connection, str(pid).encode())
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(by_fd[fd], signal.SIGKILL)
+            _start(server, children)
+            continue
+        pid = by_fd[fd]
+        try:
+            signum = None if events & select.POLLRDHUP else int(
+                _receive(children[pid].connection))
+        except (OSError, EOFError, ValueError):
+            signum = None
+        with contextlib.suppress(ProcessLookupError):  # not reaped yet: still our child
+            os.kill(pid, signal.SIGKILL if signum is None else signum)
     for pid in list(children):
         ended, status = os.waitpid(pid, os.WNOHANG)
         if ended:
@@ -181,20 +190,53 @@ def _serve_once(server: socket.socket, children: dict[int, _Launcher]) -> None:
             launcher.connection.close()
 
 
-def _answer(connection: socket.socket) -> int:
+def _start(server: socket.socket, children: dict[int, _Launcher]) -> None:
+    """Read a new launcher's request and serve it in a fork (a launcher that sends no
+    request within a few seconds, or a fork that fails, is hung up on)."""
+    connection, _ = server.accept()
+    try:
+        connection.settimeout(ACCEPT_TIMEOUT)
+        request = json.loads(_receive(connection))
+        connection.settimeout(None)
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # none between fork and reset
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: serve, then exit whatever happens (never loop)
+                status = 1
+                try:
+                    for name in SIGNALS:
+                        signal.signal(name, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+                    with contextlib.suppress(OSError):  # under memory pressure, this one
+                        Path("/proc/self/oom_score_adj").write_text("1000")
+                    server.close()
+                    connection.close()
+                    for launcher in children.values():
+                        launcher.connection.close()
+                    status = _answer(request)
+                finally:
+                    os._exit(status)
+            children[pid] = _Launcher(connection, time.perf_counter())
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    except (OSError, EOFError, ValueError) as e:
+        print(f"a launcher's request was not started: {type(e).__name__}: {e}", flush=True)
+        connection.close()
+        return
+    with contextlib.suppress(OSError):  # a launcher gone already: reaped later
+        _send(connection, b"started")
+
+
+def _answer(request: dict) -> int:
     """In the child: serve the launcher's request; its exit status."""
     from client.runtime_request import serve_command_line
 
     try:
-        request = json.loads(_receive(connection))
-        connection.close()
         os.chdir(request["cwd"])
         serve_command_line(request["argv"])
         return 0
     except SystemExit as e:  # Flower's exit, or the arguments refused
         return _exit_status(e.code)
-    except (OSError, EOFError):  # the launcher went away
-        return 1
     except Exception:  # the request could not be served: say why in the worker's log
         traceback.print_exc()
         return 1

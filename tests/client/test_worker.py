@@ -124,12 +124,16 @@ def idle(worker: subprocess.Popen) -> None:
 
 def test_the_launcher_imports_nothing_but_the_standard_library():
     """What every request pays before the hand-off: no Flower, torch or tasks."""
-    loaded = subprocess.run([sys.executable, "-c", "import sys, client.launcher; "
-                             "print(' '.join(sorted(sys.modules)))"],
-                            capture_output=True, text=True, check=True).stdout.split()
-    assert not [name for name in loaded if name.split(".")[0] in ("flwr", "torch", "numpy")]
-    assert not [name for name in loaded if name.startswith(("client.", "tasks."))
-                and name not in ("client.launcher", "client.worker", "tasks.stops")]
+    def loaded(statement: str) -> set[str]:
+        return set(subprocess.run([sys.executable, "-c", f"import sys{statement}; "
+                                   "print(' '.join(sys.modules))"],
+                                  capture_output=True, text=True, check=True).stdout.split())
+
+    at_start = loaded("")  # what the interpreter and the venv's .pth files load anyway
+    ours = {"client", "client.launcher", "client.worker", "tasks", "tasks.stops"}
+    others = [name for name in loaded(", client.launcher") - at_start - ours
+              if name.split(".")[0] not in sys.stdlib_module_names]
+    assert not others, others
 
 
 def test_a_fork_of_the_worker_serves_the_request_and_the_launcher_exits_with_its_status(
@@ -148,6 +152,7 @@ def test_a_fork_of_the_worker_serves_the_request_and_the_launcher_exits_with_its
     assert fork != launcher.pid
     runtime_api.status = 401
     _, errors = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, errors
     assert all(TOKEN in token for _, token in runtime_api.calls), runtime_api.calls
     log = (folder / "worker.log").read_text()
     assert log.count("answered in") == answered + 1
@@ -156,15 +161,17 @@ def test_a_fork_of_the_worker_serves_the_request_and_the_launcher_exits_with_its
     assert worker.poll() is None
 
 
-def test_a_stopped_launcher_stops_its_fork_through_flower(hospital, runtime_api):
-    """SIGTERM to the launcher (a stopped run) reaches the fork, whose Flower handlers report
-    the request to the Runtime API and end it; the launcher exits with the fork's status."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
+def test_a_stopped_launcher_stops_its_fork_through_flower(hospital, runtime_api, signum):
+    """A signal Flower handles, sent to the launcher (a node stopping), reaches the fork,
+    whose Flower handlers report the request to the Runtime API and end it; the launcher
+    exits with the fork's status."""
     folder, worker = hospital
     idle(worker)
     launcher = launch(socket_path(folder), runtime_api)
     fork = serving(worker, launcher, runtime_api)
     assert not [path for path, _ in runtime_api.calls if path.endswith("push-task-output")]
-    launcher.send_signal(signal.SIGTERM)
+    launcher.send_signal(signum)
     _, errors = launcher.communicate(timeout=60)
     assert fork not in descendants(worker.pid)
     # The fork's Flower handler told the Runtime API the request ended, as flwr-clientapp's
@@ -189,6 +196,26 @@ def test_a_launcher_that_goes_away_takes_its_request_with_it(hospital, runtime_a
         assert time.monotonic() < deadline, "the abandoned request's fork is still running"
         time.sleep(0.1)
     runtime_api.calls.clear()
+    runtime_api.status = 401
+    answered = (folder / "worker.log").read_text().count("answered in")
+    _, errors = launch(socket_path(folder), runtime_api).communicate(timeout=60)
+    assert runtime_api.calls and worker.poll() is None, errors
+    assert (folder / "worker.log").read_text().count("answered in") == answered + 1
+
+
+def test_a_launcher_that_sends_no_request_is_hung_up_on(hospital, runtime_api):
+    """A local process that connects and sends garbage, or nothing: the worker logs it,
+    forks nothing and serves the next launcher."""
+    import socket as sockets
+
+    folder, worker = hospital
+    idle(worker)
+    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as garbage:
+        garbage.connect(str(socket_path(folder)))
+        garbage.sendall(b"\x00" * 7 + b"\x03abc")
+        assert garbage.recv(16) == b""  # hung up on
+    assert not descendants(worker.pid)
+    assert "was not started" in (folder / "worker.log").read_text()
     runtime_api.status = 401
     _, errors = launch(socket_path(folder), runtime_api).communicate(timeout=60)
     assert runtime_api.calls and worker.poll() is None, errors
