@@ -11,6 +11,7 @@ is served in tests/e2e/test_deployment.py, where every request goes through the 
 
 from __future__ import annotations
 
+import os
 import signal
 import stat
 import subprocess
@@ -95,8 +96,6 @@ def hospital(tmp_path_factory):
 def launch(socket: Path, api: RuntimeAPI) -> subprocess.Popen:
     """The launcher as the SuperExec starts it for a request (``flwr-clientapp``'s
     arguments), the worker's socket in its environment."""
-    import os
-
     return subprocess.Popen([str(BIN / "spinefl-clientapp"), "--runtime-api-address",
                              api.address, "--token", TOKEN, "--insecure"],
                             env={**os.environ, WORKER_SOCKET: str(socket)},

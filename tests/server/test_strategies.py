@@ -331,7 +331,8 @@ def test_looks_are_rare_until_the_replies_are_due_then_prompt():
     first, grid.inner.pulls = grid.inner.pulls, 0
     started = time.monotonic()
     grid.send_and_receive(requests(2), timeout=10)
-    assert time.monotonic() - started - 1.0 < 0.3  # due after 0.8 s: seen within ~0.01 s
+    # due after 0.8 s, so seen a look (0.01 s) after it comes; the rest is a loaded machine
+    assert time.monotonic() - started - 1.0 < 0.3
     assert first < 50 and grid.inner.pulls < 70  # every 0.01 s throughout: 100
     grid.inner.pulls, grid.inner.after = 0, 2.0
     grid.send_and_receive(requests(2, "evaluate"), timeout=10)  # a type of its own: with
