@@ -150,9 +150,8 @@ def install_launchers(data: Path) -> Path:
     to start (``flwr-agentapp``, ``flwr-serverapp``, ...: each would run the bundle's code),
     a stub that refuses."""
     launcher = BIN / "spinefl-clientapp"
-    for needed in (launcher, BIN / "flower-superexec"):
-        if not needed.is_file():
-            raise UserError(f"{needed}: not installed (pip install spinefl)")
+    if not launcher.is_file():
+        raise UserError(f"{launcher}: not installed (pip install spinefl)")
     folder = node_folder(data) / LAUNCHERS.name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(mode=0o700)
@@ -184,10 +183,12 @@ def supernode_command(member: Membership) -> list[str]:
 
 
 def superexec_command(member: Membership) -> list[str]:
-    """The ``flower-superexec`` command line that serves the node's requests: it claims them
-    from the SuperNode's Runtime API on 127.0.0.1 with the secret and starts, by name from
-    ``install_launchers``' folder, the hospital's launcher for each."""
-    return [str(BIN / "flower-superexec"),
+    """The ``flower-superexec`` command line that serves the node's requests, through
+    ``client.prompt_superexec`` (Flower's SuperExec, not asking for requests while one is
+    served): it claims them from the SuperNode's Runtime API on 127.0.0.1 with the secret
+    and starts, by name from ``install_launchers``' folder, the hospital's launcher for
+    each."""
+    return [sys.executable, "-P", "-m", "client.prompt_superexec",
             "--runtime-api-address", f"127.0.0.1:{member.runtime_port}", "--insecure",
             "--superexec-auth-secret-file", str(superexec_secret(member.data))]
 
@@ -197,8 +198,9 @@ def worker_command(member: Membership) -> list[str]:
     return [sys.executable, "-P", "-m", "client.worker", "--data", str(member.data.resolve())]
 
 
-# How often the SuperExec looks for a request to start (Flower's default: every 1 s;
-# each look costs the SuperExec and the SuperNode about 5 ms of CPU).
+# How often the SuperExec looks for a request to start while none it started runs
+# (Flower's default: every 1 s; each look costs the SuperExec and the SuperNode about 5 ms
+# of CPU).
 TASK_POLL_INTERVAL = "0.5"
 
 

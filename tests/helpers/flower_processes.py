@@ -8,7 +8,7 @@ from pathlib import Path
 
 FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",
                     "flwr-clientapp", "flwr-simulation", "spinefl", "client.worker",
-                    "client.prompt_supernode", "raylet",
+                    "client.prompt_supernode", "client.prompt_superexec", "raylet",
                     "gcs_server", "ray::")
 
 

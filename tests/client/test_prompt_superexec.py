@@ -1,0 +1,71 @@
+"""The SuperExec's clock: while a launcher it started runs it does not ask for requests, and
+it asks again as soon as that launcher ends; the names it replaces are the installed
+Flower's."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from client.prompt_superexec import Launches, RequestClock
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pidfd: Linux")
+
+
+def test_while_a_launcher_runs_the_superexec_waits_for_its_end_not_the_interval():
+    launches, slept = Launches(), []
+    clock = RequestClock(launches, slept.append, safety=20.0)
+    clock.sleep(0.5)  # nothing started: Flower's interval
+    assert slept == [0.5]
+    process = launches.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    started = time.monotonic()
+    clock.sleep(0.5)
+    waited = time.monotonic() - started
+    assert 1.0 < waited < 10.0  # until it ended, far below the safety bound
+    assert process.returncode == 0 and launches.running() == [] and slept == [0.5]
+    clock.sleep(0.5)  # ended: Flower's interval again
+    assert slept == [0.5, 0.5]
+
+
+def test_a_launcher_that_hangs_delays_the_next_ask_by_the_safety_bound_only():
+    launches = Launches()
+    clock = RequestClock(launches, pytest.fail, safety=0.5)
+    hung = launches.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = time.monotonic()
+        clock.sleep(0.5)
+        assert 0.4 < time.monotonic() - started < 5.0
+        assert launches.running() == [hung]
+    finally:
+        hung.kill()
+        hung.wait()
+    assert launches.running() == []
+
+
+def test_launches_reap_what_they_started():
+    launches = Launches()
+    quick = [launches.Popen(["true"], stdout=launches.DEVNULL) for _ in range(3)]
+    for process in quick:
+        process.wait()
+    assert launches.running() == [] and all(p.returncode == 0 for p in quick)
+    assert launches.Popen is not subprocess.Popen and launches.PIPE == subprocess.PIPE
+
+
+def test_the_names_replaced_are_the_installed_flowers():
+    """An upgrade of flwr that changes the SuperExec's loop or its executor fails here."""
+    import flwr.supercore.superexec.executor.subprocess_executor as executor
+    import flwr.supercore.superexec.run_superexec as loop
+
+    source = inspect.getsource(loop)
+    assert "import time\n" in source
+    assert re.findall(r"\btime\.\w+\(?[^)\n]*\)?", source) == ["time.sleep(task_poll_interval)"]
+    source = inspect.getsource(executor)
+    assert "import subprocess\n" in source
+    assert set(re.findall(r"\bsubprocess\.\w+", source)) == {"subprocess.Popen",
+                                                             "subprocess.DEVNULL"}
+    assert "Popen(" not in source.replace("subprocess.Popen(", "")
