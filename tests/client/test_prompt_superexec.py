@@ -69,3 +69,22 @@ def test_the_names_replaced_are_the_installed_flowers():
     assert set(re.findall(r"\bsubprocess\.\w+", source)) == {"subprocess.Popen",
                                                              "subprocess.DEVNULL"}
     assert "Popen(" not in source.replace("subprocess.Popen(", "")
+
+
+def test_the_superexec_starts_with_the_clock_and_its_launches_recorded(monkeypatch):
+    import flwr.supercore.cli
+    import flwr.supercore.superexec.executor.subprocess_executor as executor
+    import flwr.supercore.superexec.run_superexec as loop
+
+    from client import prompt_superexec
+
+    seen = []
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(loop, "time", loop.time)
+    monkeypatch.setattr(executor, "subprocess", executor.subprocess)
+    monkeypatch.setattr(flwr.supercore.cli, "flower_superexec",
+                        lambda: seen.append((loop.time, executor.subprocess)))
+    prompt_superexec.main()
+    [(clock, launches)] = seen
+    assert isinstance(clock, RequestClock) and clock.launches is launches
+    assert isinstance(launches, Launches)
