@@ -150,23 +150,40 @@ def serve(folder: Path) -> None:
 
 
 class _Launcher(NamedTuple):
-    """The connection of the launcher a fork serves, and when the fork started."""
+    """The connection of the launcher a fork serves, when the fork started, and a descriptor
+    readable once the fork has ended (None where the kernel has none: the fork's end is
+    then seen within a second)."""
 
     connection: socket.socket
     started: float
+    ended: int | None
+
+
+def _end_of(pid: int) -> int | None:
+    """A descriptor readable once the child ``pid`` has ended (Linux 5.3 or later), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
 
 
 def _serve_once(server: socket.socket, children: dict[int, _Launcher]) -> None:
-    """Wait up to a second: start a fork for a new launcher; pass a launcher's signals to
-    its fork; kill the fork of a launcher that hung up; reap ended forks and send their
-    launchers the exit status (a fork may leave through Flower's ``os._exit``, so the
-    worker says it)."""
+    """Wait until something happens, or a second: start a fork for a new launcher; pass a
+    launcher's signals to its fork; kill the fork of a launcher that hung up; reap ended
+    forks and send their launchers the exit status at once (a fork may leave through
+    Flower's ``os._exit``, so the worker says it; the launcher's end lets its SuperExec
+    ask for the next request)."""
     poll = select.poll()
     poll.register(server, select.POLLIN)
     by_fd = {launcher.connection.fileno(): pid for pid, launcher in children.items()}
     for fd in by_fd:
         poll.register(fd, select.POLLIN | select.POLLRDHUP)
+    ends = {launcher.ended for launcher in children.values() if launcher.ended is not None}
+    for fd in ends:
+        poll.register(fd, select.POLLIN)
     for fd, events in poll.poll(1000):
+        if fd in ends:  # a fork ended: reaped below
+            continue
         if fd == server.fileno():
             _start(server, children)
             continue
@@ -188,6 +205,8 @@ def _serve_once(server: socket.socket, children: dict[int, _Launcher]) -> None:
             with contextlib.suppress(OSError):
                 _send(launcher.connection, str(code).encode())
             launcher.connection.close()
+            if launcher.ended is not None:
+                os.close(launcher.ended)
 
 
 def _start(server: socket.socket, children: dict[int, _Launcher]) -> None:
@@ -213,10 +232,12 @@ def _start(server: socket.socket, children: dict[int, _Launcher]) -> None:
                     connection.close()
                     for launcher in children.values():
                         launcher.connection.close()
+                        if launcher.ended is not None:
+                            os.close(launcher.ended)
                     status = _answer(request)
                 finally:
                     os._exit(status)
-            children[pid] = _Launcher(connection, time.perf_counter())
+            children[pid] = _Launcher(connection, time.perf_counter(), _end_of(pid))
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     except (OSError, EOFError, ValueError) as e:

@@ -5,6 +5,7 @@ Flower's."""
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import subprocess
 import sys
@@ -88,3 +89,45 @@ def test_the_superexec_starts_with_the_clock_and_its_launches_recorded(monkeypat
     [(clock, launches)] = seen
     assert isinstance(clock, RequestClock) and clock.launches is launches
     assert isinstance(launches, Launches)
+
+
+def test_a_hung_older_launcher_does_not_hold_up_the_asks_after_a_newer_one():
+    """A launcher its node gave up on (Flower reported the ClientApp crashed and pulled the
+    next message) is not waited for once a later launcher has started and ended."""
+    launches, slept = Launches(), []
+    clock = RequestClock(launches, slept.append, safety=20.0)
+    hung = launches.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        launches.Popen(["true"]).wait()
+        started = time.monotonic()
+        clock.sleep(0.5)
+        assert time.monotonic() - started < 5.0 and slept == [0.5]
+        assert launches.running() == [hung]
+    finally:
+        hung.kill()
+        hung.wait()
+
+
+def test_without_process_descriptors_the_wait_is_flowers(monkeypatch):
+    """A kernel before 5.3, or a seccomp profile that refuses pidfd_open."""
+    def refused(pid: int) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    launches, slept = Launches(), []
+    clock = RequestClock(launches, slept.append, safety=20.0)
+    running = launches.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        clock.sleep(0.5)
+        assert slept == [0.5]
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_the_module_starts_flowers_superexec_from_any_folder(tmp_path):
+    """As ``hospital join`` starts it (``-P``: nothing from the working folder)."""
+    done = subprocess.run([sys.executable, "-P", "-m", "client.prompt_superexec", "--help"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--runtime-api-address" in done.stdout
