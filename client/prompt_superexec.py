@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from client.worker import end_of
+
 SAFETY = 10.0  # seconds between asks while a launcher runs
 
 
@@ -71,9 +73,8 @@ class RequestClock:
         if last is None or last.returncode is not None:
             self._sleep(seconds)
             return
-        try:
-            descriptor = os.pidfd_open(last.pid)
-        except (AttributeError, OSError):  # no process descriptors here: Flower's wait
+        descriptor = end_of(last.pid)
+        if descriptor is None:  # no process descriptors here: Flower's wait
             self._sleep(seconds)
             return
         try:

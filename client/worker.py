@@ -159,11 +159,12 @@ class _Launcher(NamedTuple):
     ended: int | None
 
 
-def _end_of(pid: int) -> int | None:
-    """A descriptor readable once the child ``pid`` has ended (Linux 5.3 or later), or None."""
+def end_of(pid: int) -> int | None:
+    """A descriptor readable once the child ``pid`` has ended, or None where the kernel
+    gives none (``os.pidfd_open``: Linux 5.3 or later, unless a seccomp profile refuses)."""
     try:
         return os.pidfd_open(pid)
-    except OSError:
+    except (AttributeError, OSError):
         return None
 
 
@@ -237,7 +238,7 @@ def _start(server: socket.socket, children: dict[int, _Launcher]) -> None:
                     status = _answer(request)
                 finally:
                     os._exit(status)
-            children[pid] = _Launcher(connection, time.perf_counter(), _end_of(pid))
+            children[pid] = _Launcher(connection, time.perf_counter(), end_of(pid))
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     except (OSError, EOFError, ValueError) as e:
