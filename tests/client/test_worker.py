@@ -26,6 +26,7 @@ import pytest
 
 from client.worker import WORKER_SOCKET, socket_path
 from tasks.processes import BIN, descendants, stop_tree
+from tests.helpers.deployment import ROOT
 
 pytestmark = pytest.mark.slow  # a real worker process, seconds to import
 
@@ -133,6 +134,22 @@ def test_the_launcher_imports_nothing_but_the_standard_library():
     others = [name for name in loaded(", client.launcher") - at_start - ours
               if name.split(".")[0] not in sys.stdlib_module_names]
     assert not others, others
+
+
+def test_a_request_imports_nothing_the_worker_has_not_imported_before_it_calls_flower():
+    """The fork's first step, Flower's Runtime API client, loads no module the worker left
+    out (httpx imports its transport lazily: a third of a second in every fork)."""
+    statement = ("import importlib, sys\n"
+                 "from client.worker import WARM\n"
+                 "for name in WARM: importlib.import_module(name)\n"
+                 "before = set(sys.modules)\n"
+                 "from client.runtime_request import RuntimeHttpClient\n"
+                 "RuntimeHttpClient.from_server_address(server_address='127.0.0.1:9', "
+                 "insecure=True, root_certificates=None, interceptors=[]).close()\n"
+                 "print(' '.join(sorted(set(sys.modules) - before)))")
+    loaded = subprocess.run([sys.executable, "-c", statement], capture_output=True,
+                            text=True, check=True, cwd=ROOT).stdout.split()
+    assert not loaded, loaded
 
 
 def test_a_fork_of_the_worker_serves_the_request_and_the_launcher_exits_with_its_status(

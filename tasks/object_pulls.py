@@ -1,0 +1,28 @@
+"""Flower's pulls of a message's objects, retried within a fraction of a second.
+
+flwr 1.42 sends a message's content (the model's arrays) as objects pushed after the
+message itself, and a receiver can see the message before the sender has pushed them all:
+a SuperNode that looks while the coordinator's ServerApp is still pushing a round's
+messages, the ServerApp that looks while a SuperNode is still pushing its reply. Flower's
+``pull_objects`` then tries a missing object again after 1 s, doubling up to 10 s
+(``PULL_INITIAL_BACKOFF``, ``PULL_BACKOFF_CAP``), where pushing the rest takes a few
+tenths of a second: a second on a round's critical path each time. ``prompt_pulls`` gives
+the same function retrying after ``FIRST`` s, doubling up to ``CAP`` s (a missing object
+costs the sender's server a lookup per try). Each process that pulls replaces the name in
+the Flower module that calls it (``client.prompt_supernode``, ``server.polling``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+FIRST = 0.05  # s before the first retry of a missing object
+CAP = 1.0  # s between retries at most
+
+
+def prompt_pulls(pull_objects: Callable[..., dict[str, bytes]]
+                 ) -> Callable[..., dict[str, bytes]]:
+    """Flower's ``pull_objects`` retrying a missing object after ``FIRST`` s, up to every
+    ``CAP`` s."""
+    return functools.partial(pull_objects, initial_backoff=FIRST, backoff_cap=CAP)
