@@ -8,8 +8,10 @@ messages, the ServerApp that looks while a SuperNode is still pushing its reply.
 (``PULL_INITIAL_BACKOFF``, ``PULL_BACKOFF_CAP``), where pushing the rest takes a few
 tenths of a second: a second on a round's critical path each time. ``prompt_pulls`` gives
 the same function retrying after ``FIRST`` s, doubling up to ``CAP`` s (a missing object
-costs the sender's server a lookup per try). Each process that pulls replaces the name in
-the Flower module that calls it (``client.prompt_supernode``, ``server.polling``).
+costs the sender's server a lookup per try), and giving up on an object that never comes
+after ``TRIES`` tries, no sooner than Flower's 500 (about 80 minutes: a large model pushed
+over a slow link still arrives). Each process that pulls replaces the name in the Flower
+module that calls it (``client.prompt_supernode``, ``server.polling``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from collections.abc import Callable
 
 FIRST = 0.05  # s before the first retry of a missing object
 CAP = 1.0  # s between retries at most
+TRIES = 5000  # tries of one object before the pull fails
 
 
 def prompt_pulls(pull_objects: Callable[..., dict[str, bytes]]
                  ) -> Callable[..., dict[str, bytes]]:
     """Flower's ``pull_objects`` retrying a missing object after ``FIRST`` s, up to every
-    ``CAP`` s."""
-    return functools.partial(pull_objects, initial_backoff=FIRST, backoff_cap=CAP)
+    ``CAP`` s, at most ``TRIES`` times."""
+    return functools.partial(pull_objects, initial_backoff=FIRST, backoff_cap=CAP,
+                             max_tries_per_object=TRIES)

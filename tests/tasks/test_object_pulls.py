@@ -13,7 +13,7 @@ import pytest
 from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
 
-from tasks.object_pulls import CAP, FIRST, prompt_pulls
+from tasks.object_pulls import CAP, FIRST, TRIES, prompt_pulls
 
 
 class LateObjects:
@@ -61,6 +61,21 @@ def test_prompt_retries_double_up_to_the_cap():
     assert store.tries <= expected
 
 
+def test_an_object_that_never_comes_is_given_up_no_sooner_than_flower_gives_it_up():
+    """The tries' back-off sums to at least Flower's (500 tries, 1 s doubling to 10 s)."""
+    defaults = inspect.signature(inflatable_utils.pull_objects).parameters
+
+    def horizon(first: float, cap: float, tries: int) -> float:
+        waited, delay = 0.0, first
+        for _ in range(tries - 1):  # a wait after every try but the last
+            waited, delay = waited + delay, min(delay * 2, cap)
+        return waited
+
+    flower = horizon(defaults["initial_backoff"].default, defaults["backoff_cap"].default,
+                     defaults["max_tries_per_object"].default)
+    assert flower <= horizon(FIRST, CAP, TRIES) <= 1.1 * flower
+
+
 def test_the_names_replaced_are_the_installed_flowers():
     """The SuperNode and the ServerApp's deployed grid call ``pull_objects`` by the name
     they import, with Flower's back-off (1 s, doubling to 10 s): an upgrade that changes
@@ -73,8 +88,10 @@ def test_the_names_replaced_are_the_installed_flowers():
         assert "    pull_objects,\n" in source or "import pull_objects" in source
         assert source.count("pull_objects(") == 1
         assert "initial_backoff" not in source and "backoff_cap" not in source
+        assert "max_tries_per_object" not in source
     defaults = inspect.signature(inflatable_utils.pull_objects).parameters
-    assert (defaults["initial_backoff"].default, defaults["backoff_cap"].default) == (1, 10)
+    assert (defaults["initial_backoff"].default, defaults["backoff_cap"].default,
+            defaults["max_tries_per_object"].default) == (1, 10, 500)
 
 
 def test_the_supernode_and_the_coordinators_grid_install_the_prompt_pulls(monkeypatch):
@@ -96,4 +113,5 @@ def test_the_supernode_and_the_coordinators_grid_install_the_prompt_pulls(monkey
     PromptGrid(http_grid.HttpGrid.__new__(http_grid.HttpGrid))
     for pull in (seen[0], http_grid.pull_objects):
         assert pull.func is inflatable_utils.pull_objects
-        assert pull.keywords == {"initial_backoff": FIRST, "backoff_cap": CAP}
+        assert pull.keywords == {"initial_backoff": FIRST, "backoff_cap": CAP,
+                                 "max_tries_per_object": TRIES}
