@@ -21,15 +21,19 @@ model's (the replies' ``update-bytes``). ``--no-baselines`` runs the federations
     .venv/bin/python benchmarks/task_federated.py --config configs/federated_labelling.toml
     .venv/bin/python benchmarks/task_federated.py --config configs/federated_grading.toml
     .venv/bin/python benchmarks/task_federated.py --config configs/federated_cobb.toml
-    .venv/bin/python benchmarks/task_federated.py --config configs/federated.toml \
+    .venv/bin/python benchmarks/task_federated.py --config configs/federated.toml \\
         --update-precision float32 float16 --no-baselines --out runs/bench-float16
+    .venv/bin/python benchmarks/task_federated.py --config configs/federated.toml \\
+        --strategy fedbn --set task.norm_affine=true --no-baselines --out runs/bench-fedbn
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -56,6 +60,9 @@ def main() -> None:
     parser.add_argument("--personalisation", choices=("none", "ditto", "finetune"),
                         help="federation.personalisation (default: the config's)")
     parser.add_argument("--strategy", help="federation.strategy (default: the config's)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                        help="config keys to change (TOML values, validated with the file), "
+                        "e.g. task.norm_affine=true")
     parser.add_argument("--update-precision", nargs="+", choices=PRECISIONS,
                         help="federation.update_precision, one federation each (default: "
                         "the config's)")
@@ -68,6 +75,10 @@ def main() -> None:
                              "instead of running it again (a benchmark stopped part-way "
                              "carries on; the folder is trusted to be this config's)")
     args = parser.parse_args()
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        parser.error(f"--set: {e}")
     handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     console = Console()
     out = args.out or ROOT / "runs" / f"bench-{args.config.stem}"
@@ -76,7 +87,7 @@ def main() -> None:
     precisions = args.update_precision or [None]
     for seed in args.seeds:
         for precision in precisions:
-            config = load_simulation(args.config)
+            config = load_simulation(args.config, overrides)
             config["train"]["seed"] = seed
             if args.personalisation:
                 config["federation"]["personalisation"] = args.personalisation
@@ -134,6 +145,21 @@ def main() -> None:
     console.print(targets(per_seed, task.score))
     if len(precisions) > 1:
         console.print(precision_cost(per_seed, pd.concat(sent), task, precisions))
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``SECTION.KEY=VALUE`` items (VALUE in TOML) as overrides by section, then key."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        section, dot, key = name.partition(".")
+        if not (equals and dot and section and key):
+            raise ValueError(f"{item!r}: expected SECTION.KEY=VALUE")
+        try:
+            overrides.setdefault(section, {})[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{item!r}: the value is not TOML ({e})") from None
+    return overrides
 
 
 def targets(per_seed: pd.DataFrame, score: str) -> str:

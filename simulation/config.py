@@ -7,6 +7,7 @@ the virtual hospitals' own budgets. Loading it runs every check of the chain.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,12 @@ def check_simulation(config: dict[str, dict[str, Any]], where: str) -> None:
 SIMULATION_CHECKS: tuple[Check, ...] = (*EXPERIMENT_CHECKS, check_simulation)
 
 
-def load_simulation(path: Path | None) -> dict[str, dict[str, Any]]:
+def load_simulation(path: Path | None, overrides: Mapping[str, Mapping[str, Any]] | None = None
+                    ) -> dict[str, dict[str, Any]]:
     """A validated simulate config (``configs/federated.toml`` when ``path`` is None), every
-    check of the chain run (run, experiment, simulation) before anything is written."""
+    check of the chain run (run, experiment, simulation) before anything is written;
+    ``overrides`` (by section, then key) win over the file and are validated with it."""
     path = path or Path(__file__).resolve().parents[1] / "configs" / "federated.toml"
-    return load_config(path, simulation_schema, SIMULATION_CHECKS)
+    return load_config(path, simulation_schema, SIMULATION_CHECKS, overrides)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.config import ConfigError, Key, Schema, below, load_toml, validate
+from tasks.config import ConfigError, Key, Schema, below, load_toml, unknown_name, validate
 from tasks.contract import PatientDraws, Task
 from tasks.device import device_problem
 from tasks.registry import TASKS, task_class
@@ -174,6 +174,9 @@ def load_config(path: Path, schema_for: SchemaFor, checks: tuple[Check, ...],
     config = validate_config(load_toml(path), schema_for, checks, str(path),
                              path.resolve().parent)
     if overrides:
+        for section in overrides:
+            if section not in config:
+                raise unknown_name(str(path), section, sorted(config), "section")
         merged = {section: {**body, **overrides.get(section, {})}
                   for section, body in config.items()}
         config = validate_config(merged, schema_for, checks, str(path))

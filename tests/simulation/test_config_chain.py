@@ -53,3 +53,18 @@ def test_simulate_refuses_before_it_writes_anything(tmp_path):
     done = spinefl("simulate", "--config", str(path))
     assert_one_line_error(done, "bad.toml", "fedprox")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
+
+
+def test_overrides_are_validated_with_the_file():
+    """A benchmark's ``--set`` (load_simulation's overrides) goes through the same checks as
+    the file: a wrong section, key or type is refused naming it; a right one wins."""
+    config = Path(__file__).resolve().parents[2] / "configs" / "federated.toml"
+    changed = load_simulation(config, {"task": {"norm_affine": True},
+                                       "federation": {"strategy": "fedbn"}})
+    assert changed["task"]["norm_affine"] is True
+    assert changed["federation"]["strategy"] == "fedbn"
+    for overrides, named in (({"tsk": {"norm_affine": True}}, "section 'tsk'"),
+                             ({"task": {"norm_afine": True}}, "'task.norm_afine'"),
+                             ({"task": {"norm_affine": 3}}, "task.norm_affine must be bool")):
+        with pytest.raises(ConfigError, match=named):
+            load_simulation(config, overrides)
