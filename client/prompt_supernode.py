@@ -8,21 +8,25 @@ aggregates and sends the next round within a second, and that hospital's node wo
 it up to 3 s later: a wait on every round's critical path, and for the hospitals that
 replied earlier, a late start that makes them the last of the next round. Here that
 module's clock (``PromptClock``) waits ``FIRST`` s after a reply, then ``GROWTH`` times
-longer after each empty look, up to Flower's 3 s; and once the node has waited
-``DUE`` of the time it waited for the previous message, it looks every ``RESOLUTION`` of
-that time (at least every ``FIRST`` s) until ``LATE`` of it, then backs off again. A few
-looks more a round, each a request the SuperLink serves; a hospital that waits long looks
-rarely, one that waits a second looks often. It looks at its own state every
-``LOCAL_LOOK`` s. A message seen before the coordinator has pushed all of its arrays has
-them pulled promptly (``tasks.object_pulls``). Everything else is Flower's. The names
-replaced are checked against the installed flwr (``tests/client``): an upgrade that
-changes them fails the tests instead of silently waiting as before.
+longer after each empty look, up to Flower's 3 s; and it remembers how long the node
+waited for each of its last ``HISTORY`` messages (SecAgg+ sends four a round, of two
+kinds of wait), sleeps at most ``FIRST`` s past ``DUE`` of each, and from there until
+``LATE`` of it looks every ``RESOLUTION`` of that wait (every ``FIRST`` s at least),
+then backs off as before. A few looks more a round, each a request the SuperLink serves;
+a hospital that waits long looks rarely, one that waits a second looks often. Which
+looks found a message, the clock learns from the loop's own ``_pull_and_store_message``.
+It looks at its own state every ``LOCAL_LOOK`` s. A message seen before the coordinator
+has pushed all of its arrays has them pulled promptly (``tasks.object_pulls``).
+Everything else is Flower's. The names replaced are checked against the installed flwr
+(``tests/client``): an upgrade that changes them fails the tests instead of silently
+waiting as before.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -31,9 +35,8 @@ from tasks.object_pulls import prompt_pulls
 IDLE = 3.0  # flwr's wait after a look that found no message
 LOCAL = 0.5  # flwr's wait between looks at the node's own state
 FIRST, GROWTH, LOCAL_LOOK = 0.2, 1.5, 0.1
-DUE, LATE, RESOLUTION = 0.8, 2.0, 0.02  # of the previous wait for a message
-BUSY = 1.0  # a loop that took longer than this since the last wait handled a message
-# (one handled without a wait for its reply: a node that answers at once)
+DUE, LATE, RESOLUTION = 0.8, 2.0, 0.02  # of an earlier wait for a message
+HISTORY = 4  # earlier waits remembered
 
 
 class PromptClock:
@@ -43,9 +46,8 @@ class PromptClock:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._sleep, self._clock = sleep, clock
         self.streak = 0  # empty looks since the last message
-        self.woke = clock()
         self.idle_since: float | None = None  # when the node began waiting for a message
-        self.last_wait: float | None = None  # how long it waited for the previous one
+        self.waits: deque[float] = deque(maxlen=HISTORY)  # how long it waited for the last
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -53,36 +55,43 @@ class PromptClock:
     def wait(self, seconds: float) -> float:
         """What a wait of ``seconds`` in the loop becomes."""
         if seconds == LOCAL:  # only while a message is handled: look again soon after
-            self._message_came()
             return LOCAL_LOOK
         if seconds != IDLE:
             return seconds
         now = self._clock()
-        if now - self.woke > BUSY:
-            self._message_came()  # the loop handled a message since the last wait
         if self.idle_since is None:
             self.idle_since = now
+        waited = now - self.idle_since
         pause = min(IDLE, FIRST * GROWTH ** self.streak)
         self.streak += 1
-        if self.last_wait is None:
-            return pause
-        waited = now - self.idle_since
-        if waited < DUE * self.last_wait:  # never sleep past the time it is due
-            return min(pause, max(FIRST, DUE * self.last_wait - waited))
-        if waited < LATE * self.last_wait:
-            return min(pause, max(FIRST, RESOLUTION * self.last_wait))
+        for earlier in self.waits:
+            if waited < DUE * earlier:  # wake by the time this one is due
+                pause = min(pause, max(FIRST, DUE * earlier - waited))
+            elif waited < LATE * earlier:  # and look finely until it is late
+                pause = min(pause, max(FIRST, RESOLUTION * earlier))
         return pause
 
-    def _message_came(self) -> None:
-        """The look after the last wake found a message."""
+    def found(self, looked: float) -> None:
+        """The look that began at ``looked`` (the clock's time) found a message."""
         if self.idle_since is not None:
-            self.last_wait = self.woke - self.idle_since
+            self.waits.append(looked - self.idle_since)
             self.idle_since = None
         self.streak = 0
 
     def sleep(self, seconds: float) -> None:
         self._sleep(self.wait(seconds))
-        self.woke = self._clock()
+
+
+def told(pull: Callable[..., int | None], clock: PromptClock) -> Callable[..., int | None]:
+    """The loop's ``_pull_and_store_message`` (the run's id, or None when the look found no
+    message), telling ``clock`` which looks found one."""
+    def look(*args: Any, **kwargs: Any) -> int | None:
+        looked = clock._clock()
+        run_id = pull(*args, **kwargs)
+        if run_id is not None:
+            clock.found(looked)
+        return run_id
+    return look
 
 
 def main() -> None:
@@ -90,7 +99,9 @@ def main() -> None:
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    loop.time = PromptClock()  # the module's names for ``time`` and ``pull_objects``
+    clock = PromptClock()  # the module's names for these three; nothing else changes
+    loop.time = clock
+    loop._pull_and_store_message = told(loop._pull_and_store_message, clock)
     loop.pull_objects = prompt_pulls(inflatable_utils.pull_objects)
     sys.argv[0] = "flower-supernode"
     flower_supernode()

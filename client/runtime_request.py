@@ -3,7 +3,8 @@ it, behind the hospital's approvals: what the launcher (``client.launcher``) run
 node's warm worker (``client.worker``) or in its own process.
 
 1. Pull the request, the run and its bundle from the SuperNode's local Runtime API
-   (Flower's own calls, as ``flwr-clientapp`` makes them).
+   (Flower's own calls, as ``flwr-clientapp`` makes them; a request whose arrays the
+   SuperNode is still pulling has them retried promptly, ``tasks.object_pulls``).
 2. Hash the bundle (SHA-256 over its bytes, computed here, not taken from the message)
    and look the hash up in the hospital's approvals (``client.approvals``): a bundle
    nobody at the hospital approved is refused with an error reply the coordinator logs by
@@ -29,6 +30,7 @@ from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.constant import SUPERNODE_DEFAULT_CLIENT_ADDRESS
 from flwr.supercore.exit import ExitCode, flwr_exit, register_signal_handlers
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.interceptors import (
     RuntimeTokenHttpInterceptor,
     RuntimeVersionHttpInterceptor,
@@ -37,6 +39,7 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.telemetry import EventType
 from flwr.supercore.tls import validate_and_resolve_root_certificates
+from flwr.supernode.runtime import run_clientapp
 from flwr.supernode.runtime.run_clientapp import (
     pull_task_input,
     push_message,
@@ -48,6 +51,7 @@ from client.approvals import BUNDLE_KEY, Approvals, bundle_identity, digest
 from client.audit import AuditBroken, AuditLog
 from client.launcher import LAUNCHER_NAME
 from tasks.errors import UserError
+from tasks.object_pulls import prompt_pulls
 
 
 def answer(message: Message, context: Context, bundle: bytes) -> Message:
@@ -81,12 +85,20 @@ def answer(message: Message, context: Context, bundle: bytes) -> Message:
     return app(message, context)  # the installed ClientApp, whatever the bundle holds
 
 
+def prompt_request_pulls() -> None:
+    """Flower's pull of a request, in this process, retrying the arrays its SuperNode is
+    still pulling promptly (``tasks.object_pulls``): the name ``pull_task_input`` calls."""
+    run_clientapp.pull_and_inflate_object_from_tree = prompt_pulls(
+        inflatable_utils.pull_and_inflate_object_from_tree)
+
+
 def serve(address: str, token: str, insecure: bool, certificates: bytes | None,
           parent_pid: int | None) -> None:
     """Serve one request the SuperNode's Runtime API holds for ``token``, as Flower's
     ``flwr-clientapp`` would, but with the launcher's ``answer``."""
     if parent_pid is not None:
         start_parent_process_monitor(parent_pid)
+    prompt_request_pulls()
     retry = make_simple_http_retry_invoker()
     client = RuntimeHttpClient.from_server_address(
         server_address=address, insecure=insecure, root_certificates=certificates,

@@ -53,8 +53,8 @@ SOCKET = Path(".spinefl") / "worker.sock"
 WORKER_SOCKET = "SPINEFL_WORKER_SOCKET"
 # What requests import: Flower's Runtime API client, the installed ClientApp, torch, MONAI,
 # Opacus and the tasks; and httpcore, which httpx imports only when a request's client
-# makes its first connection pool (with trio and h11: about 0.3 s of CPU, seconds in the
-# forks of three hospitals starting a round at once).
+# makes its first connection pool (with trio and h11: about 0.3 s of CPU, 0.7-0.9 s in
+# each fork while three hospitals start a round at once on 2 cores).
 WARM = ("client.runtime_request", "client.rounds", "client.privacy",
         "client.secure_aggregation", "opacus", "opacus.accountants", "httpcore")
 # The signals a launcher passes on to the fork serving its request (Flower's handlers).

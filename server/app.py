@@ -51,7 +51,7 @@ from server.admission import AdmittedGrid, admitted_nodes
 from server.config import load_experiment
 from server.folded_validation import FoldedValidation
 from server.optimiser_state import SERVER_OPTIMISER, optimiser_state, restore_optimiser
-from server.polling import PromptGrid
+from server.polling import PromptGrid, prompt_reply_pulls
 from server.recorder import HospitalRecorder
 from server.resumption import GlobalRounds
 from server.sampling import SamplingGuard, TooFewHospitals, wait_for_hospitals
@@ -191,6 +191,7 @@ def main(grid: Grid, context: Context) -> None:
     admitted = str(context.run_config.get("admitted", ""))
     if admitted:
         grid = AdmittedGrid(grid, {int(node) for node in admitted_nodes(Path(admitted))})
+        prompt_reply_pulls()
     elif not partitions:  # deployment: never without the coordinator's list
         raise UserError("the run config names no admitted list ('admitted'): launch "
                         "deployed runs with `spinefl coordinator run`, which passes the "

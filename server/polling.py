@@ -35,12 +35,10 @@ DUE = 0.8
 
 class PromptGrid(GridWrapper):
     """``inner`` whose ``send_and_receive`` pulls replies every ``fast`` s once they are
-    due, and more rarely (up to every ``slow`` s) before; Flower's deployed grid, in this
-    process, retries a reply's missing objects promptly."""
+    due, and more rarely (up to every ``slow`` s) before."""
 
     def __init__(self, inner: Grid, fast: float = FAST, slow: float = SLOW) -> None:
         super().__init__(inner)
-        http_grid.pull_objects = prompt_pulls(inflatable_utils.pull_objects)
         self.fast, self.slow = fast, slow
         self.waits: dict[str, float] = {}  # by kind: the last whole call's wait (s)
 
@@ -75,6 +73,12 @@ class PromptGrid(GridWrapper):
         if messages and not waiting:  # a call cut short by its timeout says nothing
             self.waits[kind] = time.monotonic() - started
         return replies
+
+
+def prompt_reply_pulls() -> None:
+    """Flower's deployed grid, in this process (the ServerApp's), retrying a reply's missing
+    objects promptly (``tasks.object_pulls``): the name its ``pull_messages`` calls."""
+    http_grid.pull_objects = prompt_pulls(inflatable_utils.pull_objects)
 
 
 def _kind(message: Message) -> str:
