@@ -81,17 +81,16 @@ class PromptClock:
     def sleep(self, seconds: float) -> None:
         self._sleep(self.wait(seconds))
 
-
-def told(pull: Callable[..., int | None], clock: PromptClock) -> Callable[..., int | None]:
-    """The loop's ``_pull_and_store_message`` (the run's id, or None when the look found no
-    message), telling ``clock`` which looks found one."""
-    def look(*args: Any, **kwargs: Any) -> int | None:
-        looked = clock._clock()
-        run_id = pull(*args, **kwargs)
-        if run_id is not None:
-            clock.found(looked)
-        return run_id
-    return look
+    def told(self, pull: Callable[..., int | None]) -> Callable[..., int | None]:
+        """The loop's ``_pull_and_store_message`` (the run's id, or None when the look found
+        no message), telling this clock which looks found one."""
+        def look(*args: Any, **kwargs: Any) -> int | None:
+            looked = self._clock()
+            run_id = pull(*args, **kwargs)
+            if run_id is not None:
+                self.found(looked)
+            return run_id
+        return look
 
 
 def main() -> None:
@@ -101,7 +100,7 @@ def main() -> None:
 
     clock = PromptClock()  # the module's names for these three; nothing else changes
     loop.time = clock
-    loop._pull_and_store_message = told(loop._pull_and_store_message, clock)
+    loop._pull_and_store_message = clock.told(loop._pull_and_store_message)
     loop.pull_objects = prompt_pulls(inflatable_utils.pull_objects)
     sys.argv[0] = "flower-supernode"
     flower_supernode()

@@ -21,7 +21,6 @@ from client.prompt_supernode import (
     LOCAL_LOOK,
     RESOLUTION,
     PromptClock,
-    told,
 )
 
 
@@ -45,7 +44,7 @@ class Loop:
         self.time = FakeTime()
         self.clock = PromptClock(self.time.sleep, self.time.monotonic)
         self.due = 0.0  # when the next message reaches the SuperLink
-        self.look = told(self._pull, self.clock)
+        self.look = self.clock.told(self._pull)
 
     def _pull(self) -> int | None:
         self.time.now += 0.005
