@@ -30,6 +30,7 @@ model's (the replies' ``update-bytes``). ``--no-baselines`` runs the federations
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 import tomllib
 from pathlib import Path
@@ -47,6 +48,7 @@ from rich.table import Table
 from simulation.config import load_simulation
 from simulation.report import MODELS
 from simulation.simulate import simulate
+from tasks.config import ConfigError
 from tasks.packing import PRECISIONS
 from tasks.registry import task_class
 from tasks.stops import handle_stops
@@ -79,6 +81,13 @@ def main() -> None:
         overrides = parse_overrides(args.set)
     except ValueError as e:
         parser.error(f"--set: {e}")
+    for key in ("personalisation", "strategy"):
+        if getattr(args, key):
+            overrides.setdefault("federation", {})[key] = getattr(args, key)
+    try:
+        base = load_simulation(args.config, overrides)
+    except ConfigError as e:
+        parser.error(str(e))
     handle_stops()  # SIGTERM and SIGHUP too: every process it started is stopped
     console = Console()
     out = args.out or ROOT / "runs" / f"bench-{args.config.stem}"
@@ -87,12 +96,8 @@ def main() -> None:
     precisions = args.update_precision or [None]
     for seed in args.seeds:
         for precision in precisions:
-            config = load_simulation(args.config, overrides)
+            config = copy.deepcopy(base)
             config["train"]["seed"] = seed
-            if args.personalisation:
-                config["federation"]["personalisation"] = args.personalisation
-            if args.strategy:
-                config["federation"]["strategy"] = args.strategy
             name = f"seed-{seed}"
             if precision is not None:
                 config["federation"]["update_precision"] = precision
